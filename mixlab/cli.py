@@ -1,0 +1,102 @@
+"""The ``mixlab`` command line. Heavy libraries (torch, transformers) are imported only inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mixlab import __version__
+from mixlab.errors import UserError
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mixlab")
+def cli() -> None:
+    """mixlab: evaluate and select vision-language training data with declarative TOML recipes."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Run directory (overrides [run].output_dir).")
+@click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
+def run(recipe: Path, output_dir: Path | None, no_progress: bool) -> None:
+    """Run RECIPE; rerunning resumes, reusing every finished stage whose inputs are unchanged."""
+    from mixlab.pipeline import Run
+    from mixlab.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    runner = Run(loaded, output_dir, show_progress=not no_progress)
+    runner.execute()
+    click.echo(f"report: {runner.run_dir / 'report.json'}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+def validate(recipe: Path) -> None:
+    """Check RECIPE and report every problem at once (exit 2 if any)."""
+    from mixlab.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    click.echo(f"{recipe}: ok ({len(loaded.sources)} sources, {len(loaded.arms)} arms)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List every registered component: kind, name, package and version."""
+    from mixlab.registry import get_registry
+
+    entries = get_registry().all()
+    if as_json:
+        rows = [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in entries]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    from mixlab.progress import console
+
+    table = Table(title="mixlab plugins")
+    for col in ("kind", "name", "package", "version"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.kind, e.name, e.package, e.version)
+    console.file = sys.stdout
+    console.print(table)
+
+
+def _add_plugin_commands() -> None:
+    from mixlab.registry import get_registry
+
+    get_registry().pm.hook.register_commands(cli=cli)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit 2; internal errors exit 1."""
+    from rich.markup import escape
+
+    from mixlab.progress import console
+
+    try:
+        _add_plugin_commands()
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        console.print("[bold red]Error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        console.print("Aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("Interrupted: finished stages are kept; rerun the same command to resume.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The interfaces plugin classes implement, and the run context that the pipeline hands them.
+
+Every component class has a ``name`` (what recipes write in ``type = "..."``) and an ``Options`` pydantic model
+(unknown keys are errors) that validates its recipe section. The pipeline builds it as ``cls(options, label)``,
+where ``label`` is the recipe's name for that section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    import numpy as np
+
+    from mixlab.data import Sample
+
+KINDS = ("source", "scorer", "selector", "trainer", "evaluator", "merger")
+
+Metrics = dict[str, dict[str, float]]
+"""Benchmark name → metric name → value. Each benchmark has a ``score`` on a 0-100 scale."""
+
+
+class Options(BaseModel):
+    """Base for a component's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component:
+    """Common base: a registered name, an options model, and the section label it was built from."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = Options
+
+    def __init__(self, options: BaseModel, label: str, base_dir: Path | None = None):
+        self.options = options
+        self.label = label
+        self.base_dir = base_dir or Path.cwd()
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the options, relative to the recipe's folder."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def fingerprint(self) -> str:
+        """Extra cache-key material beyond the recipe section (e.g. input file stats); '' if none."""
+        return ""
+
+
+class Source(Component):
+    """Loads samples. ``provides()`` names the sources it yields (default: its label)."""
+
+    kind = "source"
+
+    def provides(self) -> list[str]:
+        return [self.label]
+
+    def load(self, ctx: RunContext) -> list[Sample]:
+        """Samples with ``source`` set to one of ``provides()``; ids unique within that source."""
+        raise NotImplementedError
+
+
+class Scorer(Component):
+    """Computes per-sample score columns (1-D) or embeddings (2-D), row-aligned with the samples."""
+
+    kind = "scorer"
+
+    def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+@dataclass
+class Selection:
+    """The ids an arm trains on, plus anything worth reporting (goes to report.json)."""
+
+    ids: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Selector(Component):
+    """Chooses sample ids from the arm's samples, given the scores of the scorers it names."""
+
+    kind = "selector"
+
+    def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
+        raise NotImplementedError
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer(Component):
+    """Fine-tunes ``base_model`` on samples; writes a standard HF model directory under ``work_dir``."""
+
+    kind = "trainer"
+
+    def train(
+        self, samples: list[Sample], base_model: Path, work_dir: Path, ctx: RunContext, overrides: dict[str, Any] | None = None
+    ) -> TrainResult:
+        raise NotImplementedError
+
+
+class Evaluator(Component):
+    """Scores a model directory; returns benchmark → metrics, each with a 0-100 ``score``."""
+
+    kind = "evaluator"
+
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
+        raise NotImplementedError
+
+
+@dataclass
+class MergeResult:
+    model_dir: Path
+    kept: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Merger(Component):
+    """Combines checkpoints (name → model dir) into one model directory under ``work_dir``."""
+
+    kind = "merger"
+
+    def merge(self, ingredients: dict[str, Path], work_dir: Path, ctx: RunContext) -> MergeResult:
+        raise NotImplementedError
+
+
+class RunContext(Protocol):
+    """What the pipeline offers components. Selectors and mergers that must train or evaluate use this."""
+
+    run_dir: Path
+    seed: int
+
+    @property
+    def base_model(self) -> Path:
+        """The recipe's model, built and aligned (available after the model stage)."""
+
+    def train(self, samples: list[Sample], tag: str) -> Path:
+        """Train the recipe's trainer on samples from the base model; cached by content. Returns the model dir."""
+
+    def evaluate(self, model_dir: Path, tag: str) -> Metrics:
+        """Run the recipe's evaluators on a model dir; cached by content."""
+
+    def aggregate(self, metrics: Metrics) -> float:
+        """The 0-100 average over benchmarks that arms are compared by."""
+
+    def progress(self, description: str, total: int | None) -> AbstractContextManager[Any]:
+        """A rich progress bar; the context value is ``advance(n=1)``."""
+
+    def cache_dir(self, kind: str, key: Any) -> Path:
+        """A directory for reusable work keyed by a content hash of ``key`` (shared across stages)."""
+
+    def record(self, **info: Any) -> None:
+        """Attach facts to the current stage's entry in report.json (e.g. ``skipped=3``)."""
+
+    def log(self, message: str) -> None:
+        """Print a line above the progress display and append it to events.jsonl."""

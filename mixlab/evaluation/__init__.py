@@ -1,0 +1,1 @@
+"""Benchmark loading (VLMEvalKit TSV), answer extraction and scoring rules; pure Python."""

@@ -1,0 +1,67 @@
+"""Load a LLaVA-style checkpoint and its processor with the right device, dtype and attention kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+from mixlab.errors import UserError
+
+
+def device_kind() -> Literal["cuda", "cpu"]:
+    """"cuda" when a CUDA GPU is visible to torch, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
+    """"auto" → flash_attention_2 on CUDA with flash_attn installed, else sdpa; anything else is returned as is."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    if device_kind() == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"model path {path} is not a directory (expected a Hugging Face model folder)")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has no config.json: it is not a Hugging Face model folder")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise UserError(f"{path} has no weights (*.safetensors or *.bin)")
+
+
+def load_model(
+    path: str | Path,
+    *,
+    for_training: bool = False,
+    attn_implementation: str = "auto",
+    device: str | None = None,
+) -> tuple[Any, Any]:
+    """Load (model, processor) from a local HF dir: bf16 on CUDA, fp32 on CPU; eval mode unless `for_training`."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+
+    path = Path(path).expanduser()
+    _check_model_dir(path)
+    device = device or device_kind()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    attn = resolve_attn_implementation(attn_implementation)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load a vision-language model from {path}: {e}") from e
+    if not isinstance(processor, ProcessorMixin) or getattr(processor, "tokenizer", None) is None:
+        raise UserError(f"{path} has no multimodal processor (processor_config.json + tokenizer); got {type(processor)}")
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.train(for_training)
+    return model, processor

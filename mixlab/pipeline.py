@@ -1,0 +1,341 @@
+"""Run a recipe: stages in dependency order, each cached by a content hash, resumable after a crash.
+
+Stages: one per source → model (→ align) → one per scorer → per arm: select → train → eval → soup → report.
+A stage's key hashes its recipe section, its upstream stages' keys and the code version; its folder is
+``stages/<name>-<key>``, and its DONE marker is written after its artifacts, so a rerun trusts only finished work.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mixlab import __version__
+from mixlab.components import Metrics, Selection
+from mixlab.data import Sample
+from mixlab.errors import UserError
+from mixlab.progress import ProgressBoard
+from mixlab.recipe import Recipe, Section
+from mixlab.store import SAMPLES_FILE, Store, content_hash, load_samples, save_samples
+
+CODE_VERSION = f"mixlab-{__version__}"
+
+
+class StageFailed(Exception):
+    """A stage raised; the run stops with everything finished so far kept."""
+
+
+class Run:
+    """One execution of a recipe; also the RunContext handed to plugins."""
+
+    def __init__(self, recipe: Recipe, output_dir: Path | None = None, show_progress: bool = True):
+        self.recipe = recipe
+        self.run_dir = (output_dir or recipe.output_dir).resolve()
+        self.seed = recipe.run.seed
+        self.store = Store(self.run_dir)
+        self.board = ProgressBoard(on_event=self.store.event, enabled=show_progress)
+        self.stages: list[dict[str, Any]] = []
+        self.keys: dict[str, str] = {}  # stage name → key
+        self.source_keys: dict[str, str] = {}  # source name → key of the section that provides it
+        self.samples_of_source: dict[str, list[Sample]] = {}
+        self.arms: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, Any] = {}
+        self._base_model: Path | None = None
+        self._base_key = ""
+        self._current: dict[str, Any] | None = None
+        self._trainer = recipe.trainer.build()
+        self._evaluators = {label: s.build() for label, s in recipe.evaluators.items()}
+
+    # ---- stages -------------------------------------------------------------------------------------------
+    def stage(self, name: str, material: Any, fn: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], Path]:
+        """Run ``fn(stage_dir)`` unless a finished stage with the same key exists; return its result and folder."""
+        key = content_hash({"stage": name, "material": material, "code": CODE_VERSION})
+        self.keys[name] = key
+        stage_dir = self.store.stage_dir(name, key)
+        entry: dict[str, Any] = {"name": name, "status": "cached", "seconds": 0.0, "key": key[:12]}
+        if self.store.is_done(stage_dir):
+            result = self.store.result(stage_dir)
+            entry.update(result.get("_record", {}))
+            self.stages.append(entry)
+            self.store.event(event="end", stage=name, status="cached", seconds=0.0)
+            return result, stage_dir
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        self.store.event(event="start", stage=name, key=key[:12])
+        outer, self._current = self._current, entry
+        start = time.perf_counter()
+        try:
+            result = fn(stage_dir)
+        except BaseException as exc:
+            entry.update(status="failed", seconds=round(time.perf_counter() - start, 3))
+            self.stages.append(entry)
+            self.store.event(event="end", stage=name, status="failed", error=f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, UserError):
+                (stage_dir / "error.txt").write_text(traceback.format_exc())
+            raise
+        finally:
+            self._current = outer
+        entry.update(status="done", seconds=round(time.perf_counter() - start, 3))
+        result["_record"] = {k: v for k, v in entry.items() if k not in ("name", "status", "seconds", "key")}
+        self.store.finish(stage_dir, result)
+        self.stages.append(entry)
+        self.store.event(event="end", stage=name, status="done", seconds=entry["seconds"])
+        return result, stage_dir
+
+    # ---- RunContext --------------------------------------------------------------------------------------
+    @property
+    def base_model(self) -> Path:
+        if self._base_model is None:
+            raise RuntimeError("the base model is not built yet")
+        return self._base_model
+
+    def progress(self, description: str, total: int | None):
+        return self.board.task(description, total)
+
+    def record(self, **info: Any) -> None:
+        if self._current is not None:
+            self._current.update(info)
+
+    def log(self, message: str) -> None:
+        self.board.log(message)
+        self.store.event(event="log", message=message)
+
+    def cache_dir(self, kind: str, key: Any) -> Path:
+        return self.store.cache_dir(kind, content_hash({"key": key, "code": CODE_VERSION}))
+
+    def model_key(self, model_dir: Path) -> str:
+        """A stable identity for a model folder: run-relative for our stages, path + mtime for outside ones."""
+        model_dir = Path(model_dir).resolve()
+        if model_dir.is_relative_to(self.run_dir):
+            return str(model_dir.relative_to(self.run_dir))
+        config = model_dir / "config.json"
+        return f"{model_dir}@{config.stat().st_mtime_ns if config.exists() else 0}"
+
+    def samples_key(self, samples: list[Sample]) -> str:
+        sources = sorted({s["source"] for s in samples})
+        return content_hash({"sources": {s: self.source_keys.get(s, "") for s in sources},
+                             "ids": sorted(s["id"] for s in samples)})
+
+    def train(self, samples: list[Sample], tag: str, overrides: dict[str, Any] | None = None) -> Path:
+        if not samples:
+            raise UserError(f"{tag}: nothing to train on (the selection is empty). Check the arm's selector.")
+        ordered = sorted(samples, key=lambda s: s["id"])
+        material = {"trainer": self.recipe.trainer.raw, "overrides": overrides or {}, "base": self._base_key,
+                    "samples": self.samples_key(ordered), "seed": self.seed}
+
+        def run(stage_dir: Path) -> dict[str, Any]:
+            result = self._trainer.train(ordered, self.base_model, stage_dir, self, overrides)
+            self.record(**{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))})
+            return {"model_dir": str(Path(result.model_dir).relative_to(stage_dir)), "stats": result.stats}
+
+        result, stage_dir = self.stage(f"train:{tag}", material, run)
+        return stage_dir / result["model_dir"]
+
+    def evaluate(self, model_dir: Path, tag: str) -> Metrics:
+        material = {"evaluators": {k: s.raw for k, s in self.recipe.evaluators.items()},
+                    "model": self.model_key(model_dir)}
+
+        def run(stage_dir: Path) -> dict[str, Any]:
+            metrics: Metrics = {}
+            for label, evaluator in self._evaluators.items():
+                work = stage_dir / label
+                work.mkdir(exist_ok=True)
+                for bench, values in evaluator.evaluate(Path(model_dir), work, self).items():
+                    metrics[bench if bench not in metrics else f"{label}/{bench}"] = values
+            self.record(score=round(aggregate(metrics), 3))
+            return {"metrics": metrics}
+
+        result, _ = self.stage(f"eval:{tag}", material, run)
+        return result["metrics"]
+
+    def aggregate(self, metrics: Metrics) -> float:
+        return aggregate(metrics)
+
+    # ---- the pipeline ------------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        """Run every stage and write report.json / report.md; returns the report."""
+        from mixlab.report import build_report, write_report
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
+        self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__)
+        failed: BaseException | None = None
+        with self.board:
+            try:
+                self._load_sources()
+                self._build_model()
+                scores = self._score()
+                for arm in self.recipe.arms:
+                    self._run_arm(arm, scores)
+                if self.recipe.soup is not None:
+                    self._run_soup(self.recipe.soup)
+            except BaseException as exc:  # keep what is finished; write a report of the failure
+                failed = exc
+        report = build_report(self)
+        write_report(self, report)
+        if failed is not None:
+            raise failed
+        return report
+
+    def _load_sources(self) -> None:
+        for label, section in self.recipe.sources.items():
+            source = section.build()
+            material = {"section": section.raw, "fingerprint": source.fingerprint()}
+
+            def run(stage_dir: Path, source=source, section=section) -> dict[str, Any]:
+                samples = normalise(source.load(self), section, source.provides())
+                save_samples(stage_dir / SAMPLES_FILE, samples)
+                counts: dict[str, int] = {}
+                for s in samples:
+                    counts[s["source"]] = counts.get(s["source"], 0) + 1
+                self.record(n_samples=len(samples))
+                return {"counts": counts}
+
+            _, stage_dir = self.stage(f"source:{label}", material, run)
+            samples = load_samples(stage_dir / SAMPLES_FILE) if (stage_dir / SAMPLES_FILE).exists() else []
+            for name in source.provides():
+                self.source_keys[name] = self.keys[f"source:{label}"]
+                self.samples_of_source[name] = [s for s in samples if s["source"] == name]
+
+    def samples_of(self, names: list[str]) -> list[Sample]:
+        return [s for name in names for s in self.samples_of_source[name]]
+
+    def _build_model(self) -> None:
+        from mixlab.models.base import prepare_base_model
+
+        model = self.recipe.model
+        material = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(self.source_keys.values())}
+
+        def run(stage_dir: Path) -> dict[str, Any]:
+            samples = self.samples_of(list(self.samples_of_source))
+            path = prepare_base_model(model, samples, stage_dir, self.seed, self.recipe.path.resolve().parent)
+            return {"model_dir": str(path.relative_to(stage_dir) if path.is_relative_to(stage_dir) else path)}
+
+        result, stage_dir = self.stage("model", material, run)
+        self._base_model = Path(result["model_dir"])
+        if not self._base_model.is_absolute():
+            self._base_model = stage_dir / self._base_model
+        self._base_key = self.keys["model"]
+        if model.align is not None:
+            aligned = self.train(self.samples_of(model.align.sources), "align", model.align.trainer)
+            self._base_model, self._base_key = aligned, self.keys["train:align"]
+
+    def _score(self) -> dict[str, dict[str, Any]]:
+        """Run each scorer that a used selector names, over the sources of the arms that need it."""
+        needed: dict[str, list[str]] = {}
+        for arm in self.recipe.arms.values():
+            if arm.selector:
+                for scorer in self.recipe.selectors[arm.selector].core.get("scorers", []):
+                    needed.setdefault(scorer, [])
+                    needed[scorer] += [s for s in arm.sources if s not in needed[scorer]]
+        scores: dict[str, dict[str, Any]] = {}
+        for label, arm_sources in needed.items():
+            section = self.recipe.scorers[label]
+            names = section.core.get("sources") or arm_sources
+            samples = self.samples_of(names)
+            material = {"section": section.raw, "base": self._base_key,
+                        "sources": {n: self.source_keys[n] for n in names}}
+
+            def run(stage_dir: Path, section=section, samples=samples) -> dict[str, Any]:
+                import numpy as np
+
+                columns = section.build().score(samples, self)
+                for col, values in columns.items():
+                    if len(values) != len(samples):
+                        raise RuntimeError(f"scorer {section.type!r} returned {len(values)} rows for column "
+                                           f"{col!r}, expected {len(samples)}")
+                np.savez(stage_dir / "scores.npz", __ids__=np.array([s["id"] for s in samples]), **columns)
+                return {"columns": sorted(columns)}
+
+            _, stage_dir = self.stage(f"score:{label}", material, run)
+            scores[label] = {"dir": stage_dir}
+        return scores
+
+    def _run_arm(self, arm_name: str, scores: dict[str, dict[str, Any]]) -> None:
+        arm = self.recipe.arms[arm_name]
+        pool = self.samples_of(arm.sources)
+        info: dict[str, Any] = {}
+        chosen = pool
+        if arm.selector:
+            section = self.recipe.selectors[arm.selector]
+            used = section.core.get("scorers", [])
+            material = {"section": section.raw, "pool": self.samples_key(pool),
+                        "scores": {s: self.keys[f"score:{s}"] for s in used}, "base": self._base_key}
+
+            def run(stage_dir: Path) -> dict[str, Any]:
+                columns = aligned_scores(pool, [scores[s]["dir"] for s in used])
+                selection: Selection = section.build().select(pool, columns, self)
+                unknown = set(selection.ids) - {s["id"] for s in pool}
+                if unknown:
+                    raise RuntimeError(f"selector {section.type!r} returned ids outside the pool: {sorted(unknown)[:3]}")
+                self.record(n_selected=len(selection.ids))
+                return {"ids": selection.ids, "info": selection.info}
+
+            result, _ = self.stage(f"select:{arm_name}", material, run)
+            keep = set(result["ids"])
+            chosen = [s for s in pool if s["id"] in keep]
+            info = result["info"]
+        model_dir = self.train(chosen, arm_name, arm.trainer)
+        metrics = self.evaluate(model_dir, arm_name)
+        counts: dict[str, int] = {}
+        for s in chosen:
+            counts[s["source"]] = counts.get(s["source"], 0) + 1
+        self.arms[arm_name] = {"n_samples": len(chosen), "sources": counts, "metrics": metrics,
+                               "score": round(aggregate(metrics), 3), "model_dir": str(model_dir),
+                               "selection": info, "_chosen": chosen}
+
+    def _run_soup(self, section: Section) -> None:
+        names = section.core.get("arms") or list(self.arms)
+        ingredients = {n: Path(self.arms[n]["model_dir"]) for n in names}
+        material = {"section": section.raw, "ingredients": {n: self.model_key(p) for n, p in ingredients.items()}}
+
+        def run(stage_dir: Path) -> dict[str, Any]:
+            merged = section.build().merge(ingredients, stage_dir, self)
+            return {"model_dir": str(Path(merged.model_dir).relative_to(stage_dir)), "kept": merged.kept,
+                    "info": merged.info}
+
+        result, stage_dir = self.stage(f"merge:{section.label}", material, run)
+        metrics = self.evaluate(stage_dir / result["model_dir"], section.label)
+        self.extra["soup"] = {"method": result["info"].get("method", section.type), "ingredients": names,
+                              "kept": result["kept"], "metrics": metrics, "score": round(aggregate(metrics), 3)}
+
+
+def aggregate(metrics: Metrics) -> float:
+    """Mean of each benchmark's 0-100 ``score``."""
+    values = [m["score"] for m in metrics.values() if "score" in m]
+    return sum(values) / len(values) if values else 0.0
+
+
+def normalise(samples: list[Sample], section: Section, provides: list[str]) -> list[Sample]:
+    """Prefix ids with their source, apply the recipe's category, and check sources are the ones provided."""
+    out, seen = [], set()
+    category = section.core.get("category")
+    for s in samples:
+        source = s.get("source") or section.label
+        if source not in provides:
+            raise RuntimeError(f"source plugin {section.type!r} yielded source {source!r}, not one of {provides}")
+        sample_id = s["id"] if str(s["id"]).startswith(f"{source}/") else f"{source}/{s['id']}"
+        if sample_id in seen:
+            raise UserError(f"source {section.label!r}: duplicate sample id {s['id']!r}. Ids must be unique.")
+        seen.add(sample_id)
+        out.append({"id": sample_id, "source": source, "category": category or s.get("category"),
+                    "image": s.get("image"), "conversations": s["conversations"], "noisy": s.get("noisy")})
+    return out
+
+
+def aligned_scores(pool: list[Sample], score_dirs: list[Path]) -> dict[str, Any]:
+    """Score columns re-ordered to match ``pool`` (scorers may have scored a superset)."""
+    import numpy as np
+
+    columns: dict[str, Any] = {}
+    for d in score_dirs:
+        data = np.load(d / "scores.npz")
+        row_of = {sid: i for i, sid in enumerate(data["__ids__"].tolist())}
+        rows = np.array([row_of[s["id"]] for s in pool], dtype=int)
+        for col in data.files:
+            if col != "__ids__":
+                columns[col] = data[col][rows]
+    return columns

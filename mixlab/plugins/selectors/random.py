@@ -1,0 +1,50 @@
+"""``random``: a uniform random subset, the baseline every selection table needs."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from mixlab import hookimpl
+from mixlab.components import Options, Selection, Selector
+
+
+class RandomOptions(Options):
+    fraction: float | None = Field(None, gt=0, le=1, description="Share of the pool to keep.")
+    count: int | None = Field(None, ge=1, description="Number of samples to keep (instead of fraction).")
+    per_source: bool = Field(False, description="Keep the same share of every source (stratified).")
+    seed: int | None = Field(None, description="Sampling seed (default: the run's seed).")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> RandomOptions:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of `fraction` or `count`")
+        return self
+
+
+def budget(n: int, fraction: float | None, count: int | None) -> int:
+    """How many to keep out of n."""
+    return min(n, count) if count is not None else int(round(n * (fraction or 0)))
+
+
+class RandomSelector(Selector):
+    name = "random"
+    Options = RandomOptions
+
+    def select(self, samples, scores, ctx) -> Selection:
+        o = self.options
+        rng = np.random.default_rng(ctx.seed if o.seed is None else o.seed)
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(s["source"] if o.per_source else "", []).append(i)
+        keep: list[int] = []
+        for rows in groups.values():
+            share = budget(len(samples), o.fraction, o.count) / max(1, len(samples)) if o.count else o.fraction
+            k = budget(len(rows), share, None)
+            keep += rng.choice(rows, size=k, replace=False).tolist()
+        return Selection(ids=[samples[i]["id"] for i in sorted(keep)], info={"kept": len(keep)})
+
+
+@hookimpl
+def register_selectors(register):
+    register(RandomSelector)

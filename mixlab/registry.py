@@ -1,0 +1,163 @@
+"""The plugin manager: built-ins (DEFAULT_PLUGINS) and installed packages, all through the same hooks."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from mixlab import __version__, hookspecs
+from mixlab.components import KINDS, Component
+from mixlab.errors import UserError
+
+DEFAULT_PLUGINS = (
+    "mixlab.plugins.sources.llava_json",
+    "mixlab.plugins.sources.hf_dataset",
+    "mixlab.plugins.sources.toyworld",
+    "mixlab.plugins.selectors.random",
+    "mixlab.plugins.selectors.fraction",
+    "mixlab.plugins.trainers.llava_sft",
+    "mixlab.plugins.evaluators.benchmarks",
+    "mixlab.plugins.commands",
+)
+
+HOOK_OF_KIND = {kind: f"register_{kind}s" for kind in KINDS}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component class and where it came from."""
+
+    kind: str
+    name: str
+    cls: type[Component]
+    package: str
+    version: str
+
+
+class Registry:
+    """Components by kind and name, with the distribution each came from."""
+
+    def __init__(self, pm: pluggy.PluginManager, packages: dict[str, tuple[str, str]]):
+        self.pm = pm
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in HOOK_OF_KIND.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                package, version = packages.get(impl.plugin_name, (impl.plugin_name, ""))
+                impl.function(register=self._registrar(kind, package, version))
+
+    def _registrar(self, kind: str, package: str, version: str):
+        def register(cls: type) -> None:
+            name = getattr(cls, "name", None)
+            if not isinstance(name, str) or not name:
+                raise UserError(f"plugin package {package!r} registered {cls!r} as a {kind} without a `name`.")
+            if name in self.entries[kind]:
+                other = self.entries[kind][name].package
+                raise UserError(
+                    f"two plugins register a {kind} named {name!r}: {other!r} and {package!r}. "
+                    "Uninstall one, or limit plugins with MIXLAB_LOAD_PLUGINS."
+                )
+            self.entries[kind][name] = Entry(kind, name, cls, package, version)
+
+        return register
+
+    def get(self, kind: str, name: str) -> type[Component]:
+        """The class registered as ``name``; a miss raises UserError with the closest names."""
+        found = self.entries[kind].get(name)
+        if found is None:
+            raise UserError(f"no {kind} named {name!r}.{did_you_mean(name, self.entries[kind])}")
+        return found.cls
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def all(self) -> list[Entry]:
+        return [e for kind in KINDS for e in sorted(self.entries[kind].values(), key=lambda e: e.name)]
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """' Did you mean 'x'?' for the closest choices, or a list of what exists."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    if close:
+        return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if choices:
+        return " Known: " + ", ".join(choices) + "."
+    return ""
+
+
+def allowed_distributions() -> set[str] | None:
+    """Distribution names from MIXLAB_LOAD_PLUGINS (None: load all installed plugins)."""
+    value = os.environ.get("MIXLAB_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def _load_entry_points(pm: pluggy.PluginManager, packages: dict[str, tuple[str, str]]) -> None:
+    allowed = allowed_distributions()
+    for ep in metadata.entry_points(group="mixlab"):
+        dist = ep.dist
+        dist_name = dist.name if dist else ep.name
+        if allowed is not None and dist_name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party package must not crash mixlab with a traceback
+            raise UserError(
+                f"plugin package {dist_name!r} (entry point {ep.value!r}) failed to import: "
+                f"{type(exc).__name__}: {exc}. Fix or uninstall it, or run with MIXLAB_LOAD_PLUGINS='' to skip it."
+            ) from exc
+        pm.register(plugin, name=ep.name)
+        packages[ep.name] = (dist_name, dist.version if dist else "")
+
+
+def make_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
+    """Built-ins, installed packages and any extra plugin objects, checked against the hookspecs."""
+    pm = pluggy.PluginManager("mixlab")
+    pm.add_hookspecs(hookspecs)
+    packages: dict[str, tuple[str, str]] = {}
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+        packages[module_name] = ("mixlab", __version__)
+    _load_entry_points(pm, packages)
+    for plugin in extra_plugins:
+        name = pm.register(plugin)
+        packages[name] = (getattr(plugin, "__name__", "local"), "")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise UserError(f"plugin {exc.plugin!r} implements a hook mixlab does not define: {exc}") from exc
+    return Registry(pm, packages)
+
+
+_registry: Registry | None = None
+_extra: list[Any] = []
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = make_registry(tuple(_extra))
+    return _registry
+
+
+def register_plugin(plugin: Any) -> None:
+    """Add a plugin object or module (tests, notebooks) and rebuild the registry on next use."""
+    global _registry
+    _extra.append(plugin)
+    _registry = None
+
+
+def unregister_plugin(plugin: Any) -> None:
+    global _registry
+    _extra.remove(plugin)
+    _registry = None

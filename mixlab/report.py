@@ -1,0 +1,169 @@
+"""report.json (the fixed contract), report.md with plots, and the rich tables printed at the end of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from mixlab import __version__
+from mixlab.progress import console
+from mixlab.store import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from mixlab.pipeline import Run
+
+
+def ground_truth(chosen: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Share of known-noisy samples in a training set, where the data carries noise flags."""
+    flagged = [s for s in chosen if s.get("noisy") is not None]
+    if not flagged:
+        return None
+    noisy = sum(1 for s in flagged if s["noisy"])
+    return {"noisy_samples": noisy, "noisy_fraction": round(noisy / len(flagged), 4)}
+
+
+def build_report(run: Run) -> dict[str, Any]:
+    arms = {}
+    for name, arm in run.arms.items():
+        entry = {k: v for k, v in arm.items() if not k.startswith("_") and k != "selection"}
+        truth = ground_truth(arm["_chosen"])
+        if truth:
+            entry["ground_truth"] = truth
+        if arm["selection"]:
+            entry["selection"] = {k: v for k, v in arm["selection"].items() if k != "individual_select"}
+        arms[name] = entry
+    report: dict[str, Any] = {
+        "mixlab_version": __version__,
+        "recipe": str(run.recipe.path),
+        "run_dir": str(run.run_dir),
+        "stages": run.stages,
+        "arms": arms,
+    }
+    for arm in run.arms.values():
+        if "individual_select" in arm["selection"]:
+            report["individual_select"] = arm["selection"]["individual_select"]
+    if "soup" in run.extra:
+        report["soup"] = run.extra["soup"]
+    return report
+
+
+def write_report(run: Run, report: dict[str, Any]) -> None:
+    atomic_write_json(run.run_dir / "report.json", report)
+    atomic_write_text(run.run_dir / "report.md", render_markdown(report, plot(report, run.run_dir)))
+    print_tables(report)
+
+
+def _benchmarks(report: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for arm in report["arms"].values():
+        names += [b for b in arm["metrics"] if b not in names]
+    return names
+
+
+def _rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = dict(report["arms"])
+    if "soup" in report:
+        rows[f"soup ({report['soup']['method']})"] = report["soup"]
+    return rows
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    benches = _benchmarks(report)
+    table = Table(title="arms × benchmarks (score, 0-100)")
+    table.add_column("arm", style="bold")
+    table.add_column("samples", justify="right")
+    for b in benches:
+        table.add_column(b, justify="right")
+    table.add_column("score", justify="right", style="bold green")
+    for name, arm in _rows(report).items():
+        cells = [f"{arm['metrics'][b]['score']:.1f}" if b in arm["metrics"] else "-" for b in benches]
+        table.add_row(name, str(arm.get("n_samples", "")), *cells, f"{arm['score']:.1f}")
+    console.print(table)
+    stages = Table(title="stages")
+    for col in ("stage", "status", "seconds"):
+        stages.add_column(col, justify="right" if col == "seconds" else "left")
+    for s in report["stages"]:
+        color = {"done": "green", "cached": "cyan", "failed": "red"}[s["status"]]
+        stages.add_row(s["name"], f"[{color}]{s['status']}[/]", f"{s['seconds']:.1f}")
+    console.print(stages)
+
+
+def plot(report: dict[str, Any], run_dir: Path) -> list[str]:
+    """PNG plots beside the report; returns their file names."""
+    rows = _rows(report)
+    if not rows:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    benches = _benchmarks(report)
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(benches) * max(1, len(rows)) / 2), 3.5))
+    width = 0.8 / len(rows)
+    for i, (name, arm) in enumerate(rows.items()):
+        xs = [j + i * width for j in range(len(benches))]
+        ax.bar(xs, [arm["metrics"].get(b, {}).get("score", 0) for b in benches], width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(benches))], benches, rotation=20)
+    ax.set_ylabel("score (0-100)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "arms.png", dpi=110)
+    plt.close(fig)
+    files.append("arms.png")
+    if "individual_select" in report:
+        files.append(plot_progression(report["individual_select"], run_dir))
+    return files
+
+
+def plot_progression(block: dict[str, Any], run_dir: Path) -> str:
+    """Per-benchmark score of the baseline after each Individual Select round (the seed paper's Figure 4)."""
+    import matplotlib.pyplot as plt
+
+    rounds = block["rounds"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    benches = sorted({b for r in rounds for b in r.get("baseline_metrics", {})})
+    labels = [r["category"] for r in rounds]
+    for b in benches:
+        ax.plot(labels, [r.get("baseline_metrics", {}).get(b, float("nan")) for r in rounds], marker="o", label=b)
+    ax.plot(labels, [r.get("baseline_score", float("nan")) for r in rounds], marker="s", color="k", label="average")
+    ax.set_ylabel("score after round")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "individual_select.png", dpi=110)
+    plt.close(fig)
+    return "individual_select.png"
+
+
+def render_markdown(report: dict[str, Any], images: list[str]) -> str:
+    benches = _benchmarks(report)
+    lines = [f"# mixlab report: {Path(report['recipe']).name}", "", f"mixlab {report['mixlab_version']}", ""]
+    lines += ["| arm | samples | " + " | ".join(benches) + " | score |", "|---" * (len(benches) + 3) + "|"]
+    for name, arm in _rows(report).items():
+        cells = [f"{arm['metrics'][b]['score']:.1f}" if b in arm["metrics"] else "-" for b in benches]
+        lines.append(f"| {name} | {arm.get('n_samples', '')} | " + " | ".join(cells) + f" | **{arm['score']:.1f}** |")
+    lines += [""] + [f"![{img}]({img})" for img in images]
+    lines += ["", "## Metrics", ""]
+    for name, arm in _rows(report).items():
+        lines.append(f"### {name}")
+        if arm.get("sources"):
+            lines.append("sources: " + ", ".join(f"{k} {v}" for k, v in arm["sources"].items()))
+        if arm.get("ground_truth"):
+            lines.append(f"ground truth: {json.dumps(arm['ground_truth'])}")
+        for bench, metrics in arm["metrics"].items():
+            lines.append(f"- {bench}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        lines.append("")
+    if "individual_select" in report:
+        lines += ["## Individual Select", ""]
+        for r in report["individual_select"]["rounds"]:
+            for c in r["candidates"]:
+                lines.append(f"- {r['category']}: {c['source']} score {c['score']:.2f} → "
+                             f"{'kept' if c['kept'] else 'rejected'}")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in report["stages"]]
+    return "\n".join(lines) + "\n"

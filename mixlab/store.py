@@ -1,0 +1,89 @@
+"""The run directory: content-addressed stage folders, atomic writes, DONE markers and events.jsonl."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+SAMPLES_FILE = "samples.parquet"
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 of a canonical JSON rendering (keys sorted; paths and other objects as str)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")[:60] or "stage"
+
+
+class Store:
+    """Stage folders under run_dir/stages, keyed by a content hash; DONE is written last."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.events_path = run_dir / "events.jsonl"
+
+    def stage_dir(self, name: str, key: str) -> Path:
+        return self.run_dir / "stages" / f"{slug(name)}-{key[:12]}"
+
+    def cache_dir(self, kind: str, key: str) -> Path:
+        path = self.run_dir / "cache" / slug(kind) / key[:16]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def is_done(stage_dir: Path) -> bool:
+        return (stage_dir / "DONE").is_file() and (stage_dir / "result.json").is_file()
+
+    @staticmethod
+    def finish(stage_dir: Path, result: dict[str, Any]) -> None:
+        atomic_write_json(stage_dir / "result.json", result)
+        atomic_write_text(stage_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+    @staticmethod
+    def result(stage_dir: Path) -> dict[str, Any]:
+        return json.loads((stage_dir / "result.json").read_text())
+
+    def event(self, **fields: Any) -> None:
+        """Append one JSON object to events.jsonl (flushed at once, so a crash keeps the history)."""
+        fields = {"time": round(time.time(), 3), **fields}
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps(fields, default=str) + "\n")
+
+
+def save_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(samples), tmp)
+    os.replace(tmp, path)
+
+
+def load_samples(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

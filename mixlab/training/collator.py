@@ -1,0 +1,109 @@
+"""Batches for training and scoring: chat template + image pixels, with assistant-only label masks.
+
+Labels are -100 everywhere except the assistant answers and their end-of-turn token: the system prompt, the user
+turns, the image tokens and the padding are never trained. The masks come from the `{% generation %}` markers of
+`training_template(processor)` through TRL's `DataCollatorForVisionLanguageModeling(assistant_only_loss=True)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mixlab.data import IMAGE_TOKEN, Sample, to_messages
+from mixlab.models.templates import training_template
+
+IGNORE = -100
+
+
+def _fix_image_parts(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
+    """Make the number of {"type": "image"} parts equal n_images (0 or 1): add one to the first user turn or drop extras."""
+    seen = 0
+    fixed = []
+    for m in messages:
+        content = []
+        for part in m["content"]:
+            if part.get("type") == "image":
+                seen += 1
+                if seen > n_images:
+                    continue
+            content.append(part)
+        fixed.append({**m, "content": content})
+    if n_images and seen == 0:
+        for m in fixed:
+            if m["role"] == "user":
+                m["content"] = [{"type": "image"}, *m["content"]]
+                break
+    return fixed
+
+
+def sample_to_row(sample: Sample) -> dict[str, Any]:
+    """A Sample as a TRL vision row: {"messages": typed chat messages, "images": [image path] or []}."""
+    images = [sample["image"]] if sample.get("image") else []
+    return {"messages": _fix_image_parts(to_messages(sample), len(images)), "images": images}
+
+
+def _load_image(image: Any) -> Any:
+    """A PIL image in RGB from a PIL image or a path."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    with Image.open(image) as im:
+        return im.convert("RGB")
+
+
+def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the None keys that Arrow adds to typed content parts (an image part comes back with text=None)."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = [{k: v for k, v in part.items() if v is not None} for part in content]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+class VisionCollator:
+    """Collate rows {"messages", "images"} into model inputs with assistant-only labels; counts the tokens it emits."""
+
+    def __init__(self, processor: Any, *, max_length: int | None = None, chat_template: str | None = None) -> None:
+        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+        self.processor = processor
+        self.chat_template = chat_template or training_template(processor)
+        self.inner = DataCollatorForVisionLanguageModeling(
+            processor=processor, max_length=max_length, assistant_only_loss=True, chat_template=self.chat_template
+        )
+        self.tokens_seen = 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        examples = [
+            {
+                "messages": _clean_messages(row["messages"]),
+                "images": [_load_image(im) for im in (row.get("images") or []) if im is not None],
+            }
+            for row in rows
+        ]
+        batch = self.inner(examples)
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        return batch
+
+
+def mask_preview(sample: Sample, processor: Any) -> list[tuple[str, bool]]:
+    """(token text, trained?) for each token of the sample; a run of image tokens is shown as one "<image×N>"."""
+    batch = VisionCollator(processor)([sample_to_row(sample)])
+    tokenizer = processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+    out: list[tuple[str, bool]] = []
+    run = 0
+    for token_id, label in zip(batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), strict=True):
+        if token_id == image_id:
+            run += 1
+            continue
+        if run:
+            out.append((f"<image×{run}>", False))
+            run = 0
+        out.append((tokenizer.decode([token_id]), label != IGNORE))
+    if run:
+        out.append((f"<image×{run}>", False))
+    return out

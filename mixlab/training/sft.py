@@ -1,0 +1,252 @@
+"""Supervised fine-tuning of a LLaVA-style model on mixlab samples, with TRL's SFTTrainer.
+
+Assistant-only loss, separate learning rates for the vision tower / projector / language model, optional LoRA
+(merged into a plain HF dir at the end), optional DeepSpeed, checkpoints for crash-resume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from mixlab.data import Sample
+from mixlab.errors import UserError
+
+LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VISION, PROJECTOR, LM = "vision", "projector", "lm"
+
+
+class LoraSettings(BaseModel, extra="forbid"):
+    """LoRA on the language model's linear layers; the projector stays fully trained."""
+
+    r: int = Field(128, ge=1, description="LoRA rank.")
+    alpha: int = Field(256, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LM_PROJECTIONS),
+        description="Names of the linear layers to adapt; matched only inside the language model.",
+    )
+
+
+class SFTSettings(BaseModel, extra="forbid"):
+    """Settings of one SFT run."""
+
+    epochs: float = Field(1.0, gt=0, description="Number of passes over the data (may be fractional).")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate of the language model.")
+    projector_lr: float | None = Field(None, gt=0, description="Peak lr of the projector; None means learning_rate.")
+    vision_lr: float | None = Field(None, gt=0, description="Peak lr of the vision tower; None freezes it.")
+    batch_size: int = Field(8, ge=1, description="Samples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps with linear lr warm-up.")
+    scheduler: str = Field("cosine", description="LR schedule after warm-up (a transformers scheduler name).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (not on biases and norms).")
+    max_length: int | None = Field(None, ge=1, description="Truncate sequences to this many tokens; None = never.")
+    lora: LoraSettings | None = Field(None, description="LoRA settings; None trains the full weights.")
+    deepspeed: str | None = Field(None, description="Path of a DeepSpeed JSON config; None = no DeepSpeed.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    attn_implementation: str = Field("auto", description='"auto", "sdpa", "eager" or "flash_attention_2".')
+    seed: int = Field(0, description="Seed of initialisation (LoRA), shuffling and dropout.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None = every 25% of training.")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+
+
+def param_part(name: str) -> Literal["vision", "projector", "lm"]:
+    """Which part of a LLaVA model a parameter belongs to, from its name."""
+    if "vision_tower" in name:
+        return VISION
+    if "multi_modal_projector" in name:
+        return PROJECTOR
+    return LM
+
+
+def _sft_trainer_class() -> type:
+    """SFTTrainer with one AdamW param group per (model part, weight decay), each with its own lr."""
+    from trl import SFTTrainer
+
+    class PartLRSFTTrainer(SFTTrainer):
+        part_lrs: dict[str, float] = {}
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            if self.optimizer is not None:
+                return self.optimizer
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[str, bool], list[Any]] = {}
+            for name, param in opt_model.named_parameters():
+                if param.requires_grad:
+                    groups.setdefault((param_part(name), name in decay), []).append(param)
+            param_groups = [
+                {
+                    "params": params,
+                    "lr": self.part_lrs[part],
+                    "weight_decay": self.args.weight_decay if decays else 0.0,
+                    "part": part,
+                }
+                for (part, decays), params in sorted(groups.items())
+            ]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+            return self.optimizer
+
+    return PartLRSFTTrainer
+
+
+def _progress_callback(progress: Callable[[int, int], None]) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress(state.global_step, state.max_steps)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress(state.global_step, state.max_steps)
+
+    return ProgressCallback()
+
+
+def _lora_config(lora: LoraSettings, train_vision: bool) -> Any:
+    from peft import LoraConfig
+
+    names = "|".join(sorted(set(lora.target_modules)))
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=rf".*language_model.*\.({names})",
+        modules_to_save=["multi_modal_projector", *(["vision_tower"] if train_vision else [])],
+    )
+
+
+def _setup_deepspeed(path: str) -> str:
+    """Check the JSON exists; on a single process without a launcher, set the env that DeepSpeed needs."""
+    if not Path(path).is_file():
+        raise UserError(f"DeepSpeed config {path} does not exist")
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    return str(Path(path).resolve())
+
+
+def build_dataset(samples: list[Sample]) -> Any:
+    """A datasets.Dataset of TRL vision rows; images stay paths and are opened by the collator."""
+    import datasets
+
+    from mixlab.training.collator import sample_to_row
+
+    return datasets.Dataset.from_list([sample_to_row(s) for s in samples])
+
+
+def train_llava(
+    samples: list[Sample],
+    base_model: Path,
+    out_dir: Path,
+    settings: SFTSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `base_model` on `samples`; the result goes to out_dir/"model" (and out_dir/"adapter" with LoRA).
+
+    Resumes from the last checkpoint in out_dir/"checkpoints" when there is one, and deletes the checkpoints after
+    success. Returns {"train_loss", "steps", "seconds", "tokens_per_second", "samples", "resumed_from"}.
+    """
+    if not samples:
+        raise UserError("no samples to train on: the selection is empty")
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig
+
+    from mixlab.models.loading import device_kind, load_model
+    from mixlab.models.templates import training_template
+    from mixlab.training.collator import VisionCollator
+
+    out_dir = Path(out_dir)
+    ckpt_dir, model_dir, adapter_dir = out_dir / "checkpoints", out_dir / "model", out_dir / "adapter"
+    deepspeed = _setup_deepspeed(settings.deepspeed) if settings.deepspeed else None
+    on_cuda = device_kind() == "cuda"
+
+    model, processor = load_model(
+        base_model, for_training=True, attn_implementation=settings.attn_implementation, device="cuda" if on_cuda else "cpu"
+    )
+    processor.chat_template = training_template(processor)
+    tokenizer = processor.tokenizer
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    train_vision = settings.vision_lr is not None
+    if not train_vision:
+        for name, param in model.named_parameters():
+            if param_part(name) == VISION:
+                param.requires_grad_(False)
+
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay,
+        max_length=settings.max_length,
+        assistant_only_loss=True,
+        bf16=on_cuda,
+        use_cpu=not on_cuda,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        deepspeed=deepspeed,
+        report_to="none",
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps if settings.save_steps is not None else 0.25,
+        save_total_limit=1,
+        seed=settings.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=progress is not None,
+    )
+    collator = VisionCollator(processor, max_length=settings.max_length)
+    trainer_cls = _sft_trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=build_dataset(samples),
+        processing_class=processor,
+        peft_config=_lora_config(settings.lora, train_vision) if settings.lora else None,
+        callbacks=[_progress_callback(progress)] if progress else None,
+    )
+    trainer.part_lrs = {
+        LM: settings.learning_rate,
+        PROJECTOR: settings.projector_lr or settings.learning_rate,
+        VISION: settings.vision_lr or 0.0,
+    }
+
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = float(result.metrics.get("train_runtime", time.perf_counter() - started))
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    if settings.lora:
+        trainer.save_model(str(adapter_dir))
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+    else:
+        trainer.save_model(str(model_dir))
+        processor.save_pretrained(model_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    return {
+        "train_loss": float(result.training_loss),
+        "steps": int(trainer.state.global_step),
+        "seconds": seconds,
+        "tokens_per_second": collator.tokens_seen / seconds if seconds > 0 else None,
+        "samples": len(samples),
+        "resumed_from": resume,
+    }

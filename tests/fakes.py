@@ -1,0 +1,179 @@
+"""Small plugins for the core's tests: real pipeline, registry and store; trivial data, training and scoring.
+
+The fake world: sources "good" and "bad" of 10 samples each. A fake "model" is a JSON file listing the ids
+it was trained on; the fake benchmark scores 100 × the share of "good" samples, so selection visibly matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from mixlab import hookimpl
+from mixlab.components import Evaluator, MergeResult, Merger, Options, Scorer, Selection, Selector, Source, Trainer, TrainResult
+
+
+class FakeSourceOptions(Options):
+    n: int = Field(10, ge=1)
+    quality: str = "good"
+
+
+class FakeSource(Source):
+    name = "fake_source"
+    Options = FakeSourceOptions
+
+    def load(self, ctx):
+        return [{"id": str(i), "image": None, "category": "fake", "noisy": self.options.quality == "bad",
+                 "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": self.options.quality}]}
+                for i in range(self.options.n)]
+
+
+class FakeScorer(Scorer):
+    name = "fake_quality"
+
+    def score(self, samples, ctx):
+        import numpy as np
+
+        return {"badness": np.array([1.0 if s["noisy"] else 0.0 for s in samples])}
+
+
+class FakeTopOptions(Options):
+    column: str = "badness"
+    count: int = 5
+
+
+class FakeTop(Selector):
+    name = "fake_lowest"
+    Options = FakeTopOptions
+
+    def select(self, samples, scores, ctx):
+        order = sorted(range(len(samples)), key=lambda i: (scores[self.options.column][i], i))
+        return Selection(ids=[samples[i]["id"] for i in order[: self.options.count]], info={"rule": "lowest"})
+
+
+class FakeTrainerOptions(Options):
+    epochs: int = 1
+    sleep: float = 0.0
+
+
+class FakeTrainer(Trainer):
+    name = "fake_trainer"
+    Options = FakeTrainerOptions
+
+    def train(self, samples, base_model, work_dir, ctx, overrides=None):
+        sleep = float(os.environ.get("FAKE_TRAIN_SLEEP", "0")) or self.options.sleep
+        (work_dir / "partial.txt").write_text("half-written")
+        with ctx.progress("fake training", len(samples)) as advance:
+            for _ in samples:
+                time.sleep(sleep / max(1, len(samples)))
+                advance()
+        model = work_dir / "model"
+        model.mkdir(exist_ok=True)
+        (model / "ids.json").write_text(json.dumps(sorted(s["id"] for s in samples)))
+        return TrainResult(model, {"samples": len(samples)})
+
+
+class FakeEvaluator(Evaluator):
+    name = "fake_bench"
+
+    def evaluate(self, model_dir, work_dir, ctx):
+        ids = json.loads((Path(model_dir) / "ids.json").read_text())
+        good = sum(1 for i in ids if i.startswith("good/")) / max(1, len(ids))
+        return {"fakebench": {"acc": 100 * good, "score": 100 * good}}
+
+
+class FakeMerger(Merger):
+    name = "fake_soup"
+
+    def merge(self, ingredients, work_dir, ctx):
+        ids = sorted({i for p in ingredients.values() for i in json.loads((p / "ids.json").read_text())})
+        model = work_dir / "model"
+        model.mkdir(exist_ok=True)
+        (model / "ids.json").write_text(json.dumps(ids))
+        return MergeResult(model, kept=list(ingredients), info={"method": "union"})
+
+
+@hookimpl
+def register_sources(register):
+    register(FakeSource)
+
+
+@hookimpl
+def register_scorers(register):
+    register(FakeScorer)
+
+
+@hookimpl
+def register_selectors(register):
+    register(FakeTop)
+
+
+@hookimpl
+def register_trainers(register):
+    register(FakeTrainer)
+
+
+@hookimpl
+def register_evaluators(register):
+    register(FakeEvaluator)
+
+
+@hookimpl
+def register_mergers(register):
+    register(FakeMerger)
+
+
+RECIPE = """\
+[run]
+name = "fake"
+seed = 1
+
+[model]
+path = "base"
+
+[sources.good]
+type = "fake_source"
+quality = "good"
+
+[sources.bad]
+type = "fake_source"
+quality = "bad"
+
+[scorers.quality]
+type = "fake_quality"
+
+[selectors.best]
+type = "fake_lowest"
+scorers = ["quality"]
+count = 10
+
+[trainer]
+type = "fake_trainer"
+
+[evaluators.bench]
+type = "fake_bench"
+
+[arms.full]
+sources = ["good", "bad"]
+
+[arms.curated]
+sources = ["good", "bad"]
+selector = "best"
+
+[soup]
+type = "fake_soup"
+arms = ["full", "curated"]
+"""
+
+
+def write_recipe(folder: Path, text: str = RECIPE) -> Path:
+    """A recipe plus the empty 'base' model folder it points at."""
+    (folder / "base").mkdir(parents=True, exist_ok=True)
+    (folder / "base" / "config.json").write_text("{}")
+    path = folder / "recipe.toml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,134 @@
+"""The pipeline, store and report on fake plugins: stage order, caching, resume after a hard kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mixlab.pipeline import Run
+from mixlab.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_recipe(path: Path, out: Path | None = None) -> dict:
+    return Run(load_recipe(path), out, show_progress=False).execute()
+
+
+def comparable(report: dict) -> dict:
+    """What must not depend on caching or crashes: arms and their metrics, the soup, stage names."""
+    arms = {k: {x: v[x] for x in ("n_samples", "sources", "metrics", "score")} for k, v in report["arms"].items()}
+    return {"arms": arms, "soup": report.get("soup"), "stages": sorted(s["name"] for s in report["stages"])}
+
+
+def test_run_writes_contract_report(fake_recipe):
+    report = run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    on_disk = json.loads((run_dir / "report.json").read_text())
+    assert on_disk["arms"]["full"]["n_samples"] == 20
+    assert on_disk["arms"]["full"]["sources"] == {"good": 10, "bad": 10}
+    assert on_disk["arms"]["full"]["score"] == 50.0
+    assert on_disk["arms"]["curated"]["sources"] == {"good": 10}  # the selector dropped every bad sample
+    assert on_disk["arms"]["curated"]["metrics"]["fakebench"]["acc"] == 100.0
+    assert on_disk["arms"]["curated"]["ground_truth"] == {"noisy_samples": 0, "noisy_fraction": 0.0}
+    assert on_disk["soup"]["kept"] == ["full", "curated"]
+    assert {s["status"] for s in report["stages"]} == {"done"}
+    names = [s["name"] for s in report["stages"]]
+    assert names.index("source:good") < names.index("model") < names.index("score:quality") < names.index(
+        "select:curated") < names.index("train:curated") < names.index("eval:curated") < names.index("merge:soup")
+    assert (run_dir / "recipe.toml").read_text() == fake_recipe.read_text()
+    assert (run_dir / "report.md").read_text().startswith("# mixlab report")
+    assert (run_dir / "arms.png").stat().st_size > 1000
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert {"start", "end"} <= {e["event"] for e in events}
+
+
+def test_second_run_reuses_every_stage(fake_recipe):
+    first = run_recipe(fake_recipe)
+    second = run_recipe(fake_recipe)
+    assert {s["status"] for s in second["stages"]} == {"cached"}
+    assert comparable(first) == comparable(second)
+
+
+def test_changed_section_reruns_only_downstream(fake_recipe):
+    run_recipe(fake_recipe)
+    fake_recipe.write_text(fake_recipe.read_text().replace("count = 10", "count = 4"))
+    report = run_recipe(fake_recipe)
+    status = {s["name"]: s["status"] for s in report["stages"]}
+    assert status["source:good"] == status["train:full"] == status["eval:full"] == "cached"
+    assert status["select:curated"] == status["train:curated"] == "done"
+    assert report["arms"]["curated"]["n_samples"] == 4
+
+
+def test_output_dir_override(fake_recipe, tmp_path):
+    run_recipe(fake_recipe, tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "report.json").is_file()
+
+
+def test_stage_without_done_marker_is_recomputed(fake_recipe):
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    done = next(run_dir.glob("stages/train_full-*/DONE"))
+    done.unlink()
+    report = run_recipe(fake_recipe)
+    status = {s["name"]: s["status"] for s in report["stages"]}
+    assert status["train:full"] == "done" and status["train:curated"] == "cached"
+
+
+DRIVER = """
+import sys
+from mixlab import registry
+from tests import fakes
+registry.register_plugin(fakes)
+from mixlab.cli import main
+sys.argv = ["mixlab", "run", sys.argv[1], "--output-dir", sys.argv[2], "--no-progress"]
+main()
+"""
+
+
+def test_killed_mid_stage_then_rerun_matches_uninterrupted(fake_recipe, tmp_path):
+    reference = run_recipe(fake_recipe, tmp_path / "reference")
+    out = tmp_path / "crashy"
+    env = {**os.environ, "FAKE_TRAIN_SLEEP": "30", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(fake_recipe), str(out)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = out / "events.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (events.exists() and '"stage": "train:full"' in events.read_text()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert '"stage": "train:full"' in events.read_text()
+    assert not list(out.glob("stages/train_full-*/DONE")) and list(out.glob("stages/train_full-*/partial.txt"))
+    assert not (out / "report.json").exists()
+    resumed = run_recipe(fake_recipe, out)
+    status = {s["name"]: s["status"] for s in resumed["stages"]}
+    assert status["source:good"] == "cached" and status["train:full"] == "done"
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_failed_stage_keeps_finished_work_and_reports(fake_recipe, monkeypatch):
+    from tests import fakes
+
+    def boom(self, model_dir, work_dir, ctx):
+        raise RuntimeError("evaluator exploded")
+
+    monkeypatch.setattr(fakes.FakeEvaluator, "evaluate", boom)
+    try:
+        run_recipe(fake_recipe)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failure must propagate")
+    report = json.loads((fake_recipe.parent / "runs" / "fake" / "report.json").read_text())
+    status = {s["name"]: s["status"] for s in report["stages"]}
+    assert status["train:full"] == "done" and status["eval:full"] == "failed"
+    monkeypatch.undo()
+    again = run_recipe(fake_recipe)
+    assert {s["name"]: s["status"] for s in again["stages"]}["train:full"] == "cached"

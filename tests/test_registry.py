@@ -1,0 +1,73 @@
+"""The registry: built-ins through the hooks, lookups with suggestions, bad plugins turned into clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mixlab import hookimpl, registry
+from mixlab.errors import UserError
+
+
+def test_builtins_register_through_hooks():
+    reg = registry.make_registry()
+    assert {"llava_json", "hf_dataset"} <= set(reg.names("source"))
+    assert {"random", "fraction"} <= set(reg.names("selector"))
+    assert all(e.package == "mixlab" for e in reg.all())
+
+
+def test_lookup_suggests_closest_names():
+    reg = registry.make_registry()
+    with pytest.raises(UserError, match="Did you mean 'llava_json'"):
+        reg.get("source", "llava_jsn")
+
+
+def test_hook_register_scorers_and_duplicate_names(fake_plugins):
+    reg = registry.get_registry()
+    assert reg.get("scorer", "fake_quality").name == "fake_quality"
+
+    class Clash:
+        @hookimpl
+        def register_scorers(self, register):
+            from tests.fakes import FakeScorer
+
+            register(FakeScorer)
+
+    with pytest.raises(UserError, match="two plugins register a scorer named 'fake_quality'"):
+        registry.make_registry((fake_plugins, Clash()))
+
+
+def test_unknown_hook_is_rejected():
+    class Typo:
+        @hookimpl
+        def register_scorer(self, register):  # missing "s": matches no spec
+            pass
+
+    with pytest.raises(UserError, match="implements a hook mixlab does not define"):
+        registry.make_registry((Typo(),))
+
+
+def test_component_without_name_is_rejected():
+    class Nameless:
+        @hookimpl
+        def register_mergers(self, register):
+            register(type("NoName", (), {}))
+
+    with pytest.raises(UserError, match="without a `name`"):
+        registry.make_registry((Nameless(),))
+
+
+def test_core_commands_import_no_torch():
+    code = ("import sys; from mixlab.cli import cli, _add_plugin_commands; _add_plugin_commands();"
+            "import mixlab.recipe, mixlab.pipeline; assert 'torch' not in sys.modules, 'torch imported';"
+            "assert 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_plugins_env_empty_skips_installed(monkeypatch):
+    monkeypatch.setenv("MIXLAB_LOAD_PLUGINS", "")
+    assert registry.allowed_distributions() == set()
+    reg = registry.make_registry()
+    assert all(e.package == "mixlab" for e in reg.all())
