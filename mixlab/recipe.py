@@ -273,7 +273,13 @@ def validate_data(path: Path, text: str, data: dict[str, Any], registry: Registr
 
     provided: dict[str, str] = {}
     for label, section in sources.items():
-        for name in section.build().provides():
+        try:
+            names = section.build().provides()
+        except UserError as exc:
+            v.problems.append(Problem(("sources", label), str(exc)))
+            v.broken.add(label)
+            continue
+        for name in names:
             if name in provided:
                 v.problems.append(Problem(("sources", label), f"source name {name!r} is provided twice."))
             provided[name] = label

@@ -11,7 +11,8 @@ from mixlab import hookimpl, registry
 from mixlab.errors import UserError
 
 
-def test_builtins_register_through_hooks():
+def test_builtins_register_through_hooks(monkeypatch):
+    monkeypatch.setenv("MIXLAB_LOAD_PLUGINS", "")
     reg = registry.make_registry()
     assert {"llava_json", "hf_dataset"} <= set(reg.names("source"))
     assert {"random", "fraction"} <= set(reg.names("selector"))

@@ -291,9 +291,9 @@ def test_detect_kind() -> None:
 def test_build_prompt() -> None:
     row = {"question": "Which colour?", "hint": "A flag.", "A": "red", "B": "blue", "C": ""}
     assert build_prompt(row, "mmbench") == (
-        "Hint: A flag.\nQuestion: Which colour?\nOptions:\nA. red\nB. blue\n"
+        "Context: A flag.\nWhich colour?\nA. red\nB. blue\n"
         "Answer with the option's letter from the given choices directly."
     )
-    assert build_prompt(dict(row, hint=""), "seed").startswith("Question: Which colour?\n")
+    assert build_prompt(dict(row, hint=""), "seed").startswith("Which colour?\nA. red")
     mme = {"question": "Is there a dog in the image? Please answer yes or no."}
     assert build_prompt(mme, "mme") == mme["question"]

@@ -60,9 +60,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_manifest_matches_files(world: tuple[Path, dict]) -> None:
     root, m = world
     assert json.loads((root / "manifest.json").read_text()) == m
-    assert (m["generator_version"], m["seed"], m["n_train"], m["n_bench"], m["image_size"]) == (
-        GENERATOR_VERSION, 0, 400, 60, 64)
-    assert REQUIRED_CATEGORIES <= set(m["categories"])
+    params = (m["generator_version"], m["seed"], m["n_train"], m["n_bench"], m["image_size"])
+    assert params == (GENERATOR_VERSION, 0, 400, 60, 64)
+    assert set(m["categories"]) >= REQUIRED_CATEGORIES
     for name, src in m["sources"].items():
         recs = records(root, m, name)
         assert src["json"] == f"train/{name}.json" and src["image_root"] == "images"
@@ -85,7 +85,7 @@ def test_manifest_matches_files(world: tuple[Path, dict]) -> None:
 def test_required_sources(world: tuple[Path, dict]) -> None:
     srcs = world[1]["sources"]
     clean = {s["category"] for s in srcs.values() if s["quality"] == "clean"}
-    assert REQUIRED_CATEGORIES <= clean
+    assert clean >= REQUIRED_CATEGORIES
     noisy = {s["category"] for s in srcs.values() if s["quality"] == "noisy"}
     assert {"color", "count", "ocr", "chart"} <= noisy
     assert sum(s["quality"] == "duplicate" for s in srcs.values()) >= 2

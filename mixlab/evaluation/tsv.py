@@ -115,16 +115,18 @@ def options(row: dict[str, Any]) -> dict[str, str]:
 
 
 def build_prompt(row: dict[str, Any], kind: str) -> str:
-    """The LLaVA-protocol text prompt for a row (the image is passed separately)."""
+    """The LLaVA-protocol text prompt for a row (the image is passed separately).
+
+    Multiple choice: ``Context: <hint>`` (if any), the question, one ``X. option`` line each, then the single-letter
+    instruction — the LLaVA-665K training form, so evaluation asks in the format the model was trained on.
+    """
     if kind not in KINDS:
         raise UserError(f"unknown benchmark kind {kind!r}; expected one of {', '.join(KINDS)}.")
     question = str(row.get("question", ""))
     if kind not in MCQ_KINDS:
         return question
     hint = str(row.get("hint", "")).strip()
-    prompt = f"Hint: {hint}\n" if hint else ""
-    prompt += f"Question: {question}\n"
-    opts = options(row)
-    if opts:
-        prompt += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in opts.items())
-    return prompt + SINGLE_LETTER_PROMPT
+    lines = [f"Context: {hint}"] if hint else []
+    lines.append(question)
+    lines += [f"{k}. {v}" for k, v in options(row).items()]
+    return "\n".join([*lines, SINGLE_LETTER_PROMPT])

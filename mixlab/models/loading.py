@@ -10,14 +10,14 @@ from mixlab.errors import UserError
 
 
 def device_kind() -> Literal["cuda", "cpu"]:
-    """"cuda" when a CUDA GPU is visible to torch, else "cpu"."""
+    """Return "cuda" when torch sees a CUDA GPU, else "cpu"."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
-    """"auto" → flash_attention_2 on CUDA with flash_attn installed, else sdpa; anything else is returned as is."""
+    """The attention kernel: "auto" → flash_attention_2 on CUDA with flash_attn installed, else sdpa; anything else is returned as is."""
     if attn_implementation != "auto":
         return attn_implementation
     if device_kind() == "cuda" and importlib.util.find_spec("flash_attn") is not None:
@@ -58,7 +58,9 @@ def load_model(
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot load a vision-language model from {path}: {e}") from e
     if not isinstance(processor, ProcessorMixin) or getattr(processor, "tokenizer", None) is None:
-        raise UserError(f"{path} has no multimodal processor (processor_config.json + tokenizer); got {type(processor)}")
+        raise UserError(
+            f"{path} has no multimodal processor (processor_config.json + tokenizer); got {type(processor)}"
+        )
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -43,7 +43,7 @@ LLAVA15_TRAINING_TEMPLATE = (
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- set loop_messages = messages[1:] -%}"
     "{%- else -%}"
-    "{{ \"" + LLAVA15_SYSTEM_PROMPT + "\" }}"
+    '{{ "' + LLAVA15_SYSTEM_PROMPT + '" }}'
     "{%- set loop_messages = messages -%}"
     "{%- endif -%}"
     "{%- for message in loop_messages -%}"

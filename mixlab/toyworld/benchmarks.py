@@ -16,7 +16,20 @@ from mixlab.toyworld.writer import png_b64
 
 CIRCULAR_OFFSET = 1_000_000
 MME_COLUMNS = ["index", "image", "question", "answer", "category", "image_path"]
-MMBENCH_COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "l2-category", "split"]
+MMBENCH_COLUMNS = [
+    "index",
+    "question",
+    "hint",
+    "A",
+    "B",
+    "C",
+    "D",
+    "answer",
+    "category",
+    "image",
+    "l2-category",
+    "split",
+]
 SEED_COLUMNS = ["index", "question", "A", "B", "C", "D", "answer", "category", "image"]
 SCIENCEQA_COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
 
@@ -85,8 +98,16 @@ def mme(seed: int, n_bench: int, size: int) -> Benchmark:
         for i, item in enumerate(items):
             b64, path = png_b64(item.image), f"{cat}/{i}.png"
             for value, answer in ((item.answer, "Yes"), (one(rng, item.alternatives), "No")):
-                rows.append({"index": len(rows), "image": b64, "question": yes_no_question(item.yes_no.format(value)),
-                             "answer": answer, "category": cat, "image_path": path})
+                rows.append(
+                    {
+                        "index": len(rows),
+                        "image": b64,
+                        "question": yes_no_question(item.yes_no.format(value)),
+                        "answer": answer,
+                        "category": cat,
+                        "image_path": path,
+                    }
+                )
     cats = {k: v[1] for k, v in MME_SUBTASKS.items()}
     return Benchmark("MME_toy", "mme", MME_COLUMNS, rows, cats, len(rows))
 
@@ -111,8 +132,9 @@ def mmbench(seed: int, n_bench: int, size: int) -> Benchmark:
     return Benchmark("MMBench_toy", "mmbench", MMBENCH_COLUMNS, rows, cats, len(originals))
 
 
-def _single_pass(name: str, kind: str, columns: list[str], plan: dict[str, tuple[Maker, str]], n: int,
-                 seed: int, size: int) -> Benchmark:
+def _single_pass(
+    name: str, kind: str, columns: list[str], plan: dict[str, tuple[Maker, str]], n: int, seed: int, size: int
+) -> Benchmark:
     rows = []
     for cat, (maker, _) in plan.items():
         rng, items = _items(seed, name, cat, maker, n, size)

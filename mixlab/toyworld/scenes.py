@@ -61,7 +61,7 @@ def _single_shape(rng: np.random.Generator, size: int, tone: str = "light") -> t
 
 
 def _describe(color: str, kind: str) -> str:
-    """ "a red circle", "an orange square"."""
+    """The caption words: "a red circle", "an orange square"."""
     return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {kind}"
 
 
@@ -69,25 +69,34 @@ def caption(rng: np.random.Generator, size: int) -> Item:
     """One shape → "a red circle" (also the alignment data)."""
     img, kind, color = _single_shape(rng, size)
     wrong = tuple(_describe(c, s) for c in COLOR_NAMES for s in SHAPES if (c, s) != (color, kind))
-    return Item("caption", "Describe the image briefly.", _describe(color, kind), wrong, tuple(some(rng, wrong, 3)),
-                "Is this image showing {}?", image=img)
+    return Item(
+        "caption",
+        "Describe the image briefly.",
+        _describe(color, kind),
+        wrong,
+        tuple(some(rng, wrong, 3)),
+        "Is this image showing {}?",
+        image=img,
+    )
 
 
 def color(rng: np.random.Generator, size: int) -> Item:
-    """"What color is the circle?" → "red"."""
+    """Colour: "What color is the circle?" → "red"."""
     img, kind, col = _single_shape(rng, size)
     alts = others(COLOR_NAMES, col)
-    return Item("color", f"What color is the {kind}?", col, alts, tuple(some(rng, alts, 3)),
-                f"Is the {kind} {{}}?", image=img)
+    return Item(
+        "color", f"What color is the {kind}?", col, alts, tuple(some(rng, alts, 3)), f"Is the {kind} {{}}?", image=img
+    )
 
 
 def shape(rng: np.random.Generator, size: int) -> Item:
-    """"What shape is in the image?" → "circle"."""
+    """Shape: "What shape is in the image?" → "circle"."""
     img, kind, _ = _single_shape(rng, size)
     alts = others(SHAPES, kind)
     distractors = tuple(some(rng, (*alts, SHAPE_DECOY), 3))
-    return Item("shape", "What shape is in the image?", kind, alts, distractors, "Is there a {} in the image?",
-                image=img)
+    return Item(
+        "shape", "What shape is in the image?", kind, alts, distractors, "Is there a {} in the image?", image=img
+    )
 
 
 def _count_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, int]:
@@ -106,19 +115,33 @@ def _count_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, int]
 
 
 def count(rng: np.random.Generator, size: int) -> Item:
-    """"How many shapes are there?" → "3"."""
+    """Counting: "How many shapes are there?" → "3"."""
     img, n = _count_scene(rng, size)
     alts = others(COUNTS, str(n))
-    return Item("count", "How many shapes are there?", str(n), alts, tuple(some(rng, alts, 3)),
-                "Is the number of shapes {}?", image=img)
+    return Item(
+        "count",
+        "How many shapes are there?",
+        str(n),
+        alts,
+        tuple(some(rng, alts, 3)),
+        "Is the number of shapes {}?",
+        image=img,
+    )
 
 
 def calculation(rng: np.random.Generator, size: int) -> Item:
     """Counting plus arithmetic (MME's numerical_calculation): the number of shapes plus one."""
     img, n = _count_scene(rng, size)
     alts = others(("2", "3", "4", "5"), str(n + 1))
-    return Item("count", "What is the number of shapes plus one?", str(n + 1), alts, alts,
-                "Is the number of shapes plus one equal to {}?", image=img)
+    return Item(
+        "count",
+        "What is the number of shapes plus one?",
+        str(n + 1),
+        alts,
+        alts,
+        "Is the number of shapes plus one equal to {}?",
+        image=img,
+    )
 
 
 def spatial(rng: np.random.Generator, size: int) -> Item:
@@ -128,12 +151,23 @@ def spatial(rng: np.random.Generator, size: int) -> Item:
     side = float(rng.uniform(0.3, 0.4) * size)
     edge = float(rng.uniform(side / 2 + 1, 0.3 * size))
     across = float(rng.uniform(0.4, 0.6) * size)
-    cx, cy = {"left": (edge, across), "right": (size - edge, across),
-              "top": (across, edge), "bottom": (across, size - edge)}[pos]
+    cx, cy = {
+        "left": (edge, across),
+        "right": (size - edge, across),
+        "top": (across, edge),
+        "bottom": (across, size - edge),
+    }[pos]
     draw.shape(img, kind, cx, cy, side, draw.color_rgb(rng, one(rng, COLOR_NAMES)))
     alts = others(POSITIONS, pos)
-    return Item("spatial", f"Where is the {kind} in the image?", pos, alts, alts,
-                f"Is the {kind} on the {{}} of the image?", image=img)
+    return Item(
+        "spatial",
+        f"Where is the {kind} in the image?",
+        pos,
+        alts,
+        alts,
+        f"Is the {kind} on the {{}} of the image?",
+        image=img,
+    )
 
 
 def ocr(rng: np.random.Generator, size: int) -> Item:
@@ -145,8 +179,15 @@ def ocr(rng: np.random.Generator, size: int) -> Item:
     x0, y0 = (float(v) for v in rng.uniform(width, size - box - width, 2))
     draw.glyph(img, letter, x0, y0, box, width, draw.dark_rgb(rng))
     alts = others(LETTERS, letter)
-    return Item("ocr", "What letter is shown in the image?", letter, alts, tuple(some(rng, alts, 3)),
-                "Is the letter {} shown in the image?", image=img)
+    return Item(
+        "ocr",
+        "What letter is shown in the image?",
+        letter,
+        alts,
+        tuple(some(rng, alts, 3)),
+        "Is the letter {} shown in the image?",
+        image=img,
+    )
 
 
 def chart(rng: np.random.Generator, size: int) -> Item:
@@ -162,8 +203,15 @@ def chart(rng: np.random.Generator, size: int) -> Item:
     draw.hline(img, base)
     answer, bars = colors[0], tuple(colors[1:])
     absent = one(rng, others(COLOR_NAMES, *colors))
-    return Item("chart", "What color is the tallest bar?", answer, bars, (*bars, absent),
-                "Is the {} bar the tallest?", image=img)
+    return Item(
+        "chart",
+        "What color is the tallest bar?",
+        answer,
+        bars,
+        (*bars, absent),
+        "Is the {} bar the tallest?",
+        image=img,
+    )
 
 
 def science(rng: np.random.Generator, size: int) -> Item:
@@ -172,8 +220,16 @@ def science(rng: np.random.Generator, size: int) -> Item:
         img, _, _ = _single_shape(rng, size)
         animal, food = one(rng, ANIMALS), one(rng, FOODS)
         wrong = tuple(some(rng, others(FOODS, food), int(rng.integers(2, 4))))
-        return Item("science", f"What does the {animal} eat?", food, wrong, wrong, f"Does the {animal} eat {{}}?",
-                    hint=f"The {animal} eats {food}.", image=img)
+        return Item(
+            "science",
+            f"What does the {animal} eat?",
+            food,
+            wrong,
+            wrong,
+            f"Does the {animal} eat {{}}?",
+            hint=f"The {animal} eats {food}.",
+            image=img,
+        )
     img = draw.background(rng, size)
     kind, (c1, c2) = one(rng, SHAPES), some(rng, COLOR_NAMES, 2)
     p1, p2 = PROPERTY_PAIRS[int(rng.integers(len(PROPERTY_PAIRS)))]
@@ -185,8 +241,16 @@ def science(rng: np.random.Generator, size: int) -> Item:
     facts = [f"{c1.capitalize()} things are {p1}.", f"{c2.capitalize()} things are {p2}."]
     if rng.random() < 0.5:
         facts.reverse()
-    return Item("science", f"Is the {kind} {p1} or {p2}?" if rng.random() < 0.5 else f"Is the {kind} {p2} or {p1}?",
-                p1, (p2,), (p2,), f"Is the {kind} {{}}?", hint=" ".join(facts), image=img)
+    return Item(
+        "science",
+        f"Is the {kind} {p1} or {p2}?" if rng.random() < 0.5 else f"Is the {kind} {p2} or {p1}?",
+        p1,
+        (p2,),
+        (p2,),
+        f"Is the {kind} {{}}?",
+        hint=" ".join(facts),
+        image=img,
+    )
 
 
 def text(rng: np.random.Generator, size: int) -> Item:
@@ -206,8 +270,9 @@ def brightness(rng: np.random.Generator, size: int) -> Item:
     tone = one(rng, ("light", "dark"))
     img, _, _ = _single_shape(rng, size, tone)
     other = "dark" if tone == "light" else "light"
-    return Item("color", "Is the background light or dark?", tone, (other,), (other,), "Is the background {}?",
-                image=img)
+    return Item(
+        "color", "Is the background light or dark?", tone, (other,), (other,), "Is the background {}?", image=img
+    )
 
 
 MAKERS: dict[str, Maker] = {

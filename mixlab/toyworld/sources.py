@@ -37,34 +37,72 @@ class SourceSpec:
 
 
 def _clean(cat: str, mix: dict[str, float] | None = None) -> SourceSpec:
-    return SourceSpec(f"{cat}_clean", cat, "clean", scenes.MAKERS[cat],
-                      f"Clean {cat} questions: every label is right.", mix or dict(MIX))
+    return SourceSpec(
+        f"{cat}_clean",
+        cat,
+        "clean",
+        scenes.MAKERS[cat],
+        f"Clean {cat} questions: every label is right.",
+        mix or dict(MIX),
+    )
 
 
 def _noisy(cat: str) -> SourceSpec:
-    return SourceSpec(f"{cat}_noisy", cat, "noisy", scenes.MAKERS[cat],
-                      f"Label-noisy {cat} questions: a fraction of the answers are another valid but wrong answer "
-                      "(flagged noisy=True). Harmful.", noise_rate=DEFAULT_NOISE)
+    return SourceSpec(
+        f"{cat}_noisy",
+        cat,
+        "noisy",
+        scenes.MAKERS[cat],
+        f"Label-noisy {cat} questions: a fraction of the answers are another valid but wrong answer "
+        "(flagged noisy=True). Harmful.",
+        noise_rate=DEFAULT_NOISE,
+    )
 
 
 def _dup(cat: str) -> SourceSpec:
-    return SourceSpec(f"{cat}_dup", cat, "duplicate", scenes.MAKERS[cat],
-                      f"Clean {cat} questions, but only {DUP_UNIQUE} unique samples repeated (same image files). "
-                      "Redundant.", n_unique=DUP_UNIQUE)
+    return SourceSpec(
+        f"{cat}_dup",
+        cat,
+        "duplicate",
+        scenes.MAKERS[cat],
+        f"Clean {cat} questions, but only {DUP_UNIQUE} unique samples repeated (same image files). Redundant.",
+        n_unique=DUP_UNIQUE,
+    )
 
 
 SOURCES: tuple[SourceSpec, ...] = (
     _clean("caption", CAPTION_MIX),
-    _clean("color"), _clean("shape"), _clean("count"), _clean("spatial"), _clean("ocr"), _clean("chart"),
-    _clean("science", SCIENCE_MIX), _clean("text"),
-    _noisy("color"), _noisy("count"), _noisy("ocr"), _noisy("chart"),
-    _dup("color"), _dup("spatial"),
-    SourceSpec("offtask_brightness", "color", "offtask", scenes.brightness,
-               "Off-task: asks whether the background is light or dark (often dark, unlike every benchmark); "
-               "labels are right but no benchmark asks this."),
-    SourceSpec("offtask_verbose", "count", "offtask", scenes.count,
-               "Off-task: counting questions answered with a full sentence instead of the asked format "
-               "(a word, a letter, Yes/No); the content is right, the format is wrong.", style="verbose"),
+    _clean("color"),
+    _clean("shape"),
+    _clean("count"),
+    _clean("spatial"),
+    _clean("ocr"),
+    _clean("chart"),
+    _clean("science", SCIENCE_MIX),
+    _clean("text"),
+    _noisy("color"),
+    _noisy("count"),
+    _noisy("ocr"),
+    _noisy("chart"),
+    _dup("color"),
+    _dup("spatial"),
+    SourceSpec(
+        "offtask_brightness",
+        "color",
+        "offtask",
+        scenes.brightness,
+        "Off-task: asks whether the background is light or dark (often dark, unlike every benchmark); "
+        "labels are right but no benchmark asks this.",
+    ),
+    SourceSpec(
+        "offtask_verbose",
+        "count",
+        "offtask",
+        scenes.count,
+        "Off-task: counting questions answered with a full sentence instead of the asked format "
+        "(a word, a letter, Yes/No); the content is right, the format is wrong.",
+        style="verbose",
+    ),
 )
 
 
@@ -90,7 +128,7 @@ def build_source(spec: SourceSpec, seed: int, n: int, size: int, images_dir: Pat
         uniques.append((item, rendered, image, answer))
 
     order = rng.permutation(np.arange(n) % n_unique) if n_unique < n else np.arange(n)
-    n_noisy = int(round(spec.noise_rate * n))
+    n_noisy = round(spec.noise_rate * n)
     noisy = set(int(i) for i in rng.choice(n, size=n_noisy, replace=False)) if n_noisy else set()
 
     records = []
@@ -103,7 +141,6 @@ def build_source(spec: SourceSpec, seed: int, n: int, size: int, images_dir: Pat
         if image is not None:
             rec["image"] = image
         rec["conversations"] = [{"from": "human", "value": rendered.prompt}, {"from": "gpt", "value": answer}]
-        rec.update(category=spec.category, source=spec.name, noisy=is_noisy, truth=rendered.answer,
-                   format=rendered.fmt)
+        rec.update(category=spec.category, source=spec.name, noisy=is_noisy, truth=rendered.answer, format=rendered.fmt)
         records.append(rec)
     return records

@@ -44,14 +44,21 @@ def generate(out_dir: Path, seed: int = 0, n_train: int = 400, n_bench: int = 60
     """
     _check(seed, n_train, n_bench, image_size)
     out_dir = Path(out_dir)
-    params = {"generator_version": GENERATOR_VERSION, "seed": seed, "n_train": n_train, "n_bench": n_bench,
-              "image_size": image_size}
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_bench": n_bench,
+        "image_size": image_size,
+    }
     existing = load_manifest(out_dir)
     if existing is not None and all(existing.get(k) == v for k, v in params.items()):
         return existing
     if out_dir.exists() and existing is None and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} is not empty and holds no toy world (no manifest.json); "
-                        "choose an empty or new folder for the toy world")
+        raise UserError(
+            f"{out_dir} is not empty and holds no toy world (no manifest.json); "
+            "choose an empty or new folder for the toy world"
+        )
 
     with atomic_dir(out_dir) as tmp:
         manifest = _build(tmp, params)
@@ -66,9 +73,15 @@ def _build(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         records = build_source(spec, seed, n_train, size, root / "images")
         write_json(records, root / "train" / f"{spec.name}.json")
         corpus += [turn["value"] for rec in records for turn in rec["conversations"]]
-        sources[spec.name] = {"json": f"train/{spec.name}.json", "image_root": "images", "category": spec.category,
-                              "quality": spec.quality, "n": len(records), "noise_rate": spec.noise_rate,
-                              "description": spec.description}
+        sources[spec.name] = {
+            "json": f"train/{spec.name}.json",
+            "image_root": "images",
+            "category": spec.category,
+            "quality": spec.quality,
+            "n": len(records),
+            "noise_rate": spec.noise_rate,
+            "description": spec.description,
+        }
         if spec.n_unique:
             sources[spec.name]["n_unique"] = min(spec.n_unique, n_train)
 
@@ -78,11 +91,21 @@ def _build(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         write_tsv(bench.rows, bench.columns, root / "bench" / f"{bench.name}.tsv")
         for row in bench.rows:
             corpus += [str(row.get(c) or "") for c in ("question", "hint", "A", "B", "C", "D", "answer")]
-        benchmarks[bench.name] = {"tsv": f"bench/{bench.name}.tsv", "kind": bench.kind, "n_rows": len(bench.rows),
-                                  "n_questions": bench.n_questions, "categories": bench.categories}
+        benchmarks[bench.name] = {
+            "tsv": f"bench/{bench.name}.tsv",
+            "kind": bench.kind,
+            "n_rows": len(bench.rows),
+            "n_questions": bench.n_questions,
+            "categories": bench.categories,
+        }
 
     write_lines(corpus, root / "corpus.txt")
-    manifest = {**params, "sources": sources, "benchmarks": benchmarks, "categories": list(CATEGORIES),
-                "corpus": "corpus.txt"}
+    manifest = {
+        **params,
+        "sources": sources,
+        "benchmarks": benchmarks,
+        "categories": list(CATEGORIES),
+        "corpus": "corpus.txt",
+    }
     write_json(manifest, root / "manifest.json")
     return manifest

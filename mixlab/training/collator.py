@@ -16,7 +16,7 @@ IGNORE = -100
 
 
 def _fix_image_parts(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
-    """Make the number of {"type": "image"} parts equal n_images (0 or 1): add one to the first user turn or drop extras."""
+    """Make the count of {"type": "image"} parts n_images (0 or 1): add one to the first user turn or drop extras."""
     seen = 0
     fixed = []
     for m in messages:

@@ -142,34 +142,29 @@ def build_dataset(samples: list[Sample]) -> Any:
     return datasets.Dataset.from_list([sample_to_row(s) for s in samples])
 
 
-def train_llava(
+def make_trainer(
     samples: list[Sample],
     base_model: Path,
     out_dir: Path,
     settings: SFTSettings,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune `base_model` on `samples`; the result goes to out_dir/"model" (and out_dir/"adapter" with LoRA).
-
-    Resumes from the last checkpoint in out_dir/"checkpoints" when there is one, and deletes the checkpoints after
-    success. Returns {"train_loss", "steps", "seconds", "tokens_per_second", "samples", "resumed_from"}.
-    """
+) -> tuple[Any, Any, Any]:
+    """(trainer, collator, processor) ready to train `base_model` on `samples`; checkpoints in out_dir/"checkpoints"."""
     if not samples:
         raise UserError("no samples to train on: the selection is empty")
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
 
     from mixlab.models.loading import device_kind, load_model
     from mixlab.models.templates import training_template
     from mixlab.training.collator import VisionCollator
 
-    out_dir = Path(out_dir)
-    ckpt_dir, model_dir, adapter_dir = out_dir / "checkpoints", out_dir / "model", out_dir / "adapter"
     deepspeed = _setup_deepspeed(settings.deepspeed) if settings.deepspeed else None
     on_cuda = device_kind() == "cuda"
-
     model, processor = load_model(
-        base_model, for_training=True, attn_implementation=settings.attn_implementation, device="cuda" if on_cuda else "cpu"
+        base_model,
+        for_training=True,
+        attn_implementation=settings.attn_implementation,
+        device="cuda" if on_cuda else "cpu",
     )
     processor.chat_template = training_template(processor)
     tokenizer = processor.tokenizer
@@ -183,13 +178,13 @@ def train_llava(
                 param.requires_grad_(False)
 
     args = SFTConfig(
-        output_dir=str(ckpt_dir),
+        output_dir=str(Path(out_dir) / "checkpoints"),
         num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.scheduler,
-        warmup_steps=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
         weight_decay=settings.weight_decay,
         max_length=settings.max_length,
         assistant_only_loss=True,
@@ -201,7 +196,7 @@ def train_llava(
         report_to="none",
         logging_steps=settings.logging_steps,
         save_strategy="steps",
-        save_steps=settings.save_steps if settings.save_steps is not None else 0.25,
+        save_steps=settings.save_steps if settings.save_steps is not None else 0.25,  # < 1: ratio of total steps
         save_total_limit=1,
         seed=settings.seed,
         dataloader_num_workers=0,
@@ -209,8 +204,7 @@ def train_llava(
         disable_tqdm=progress is not None,
     )
     collator = VisionCollator(processor, max_length=settings.max_length)
-    trainer_cls = _sft_trainer_class()
-    trainer = trainer_cls(
+    trainer = _sft_trainer_class()(
         model=model,
         args=args,
         data_collator=collator,
@@ -224,6 +218,26 @@ def train_llava(
         PROJECTOR: settings.projector_lr or settings.learning_rate,
         VISION: settings.vision_lr or 0.0,
     }
+    return trainer, collator, processor
+
+
+def train_llava(
+    samples: list[Sample],
+    base_model: Path,
+    out_dir: Path,
+    settings: SFTSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `base_model` on `samples`; the result goes to out_dir/"model" (and out_dir/"adapter" with LoRA).
+
+    Resumes from the last checkpoint in out_dir/"checkpoints" when there is one, and deletes the checkpoints after
+    success. Returns {"train_loss", "steps", "seconds", "tokens_per_second", "samples", "resumed_from"}.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = Path(out_dir)
+    ckpt_dir, model_dir, adapter_dir = out_dir / "checkpoints", out_dir / "model", out_dir / "adapter"
+    trainer, collator, processor = make_trainer(samples, base_model, out_dir, settings, progress)
 
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     started = time.perf_counter()

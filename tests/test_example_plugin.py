@@ -1,0 +1,86 @@
+"""The example third-party package (examples/mixlab-shortest), pip-installed, shows up and runs from a recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import fakes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DRIVER = """
+import sys
+from mixlab import registry
+from tests import fakes
+registry.register_plugin(fakes)
+from mixlab.cli import main
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                    str(ROOT / "examples" / "mixlab-shortest")], check=True)
+    return {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{ROOT}"}
+
+
+def mixlab(env, *args):
+    return subprocess.run([sys.executable, "-c", DRIVER, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_listed_by_plugins_command(installed):
+    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "plugins", "--json"], env=installed,
+                          capture_output=True, text=True, check=True)
+    rows = {(r["kind"], r["name"]): r for r in json.loads(proc.stdout)}
+    assert rows[("scorer", "answer_length")]["package"] == "mixlab-shortest"
+    assert rows[("selector", "shortest")]["version"] == "0.1.0"
+    hello = subprocess.run([sys.executable, "-m", "mixlab.cli", "shortest-hello"], env=installed,
+                           capture_output=True, text=True)
+    assert hello.stdout.strip() == "mixlab-shortest is loaded"
+
+
+def test_allowlist_excludes_it(installed):
+    env = {**installed, "MIXLAB_LOAD_PLUGINS": ""}
+    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "plugins", "--json"], env=env,
+                          capture_output=True, text=True, check=True)
+    assert "answer_length" not in proc.stdout
+
+
+def test_runs_from_a_recipe(installed, tmp_path):
+    text = fakes.RECIPE.replace('[scorers.quality]\ntype = "fake_quality"',
+                                '[scorers.quality]\ntype = "fake_quality"\n\n[scorers.length]\ntype = "answer_length"')
+    text = text.replace('[selectors.best]', '[selectors.short]\ntype = "shortest"\nscorers = ["length"]\n'
+                        'fraction = 0.25\n\n[selectors.best]')
+    text = text.replace('selector = "best"', 'selector = "short"')
+    recipe = fakes.write_recipe(tmp_path, text)
+    proc = mixlab(installed, "run", str(recipe), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "runs" / "fake" / "report.json").read_text())
+    assert report["arms"]["curated"]["n_samples"] == 5  # 25% of 20
+    assert "score:length" in [s["name"] for s in report["stages"]]
+
+
+def test_broken_plugin_package_gives_one_clear_message(tmp_path):
+    pkg = tmp_path / "broken"
+    (pkg / "mixlab_broken").mkdir(parents=True)
+    (pkg / "mixlab_broken" / "__init__.py").write_text("raise ImportError('missing dependency foo')\n")
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "mixlab-broken"\nversion = "0.0.1"\n'
+        '[project.entry-points.mixlab]\nbroken = "mixlab_broken"\n')
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(pkg)],
+                   check=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "plugins"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "plugin package 'mixlab-broken'" in proc.stderr and "missing dependency foo" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,93 @@
+"""Batched inference equals one-at-a-time inference; answer NLL uses the training masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mixlab.data import Sample
+from mixlab.models.predict import PromptItem, answer_nll, choose, generate
+from mixlab.training.collator import VisionCollator, sample_to_row
+from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mixlab.models.loading import load_model
+
+    root = tmp_path_factory.mktemp("predict")
+    model, processor = load_model(build_test_model(root / "model", seed=3))
+    samples = colour_samples(9, root / "img", seed=5)
+    # text-only samples of different lengths, mixed with the image ones
+    samples += [
+        Sample(
+            id=f"text/{i}",
+            source="text",
+            category=None,
+            image=None,
+            conversations=[
+                {"from": "human", "value": "Describe the picture." + " Please." * i},
+                {"from": "gpt", "value": "There is a small object" + " on a plain background" * (i % 2)},
+            ],
+            noisy=None,
+        )
+        for i in range(4)
+    ]
+    return model, processor, samples
+
+
+def _items(samples):
+    items = []
+    for s in samples:
+        image = Image.open(s["image"]).convert("RGB") if s["image"] else None
+        items.append(PromptItem(s["conversations"][0]["value"], image))
+    return items
+
+
+def test_answer_nll_batched_equals_single(setup):
+    model, processor, samples = setup
+    batched = answer_nll(model, processor, samples, batch_size=5)
+    single = np.array([answer_nll(model, processor, [s], batch_size=1)[0] for s in samples])
+    assert batched.shape == (len(samples),) and np.isfinite(batched).all()
+    np.testing.assert_allclose(batched, single, atol=1e-4, rtol=0)
+
+
+def test_answer_nll_matches_training_loss(setup):
+    """One sample's mean NLL is the model's own loss on the collated (training-masked) batch."""
+    import torch
+
+    model, processor, samples = setup
+    batch = VisionCollator(processor)([sample_to_row(samples[0])])
+    with torch.no_grad():
+        loss = float(model(**batch).loss)
+    assert answer_nll(model, processor, samples[:1])[0] == pytest.approx(loss, abs=1e-5)
+
+
+def test_choose_batched_equals_single(setup):
+    model, processor, samples = setup
+    items = _items(samples)
+    options = [NAMES if s["image"] else ["yes", "no", "There is a small object"] for s in samples]
+    batched = choose(model, processor, items, options, batch_size=7)
+    single = [choose(model, processor, [it], [opts], batch_size=1)[0] for it, opts in zip(items, options)]
+    assert batched == single
+    assert all(0 <= k < len(o) for k, o in zip(batched, options))
+
+
+def test_generate_batched_equals_single(setup):
+    model, processor, samples = setup
+    items = _items(samples)
+    calls = []
+    batched = generate(model, processor, items, max_new_tokens=5, batch_size=4, progress=lambda d, t: calls.append(d))
+    single = [generate(model, processor, [it], max_new_tokens=5)[0] for it in items]
+    assert batched == single
+    assert calls == [4, 8, 12, 13]
+    assert all(isinstance(a, str) and a == a.strip() and "<|end|>" not in a for a in batched)
+
+
+def test_prompt_item_image_marker_is_dropped(setup):
+    model, processor, _ = setup
+    img = Image.new("RGB", (64, 64), (200, 0, 0))
+    a = choose(model, processor, [PromptItem(f"<image>\n{QUESTION}", img)], [NAMES])
+    b = choose(model, processor, [PromptItem(QUESTION, img)], [NAMES])
+    assert a == b
