@@ -69,9 +69,9 @@ def test_choose_batched_equals_single(setup):
     items = _items(samples)
     options = [NAMES if s["image"] else ["yes", "no", "There is a small object"] for s in samples]
     batched = choose(model, processor, items, options, batch_size=7)
-    single = [choose(model, processor, [it], [opts], batch_size=1)[0] for it, opts in zip(items, options)]
+    single = [choose(model, processor, [it], [opts], batch_size=1)[0] for it, opts in zip(items, options, strict=True)]
     assert batched == single
-    assert all(0 <= k < len(o) for k, o in zip(batched, options))
+    assert all(0 <= k < len(o) for k, o in zip(batched, options, strict=True))
 
 
 def test_generate_batched_equals_single(setup):
