@@ -165,7 +165,7 @@ class Run:
         failed: BaseException | None = None
         with self.board:
             try:
-                self._load_sources()
+                self.load_sources()
                 self._build_model()
                 scores = self._score()
                 for arm in self.recipe.arms:
@@ -180,7 +180,7 @@ class Run:
             raise failed
         return report
 
-    def _load_sources(self) -> None:
+    def load_sources(self) -> None:
         for label, section in self.recipe.sources.items():
             source = section.build()
             material = {"section": section.raw, "fingerprint": source.fingerprint()}
@@ -204,6 +204,14 @@ class Run:
         return [s for name in names for s in self.samples_of_source[name]]
 
     def _build_model(self) -> None:
+        self.build_base_model()
+        align = self.recipe.model.align
+        if align is not None:
+            aligned = self.train(self.samples_of(align.sources), "align", align.trainer)
+            self._base_model, self._base_key = aligned, self.keys["train:align"]
+
+    def build_base_model(self) -> Path:
+        """The model stage: the tiny preset built on the pool's texts, or the checkpoint at [model].path."""
         from mixlab.models.base import prepare_base_model
 
         model = self.recipe.model
@@ -219,9 +227,7 @@ class Run:
         if not self._base_model.is_absolute():
             self._base_model = stage_dir / self._base_model
         self._base_key = self.keys["model"]
-        if model.align is not None:
-            aligned = self.train(self.samples_of(model.align.sources), "align", model.align.trainer)
-            self._base_model, self._base_key = aligned, self.keys["train:align"]
+        return self._base_model
 
     def _score(self) -> dict[str, dict[str, Any]]:
         """Run each scorer that a used selector names, over the sources of the arms that need it."""

@@ -1,0 +1,83 @@
+"""``mixlab data inspect``: what is in the data before anyone trains on it (counts, images, lengths, label masks)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from mixlab.data import Sample
+from mixlab.errors import UserError
+from mixlab.progress import console
+
+
+def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
+    """A recipe's sources (loaded through the run's cache) and its base model's processor."""
+    from mixlab.models.loading import load_model
+    from mixlab.pipeline import Run
+    from mixlab.recipe import load_recipe
+
+    run = Run(load_recipe(path), show_progress=False)
+    with run.board:
+        run.load_sources()
+        model_dir = run.build_base_model()
+    _, processor = load_model(model_dir)
+    return [s for name in run.samples_of_source for s in run.samples_of_source[name]], processor
+
+
+def _json_samples(path: Path) -> list[Sample]:
+    from mixlab.plugins.sources.llava_json import read_records
+    from mixlab.plugins.sources.records import collect
+
+    samples, skipped = collect(read_records(path), path, path.parent, "open", "skip", path.stem)
+    for message in skipped[:10]:
+        console.print(f"[red]bad record[/] {message}", highlight=False)
+    if skipped:
+        console.print(f"[red]{len(skipped)} bad records[/] (missing or corrupt images, malformed conversations)")
+    return samples
+
+
+def inspect_target(target: Path, only: list[str], preview: int) -> None:
+    if not target.exists():
+        raise UserError(f"{target} not found. Give a recipe (.toml) or a LLaVA JSON file.")
+    processor = None
+    if target.suffix == ".toml":
+        samples, processor = _recipe_samples(target)
+    else:
+        samples = _json_samples(target)
+    if only:
+        samples = [s for s in samples if s["source"] in only]
+    by_source: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_source.setdefault(s["source"], []).append(s)
+    table = Table(title=f"data in {target}")
+    for col in ("source", "category", "samples", "with image", "missing images", "known noisy", "answer length (mean/max)"):
+        table.add_column(col)
+    for name, group in by_source.items():
+        missing = sum(1 for s in group if s["image"] and not Path(s["image"]).is_file())
+        noisy = sum(1 for s in group if s.get("noisy"))
+        lengths = [_answer_tokens(s, processor) for s in group]
+        cats = sorted({s["category"] or "-" for s in group})
+        table.add_row(name, ",".join(cats), str(len(group)), str(sum(1 for s in group if s["image"])), str(missing),
+                      str(noisy), f"{statistics.mean(lengths):.1f} / {max(lengths)}")
+    console.print(table)
+    if processor is not None and preview:
+        from mixlab.training.collator import mask_preview
+
+        console.print("label mask preview: [bold green]trained[/] tokens, [dim]masked[/] tokens")
+        for name, group in by_source.items():
+            for s in group[:preview]:
+                text = Text(f"{s['id']}: ")
+                for token, trained in mask_preview(s, processor):
+                    text.append(token, style="bold green" if trained else "dim")
+                console.print(text)
+
+
+def _answer_tokens(sample: Sample, processor: Any) -> int:
+    answers = " ".join(t["value"] for t in sample["conversations"] if t["from"] == "gpt")
+    if processor is None:
+        return len(answers.split())
+    return len(processor.tokenizer(answers, add_special_tokens=False)["input_ids"])

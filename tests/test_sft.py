@@ -1,0 +1,144 @@
+"""SFT with TRL: the tiny model learns colours; resume, per-part learning rates and LoRA work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mixlab.errors import UserError
+from mixlab.models.loading import load_model
+from mixlab.models.predict import PromptItem, choose, generate
+from mixlab.training.sft import LoraSettings, SFTSettings, make_trainer, param_part, train_llava
+from tests.tiny_vlm import NAMES, build_test_model, colour_samples
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    base = build_test_model(root / "base")
+    return (
+        base,
+        colour_samples(256, root / "train", seed=1, prefix="t"),
+        colour_samples(60, root / "test", seed=2, prefix="h"),
+    )
+
+
+def _accuracy(model_dir: Path, test) -> tuple[float, list[str]]:
+    model, processor = load_model(model_dir)
+    items = [PromptItem(s["conversations"][0]["value"], Image.open(s["image"]).convert("RGB")) for s in test]
+    picks = choose(model, processor, items, [NAMES] * len(items))
+    truth = [s["conversations"][1]["value"] for s in test]
+    answers = generate(model, processor, items[:12], max_new_tokens=4)
+    return sum(NAMES[k] == t for k, t in zip(picks, truth, strict=True)) / len(test), answers
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_short_sft_learns_colours(data, tmp_path):
+    base, train, test = data
+    before, _ = _accuracy(base, test)
+    steps = []
+    settings = SFTSettings(epochs=4, learning_rate=2e-3, batch_size=16, warmup_ratio=0.1, logging_steps=8)
+    result = train_llava(train, base, tmp_path, settings, progress=lambda s, t: steps.append((s, t)))
+    after, answers = _accuracy(tmp_path / "model", test)
+    print(f"colour accuracy {before:.2f} -> {after:.2f}; {result}")
+    assert before <= 0.35
+    assert after >= 0.6
+    assert result["steps"] == 64 and result["samples"] == 256 and result["resumed_from"] is None
+    assert result["train_loss"] > 0 and result["seconds"] > 0 and result["tokens_per_second"] > 0
+    assert steps[0] == (0, 64) and steps[-1] == (64, 64)
+    assert sum(a in NAMES for a in answers) >= 8  # greedy answers are colour words, not garbage
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_after_crash(data, tmp_path):
+    base, train, _ = data
+    settings = SFTSettings(epochs=2, learning_rate=1e-3, batch_size=16, save_steps=3, logging_steps=2)
+
+    def crash(step: int, total: int) -> None:
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_llava(train[:64], base, tmp_path, settings, progress=crash)
+    assert (tmp_path / "checkpoints" / "checkpoint-3").is_dir()
+    assert not (tmp_path / "model").exists()
+
+    seen = []
+    result = train_llava(train[:64], base, tmp_path, settings, progress=lambda s, t: seen.append(s))
+    assert result["resumed_from"].endswith("checkpoint-3")
+    assert result["steps"] == 8 and seen[0] == 3  # continued from step 3, not from 0
+    assert not (tmp_path / "checkpoints").exists()
+    from transformers import LlavaForConditionalGeneration
+
+    LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
+
+
+def test_param_groups_have_part_lrs(data, tmp_path):
+    base, train, _ = data
+    settings = SFTSettings(learning_rate=1e-3, projector_lr=3e-4, batch_size=16)
+    trainer, _, _ = make_trainer(train[:32], base, tmp_path, settings)
+    optimizer = trainer.create_optimizer()
+    lrs = {g["part"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"lm": 1e-3, "projector": 3e-4}  # vision frozen: no group
+    assert all(not p.requires_grad for n, p in trainer.model.named_parameters() if param_part(n) == "vision")
+    n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == n_trainable
+
+    settings = SFTSettings(learning_rate=1e-3, vision_lr=5e-5, batch_size=16, weight_decay=0.1)
+    trainer, _, _ = make_trainer(train[:32], base, tmp_path, settings)
+    groups = trainer.create_optimizer().param_groups
+    assert {(g["part"], g["lr"]) for g in groups} == {("lm", 1e-3), ("projector", 1e-3), ("vision", 5e-5)}
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.1}  # no decay on biases and norms
+
+
+def test_part_lrs_really_apply(data, tmp_path):
+    """Frozen vision tower stays bit-identical; a near-zero projector lr barely moves it; the LM moves."""
+    base, train, _ = data
+    settings = SFTSettings(epochs=1, learning_rate=1e-3, projector_lr=1e-9, batch_size=16, warmup_ratio=0.0)
+    train_llava(train[:64], base, tmp_path, settings)
+    before, after = _weights(base), _weights(tmp_path / "model")
+    assert before.keys() == after.keys()
+
+    def max_change(part: str) -> float:
+        return max(float((after[k] - before[k]).abs().max()) for k in before if param_part(k) == part)
+
+    assert max_change("vision") == 0.0
+    assert max_change("projector") < 1e-7
+    assert max_change("lm") > 1e-4
+
+
+def test_lora_gives_merged_plain_dir(data, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    base, train, _ = data
+    settings = SFTSettings(epochs=1, learning_rate=1e-3, batch_size=16, lora=LoraSettings(r=8, alpha=16))
+    result = train_llava(train[:64], base, tmp_path, settings)
+    assert result["steps"] == 4
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
+    assert not any("lora" in k or "modules_to_save" in k or "base_layer" in k for k in model.state_dict())
+    before, after = _weights(base), _weights(tmp_path / "model")
+    assert before.keys() == after.keys()
+    changed = {param_part(k) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"lm", "projector"}  # LoRA merged into the LM's projections, projector fully trained
+    assert all(torch.equal(before[k], after[k]) for k in before if "embed_tokens" in k or "lm_head" in k)
+    load_model(tmp_path / "model")
+
+
+def test_empty_selection_is_a_user_error(data, tmp_path):
+    with pytest.raises(UserError, match="no samples"):
+        train_llava([], data[0], tmp_path, SFTSettings())
+
+
+def test_settings_reject_unknown_keys():
+    with pytest.raises(ValueError, match="extra"):
+        SFTSettings(epoch=3)
+    assert SFTSettings().model_json_schema()["properties"]["vision_lr"]["description"]
