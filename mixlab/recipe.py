@@ -27,7 +27,7 @@ class RunSection(Strict):
 
     name: str = Field(description="Run name; the default output directory is runs/<name>.")
     seed: int = Field(0, description="Seed for every random choice (data order, init, sampling).")
-    output_dir: str | None = Field(None, description="Run directory (relative to the recipe's folder).")
+    output_dir: str | None = Field(None, description="Run directory (relative to the working directory).")
 
 
 class TinyModel(Strict):
@@ -120,8 +120,7 @@ class Recipe:
 
     @property
     def output_dir(self) -> Path:
-        out = Path(self.run.output_dir) if self.run.output_dir else Path("runs") / self.run.name
-        return out if out.is_absolute() else self.path.parent / out
+        return Path(self.run.output_dir) if self.run.output_dir else Path("runs") / self.run.name
 
 
 @dataclass

@@ -16,5 +16,6 @@ def fake_plugins():
 
 
 @pytest.fixture
-def fake_recipe(tmp_path, fake_plugins):
+def fake_recipe(tmp_path, fake_plugins, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/<name> is relative to the working directory
     return fakes.write_recipe(tmp_path)

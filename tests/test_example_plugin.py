@@ -32,8 +32,8 @@ def installed(tmp_path_factory):
     return {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{ROOT}"}
 
 
-def mixlab(env, *args):
-    return subprocess.run([sys.executable, "-c", DRIVER, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+def mixlab(env, cwd, *args):
+    return subprocess.run([sys.executable, "-c", DRIVER, *args], env=env, cwd=cwd, capture_output=True, text=True)
 
 
 def test_listed_by_plugins_command(installed):
@@ -61,7 +61,7 @@ def test_runs_from_a_recipe(installed, tmp_path):
                         'fraction = 0.25\n\n[selectors.best]')
     text = text.replace('selector = "best"', 'selector = "short"')
     recipe = fakes.write_recipe(tmp_path, text)
-    proc = mixlab(installed, "run", str(recipe), "--no-progress")
+    proc = mixlab(installed, tmp_path, "run", str(recipe), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "runs" / "fake" / "report.json").read_text())
     assert report["arms"]["curated"]["n_samples"] == 5  # 25% of 20

@@ -119,16 +119,16 @@ def test_failed_stage_keeps_finished_work_and_reports(fake_recipe, monkeypatch):
     def boom(self, model_dir, work_dir, ctx):
         raise RuntimeError("evaluator exploded")
 
-    monkeypatch.setattr(fakes.FakeEvaluator, "evaluate", boom)
-    try:
-        run_recipe(fake_recipe)
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("the failure must propagate")
+    with monkeypatch.context() as patch:
+        patch.setattr(fakes.FakeEvaluator, "evaluate", boom)
+        try:
+            run_recipe(fake_recipe)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the failure must propagate")
     report = json.loads((fake_recipe.parent / "runs" / "fake" / "report.json").read_text())
     status = {s["name"]: s["status"] for s in report["stages"]}
     assert status["train:full"] == "done" and status["eval:full"] == "failed"
-    monkeypatch.undo()
     again = run_recipe(fake_recipe)
     assert {s["name"]: s["status"] for s in again["stages"]}["train:full"] == "cached"

@@ -59,6 +59,7 @@ def test_short_sft_learns_colours(data, tmp_path):
 
 
 def test_resume_after_crash(data, tmp_path):
+    """A run killed after a checkpoint resumes from it and ends with the weights of an uninterrupted run."""
     base, train, _ = data
     settings = SFTSettings(epochs=2, learning_rate=1e-3, batch_size=16, save_steps=3, logging_steps=2)
 
@@ -67,18 +68,19 @@ def test_resume_after_crash(data, tmp_path):
             raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
-        train_llava(train[:64], base, tmp_path, settings, progress=crash)
-    assert (tmp_path / "checkpoints" / "checkpoint-3").is_dir()
-    assert not (tmp_path / "model").exists()
+        train_llava(train[:64], base, tmp_path / "run", settings, progress=crash)
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-3").is_dir()
+    assert not (tmp_path / "run" / "model").exists()
 
     seen = []
-    result = train_llava(train[:64], base, tmp_path, settings, progress=lambda s, t: seen.append(s))
+    result = train_llava(train[:64], base, tmp_path / "run", settings, progress=lambda s, t: seen.append(s))
     assert result["resumed_from"].endswith("checkpoint-3")
     assert result["steps"] == 8 and seen[0] == 3  # continued from step 3, not from 0
-    assert not (tmp_path / "checkpoints").exists()
-    from transformers import LlavaForConditionalGeneration
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
-    LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
+    train_llava(train[:64], base, tmp_path / "straight", settings)
+    resumed, straight = _weights(tmp_path / "run" / "model"), _weights(tmp_path / "straight" / "model")
+    assert max(float((resumed[k] - straight[k]).abs().max()) for k in straight) < 1e-5
 
 
 def test_param_groups_have_part_lrs(data, tmp_path):

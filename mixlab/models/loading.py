@@ -17,7 +17,7 @@ def device_kind() -> Literal["cuda", "cpu"]:
 
 
 def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
-    """The attention kernel: "auto" → flash_attention_2 on CUDA with flash_attn installed, else sdpa; anything else is returned as is."""
+    """The attention kernel for "auto": flash_attention_2 on CUDA with flash_attn installed, else sdpa."""
     if attn_implementation != "auto":
         return attn_implementation
     if device_kind() == "cuda" and importlib.util.find_spec("flash_attn") is not None:

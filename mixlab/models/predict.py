@@ -6,15 +6,19 @@ evaluation sees exactly the format of training.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mixlab.data import IMAGE_TOKEN, Sample
 from mixlab.models.templates import training_template
-from mixlab.training.collator import IGNORE, VisionCollator, _load_image, sample_to_row
+from mixlab.training.collator import IGNORE, VisionCollator, load_image, sample_to_row
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Progress = Callable[[int, int], None]
 
@@ -24,7 +28,7 @@ class PromptItem:
     """One question: its text (an "<image>" marker in it is dropped) and an optional image."""
 
     text: str
-    image: Any | None = None  # PIL.Image.Image
+    image: Image.Image | None = None
 
 
 def _user_message(item: PromptItem) -> dict[str, Any]:
@@ -49,6 +53,17 @@ def _to_device(batch: dict[str, Any], model: Any) -> dict[str, Any]:
                 v = v.to(model.dtype)
         out[k] = v
     return out
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off while predicting; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -78,7 +93,7 @@ def generate(
             parts = [dict(p) for p in row["messages"][0]["content"]]
             for p in parts:
                 if p["type"] == "image":
-                    p["image"] = _load_image(row["images"][0])
+                    p["image"] = load_image(row["images"][0])
             conversations.append([{"role": "user", "content": parts}])
         inputs = processor.apply_chat_template(
             conversations,
@@ -90,7 +105,7 @@ def generate(
             processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
         )
         inputs = _to_device(dict(inputs), model)
-        with torch.inference_mode():
+        with torch.inference_mode(), _eval_mode(model):
             out = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -111,7 +126,7 @@ def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.n
 
     labels = batch.pop("labels")
     batch = _to_device(batch, model)
-    with torch.inference_mode():
+    with torch.inference_mode(), _eval_mode(model):
         logits = model(**batch, use_cache=False).logits
     labels = labels.to(logits.device)
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]

@@ -42,7 +42,7 @@ def sample_to_row(sample: Sample) -> dict[str, Any]:
     return {"messages": _fix_image_parts(to_messages(sample), len(images)), "images": images}
 
 
-def _load_image(image: Any) -> Any:
+def load_image(image: Any) -> Any:
     """A PIL image in RGB from a PIL image or a path."""
     from PIL import Image
 
@@ -80,7 +80,7 @@ class VisionCollator:
         examples = [
             {
                 "messages": _clean_messages(row["messages"]),
-                "images": [_load_image(im) for im in (row.get("images") or []) if im is not None],
+                "images": [load_image(im) for im in (row.get("images") or []) if im is not None],
             }
             for row in rows
         ]

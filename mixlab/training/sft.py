@@ -94,6 +94,21 @@ def _sft_trainer_class() -> type:
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
             return self.optimizer
 
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            # transformers 5.x saves LLaVA weights under their legacy names (save_original_format=True) but the
+            # Trainer resumes with a raw load_state_dict(strict=False): no key matches and the weights silently stay
+            # at the base model (transformers#43701). Load through from_pretrained, which renames the keys.
+            from peft import PeftModel
+
+            model = self.model if model is None else model
+            weights = Path(resume_from_checkpoint) / "model.safetensors"
+            if isinstance(model, PeftModel) or self.is_deepspeed_enabled or not weights.is_file():
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+                return
+            loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, device_map="cpu")
+            model.load_state_dict(loaded.state_dict(), strict=True)
+            del loaded
+
     return PartLRSFTTrainer
 
 
@@ -190,8 +205,9 @@ def make_trainer(
         assistant_only_loss=True,
         bf16=on_cuda,
         use_cpu=not on_cuda,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        # transformers 5.23 renamed gradient_checkpointing (TRL's default: True) to activation_checkpointing
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         deepspeed=deepspeed,
         report_to="none",
         logging_steps=settings.logging_steps,
