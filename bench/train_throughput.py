@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--trl-checkpointing", action="store_true", help="TRL run with its default grad checkpointing")
     parser.add_argument("--freeze-vision", action="store_true", help="mixlab run with its default frozen vision tower")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternated; the median is reported")
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp folder)")
     args = parser.parse_args()
 
@@ -138,12 +140,15 @@ def main() -> None:
             layers=args.layers,
         )
         print(f"setup {time.perf_counter() - started:.1f}s: {len(samples)} samples, bs {args.batch_size}")
-        shutil.rmtree(work / "trl", ignore_errors=True)
-        shutil.rmtree(work / "mixlab", ignore_errors=True)
-        trl_tps, trl_s = run_trl(samples, base, work / "trl", args)
-        mix_tps, mix_s = run_mixlab(samples, base, work / "mixlab", args)
-        print(f"TRL default SFT : {trl_tps:9.0f} tokens/s ({trl_s:.1f}s train)")
-        print(f"mixlab train_llava: {mix_tps:9.0f} tokens/s ({mix_s:.1f}s train)")
+        trl_runs, mix_runs = [], []
+        for r in range(args.repeats):  # alternate the two, so that warm-up and drift hit both alike
+            for name, run, runs in (("trl", run_trl, trl_runs), ("mixlab", run_mixlab, mix_runs)):
+                shutil.rmtree(work / name, ignore_errors=True)
+                runs.append(run(samples, base, work / name, args))
+                print(f"repeat {r}: {name:6s} {runs[-1][0]:9.0f} tokens/s ({runs[-1][1]:.1f}s train)")
+        trl_tps, mix_tps = statistics.median(t for t, _ in trl_runs), statistics.median(t for t, _ in mix_runs)
+        print(f"TRL default SFT   : {trl_tps:9.0f} tokens/s (median of {args.repeats})")
+        print(f"mixlab train_llava: {mix_tps:9.0f} tokens/s (median of {args.repeats})")
         print(f"ratio mixlab / TRL: {mix_tps / trl_tps:.2f}")
     finally:
         if args.keep is None:

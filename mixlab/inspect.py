@@ -11,7 +11,9 @@ from rich.text import Text
 
 from mixlab.data import Sample
 from mixlab.errors import UserError
-from mixlab.progress import console
+from rich.console import Console
+
+console = Console()
 
 
 def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
@@ -28,11 +30,11 @@ def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
     return [s for name in run.samples_of_source for s in run.samples_of_source[name]], processor
 
 
-def _json_samples(path: Path) -> list[Sample]:
+def _json_samples(path: Path, image_root: Path | None) -> list[Sample]:
     from mixlab.plugins.sources.llava_json import read_records
     from mixlab.plugins.sources.records import collect
 
-    samples, skipped = collect(read_records(path), path, path.parent, "open", "skip", path.stem)
+    samples, skipped = collect(read_records(path), path, image_root or path.parent, "open", "skip", path.stem)
     for message in skipped[:10]:
         console.print(f"[red]bad record[/] {message}", highlight=False)
     if skipped:
@@ -40,14 +42,14 @@ def _json_samples(path: Path) -> list[Sample]:
     return samples
 
 
-def inspect_target(target: Path, only: list[str], preview: int) -> None:
+def inspect_target(target: Path, only: list[str], preview: int, image_root: Path | None = None) -> None:
     if not target.exists():
         raise UserError(f"{target} not found. Give a recipe (.toml) or a LLaVA JSON file.")
     processor = None
     if target.suffix == ".toml":
         samples, processor = _recipe_samples(target)
     else:
-        samples = _json_samples(target)
+        samples = _json_samples(target, image_root)
     if only:
         samples = [s for s in samples if s["source"] in only]
     by_source: dict[str, list[Sample]] = {}

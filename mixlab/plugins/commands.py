@@ -31,11 +31,12 @@ def data() -> None:
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--source", "only", multiple=True, help="Only these sources (default: all).")
 @click.option("--preview", default=2, show_default=True, help="Samples per source shown with their label mask.")
-def inspect(target: Path, only: tuple[str, ...], preview: int) -> None:
+@click.option("--image-root", type=click.Path(path_type=Path), help="Folder image paths are relative to (JSON files).")
+def inspect(target: Path, only: tuple[str, ...], preview: int, image_root: Path | None) -> None:
     """Counts, image checks, token lengths and a label-mask preview for a recipe's sources or a LLaVA JSON file."""
     from mixlab.inspect import inspect_target
 
-    inspect_target(target, list(only), preview)
+    inspect_target(target, list(only), preview, image_root)
 
 
 @hookimpl

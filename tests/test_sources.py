@@ -1,0 +1,105 @@
+"""Sources: LLaVA JSON and HF datasets through the real pipeline, with clear errors or skip-and-count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from mixlab.errors import UserError
+from tests.test_pipeline import run_recipe
+
+RECIPE = """\
+[run]
+name = "src"
+
+[model]
+path = "base"
+
+[sources.mine]
+type = "{type}"
+path = "{path}"
+{extra}
+
+[trainer]
+type = "fake_trainer"
+
+[evaluators.bench]
+type = "fake_bench"
+
+[arms.all]
+sources = ["mine"]
+"""
+
+
+def write_data(tmp_path, records):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "img" / "ok.png")
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "data.json").write_text(json.dumps(records))
+
+
+GOOD = {"id": "a", "image": "img/ok.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                            {"from": "gpt", "value": "red"}]}
+TEXT_ONLY = {"id": "t", "conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}
+MISSING = {**GOOD, "id": "m", "image": "img/nope.png"}
+CORRUPT = {**GOOD, "id": "c", "image": "img/broken.png"}
+MALFORMED = {"id": "x", "conversations": [{"from": "robot", "value": "?"}]}
+
+
+def recipe(tmp_path, extra="", type_="llava_json", path="data.json"):
+    from tests import fakes
+
+    fakes.write_recipe(tmp_path, RECIPE.format(type=type_, path=path, extra=extra))
+    return tmp_path / "recipe.toml"
+
+
+@pytest.mark.parametrize(("bad", "message"), [(MISSING, "does not exist"), (CORRUPT, "not a readable image"),
+                                              (MALFORMED, "turn 0 must be")])
+def test_bad_record_is_named(tmp_path, fake_recipe, bad, message):
+    write_data(tmp_path, [GOOD, bad])
+    with pytest.raises(UserError) as info:
+        run_recipe(recipe(tmp_path))
+    text = str(info.value)
+    assert "data.json: record 1" in text and f"(id {bad['id']!r})" in text and message in text
+    assert 'on_error = "skip"' in text
+
+
+def test_skip_counts_bad_records(tmp_path, fake_recipe):
+    write_data(tmp_path, [GOOD, TEXT_ONLY, MISSING, CORRUPT, MALFORMED])
+    report = run_recipe(recipe(tmp_path, 'on_error = "skip"'))
+    assert report["arms"]["all"]["n_samples"] == 2
+    stage = next(s for s in report["stages"] if s["name"] == "source:mine")
+    assert stage["skipped"] == 3
+
+
+def test_hf_dataset_messages_and_images(tmp_path, fake_recipe):
+    import datasets
+
+    rows = [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+             "images": [Image.new("RGB", (8, 8), "red")]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}], "images": []}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    report = run_recipe(recipe(tmp_path, type_="hf_dataset", path="ds"))
+    assert report["arms"]["all"]["n_samples"] == 2
+
+
+def test_toyworld_and_inspect_commands(tmp_path):
+    out = tmp_path / "world"
+    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "toyworld", str(out), "--n-train", "20", "--n-bench", "4"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "manifest.json").is_file()
+    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "data", "inspect", str(out / "train" / "color_noisy.json"),
+                           "--image-root", str(out / "images")],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "bad record" not in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if "color_noisy" in line)
+    assert [c.strip() for c in row.split("│")[3:7]] == ["20", "20", "0", "12"]  # 60% of 20 are known noisy
