@@ -56,6 +56,15 @@ def test_short_sft_learns_colours(data, tmp_path):
     assert steps[0] == (0, 64) and steps[-1] == (64, 64)
     assert sum(a in NAMES for a in answers) >= 8  # greedy answers are colour words, not garbage
     assert not (tmp_path / "checkpoints").exists()
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 def test_resume_after_crash(data, tmp_path):
@@ -138,6 +147,11 @@ def test_lora_gives_merged_plain_dir(data, tmp_path):
 def test_empty_selection_is_a_user_error(data, tmp_path):
     with pytest.raises(UserError, match="no samples"):
         train_llava([], data[0], tmp_path, SFTSettings())
+
+
+def test_deepspeed_config_must_exist(data, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        train_llava(data[1][:8], data[0], tmp_path, SFTSettings(deepspeed=str(tmp_path / "nope.json")))
 
 
 def test_settings_reject_unknown_keys():

@@ -102,5 +102,5 @@ def test_toyworld_and_inspect_commands(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "bad record" not in proc.stdout
-    row = next(line for line in proc.stdout.splitlines() if "color_noisy" in line)
+    row = next(line for line in proc.stdout.splitlines() if "color_noisy" in line and "data in" not in line)
     assert re.findall(r"\b\d+\b", row)[:4] == ["20", "20", "0", "12"]  # 60% of 20 are known noisy

@@ -6,6 +6,7 @@ Assistant-only loss, separate learning rates for the vision tower / projector / 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import time
@@ -101,8 +102,9 @@ def _sft_trainer_class() -> type:
             from peft import PeftModel
 
             model = self.model if model is None else model
-            weights = Path(resume_from_checkpoint) / "model.safetensors"
-            if isinstance(model, PeftModel) or self.is_deepspeed_enabled or not weights.is_file():
+            ckpt = Path(resume_from_checkpoint)
+            has_weights = (ckpt / "model.safetensors").is_file() or (ckpt / "model.safetensors.index.json").is_file()
+            if isinstance(model, PeftModel) or self.is_deepspeed_enabled or not has_weights:
                 super()._load_from_checkpoint(resume_from_checkpoint, model)
                 return
             loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, device_map="cpu")
@@ -142,6 +144,8 @@ def _setup_deepspeed(path: str) -> str:
     """Check the JSON exists; on a single process without a launcher, set the env that DeepSpeed needs."""
     if not Path(path).is_file():
         raise UserError(f"DeepSpeed config {path} does not exist")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("deepspeed is set but DeepSpeed is not installed: pip install 'mixlab[deepspeed]'")
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -270,6 +274,7 @@ def train_llava(
     else:
         trainer.save_model(str(model_dir))
         processor.save_pretrained(model_dir)
+        (model_dir / "training_args.bin").unlink(missing_ok=True)  # pickled run settings: not part of the model
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     return {
