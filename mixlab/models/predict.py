@@ -152,7 +152,7 @@ def choose(
     """For each item, the index of the option with the highest total log-likelihood as the assistant's answer.
 
     The scored tokens are the trained ones (the option text and the end-of-turn token), as in training.
-    Ties go to the lowest index.
+    Ties go to the lowest index; an item without options gets -1. `progress(done, total)` counts (item, option) pairs.
     """
     if len(items) != len(options):
         raise ValueError(f"{len(items)} items but {len(options)} option lists")

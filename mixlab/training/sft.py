@@ -233,6 +233,10 @@ def make_trainer(
         peft_config=_lora_config(settings.lora, train_vision) if settings.lora else None,
         callbacks=[_progress_callback(progress)] if progress else None,
     )
+    if progress is not None:  # mixlab draws its own progress bar; keep the Trainer's loss dicts out of the terminal
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.part_lrs = {
         LM: settings.learning_rate,
         PROJECTOR: settings.projector_lr or settings.learning_rate,
