@@ -105,7 +105,12 @@ class Trainer(Component):
     kind = "trainer"
 
     def train(
-        self, samples: list[Sample], base_model: Path, work_dir: Path, ctx: RunContext, overrides: dict[str, Any] | None = None
+        self,
+        samples: list[Sample],
+        base_model: Path,
+        work_dir: Path,
+        ctx: RunContext,
+        overrides: dict[str, Any] | None = None,
     ) -> TrainResult:
         raise NotImplementedError
 

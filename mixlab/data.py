@@ -40,7 +40,11 @@ def to_messages(sample: Sample) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = []
         if IMAGE_TOKEN in text:
             before, _, after = text.partition(IMAGE_TOKEN)
-            for part, is_image in ((before.strip(), False), (None, True), (after.replace(IMAGE_TOKEN, "").strip(), False)):
+            for part, is_image in (
+                (before.strip(), False),
+                (None, True),
+                (after.replace(IMAGE_TOKEN, "").strip(), False),
+            ):
                 if is_image:
                     content.append({"type": "image"})
                 elif part:

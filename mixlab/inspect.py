@@ -6,12 +6,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from mixlab.data import Sample
 from mixlab.errors import UserError
-from rich.console import Console
 
 console = Console()
 
@@ -56,21 +56,36 @@ def inspect_target(target: Path, only: list[str], preview: int, image_root: Path
     for s in samples:
         by_source.setdefault(s["source"], []).append(s)
     table = Table(title=f"data in {target}")
-    for col in ("source", "category", "samples", "with image", "missing images", "known noisy", "answer length (mean/max)"):
+    for col in (
+        "source",
+        "category",
+        "samples",
+        "with image",
+        "missing images",
+        "known noisy",
+        "answer length (mean/max)",
+    ):
         table.add_column(col)
     for name, group in by_source.items():
         missing = sum(1 for s in group if s["image"] and not Path(s["image"]).is_file())
         noisy = sum(1 for s in group if s.get("noisy"))
         lengths = [_answer_tokens(s, processor) for s in group]
         cats = sorted({s["category"] or "-" for s in group})
-        table.add_row(name, ",".join(cats), str(len(group)), str(sum(1 for s in group if s["image"])), str(missing),
-                      str(noisy), f"{statistics.mean(lengths):.1f} / {max(lengths)}")
+        table.add_row(
+            name,
+            ",".join(cats),
+            str(len(group)),
+            str(sum(1 for s in group if s["image"])),
+            str(missing),
+            str(noisy),
+            f"{statistics.mean(lengths):.1f} / {max(lengths)}",
+        )
     console.print(table)
     if processor is not None and preview:
         from mixlab.training.collator import mask_preview
 
         console.print("label mask preview: [bold green]trained[/] tokens, [dim]masked[/] tokens")
-        for name, group in by_source.items():
+        for group in by_source.values():
             for s in group[:preview]:
                 text = Text(f"{s['id']}: ")
                 for token, trained in mask_preview(s, processor):

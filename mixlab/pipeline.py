@@ -116,15 +116,21 @@ class Run:
 
     def samples_key(self, samples: list[Sample]) -> str:
         sources = sorted({s["source"] for s in samples})
-        return content_hash({"sources": {s: self.source_keys.get(s, "") for s in sources},
-                             "ids": sorted(s["id"] for s in samples)})
+        return content_hash(
+            {"sources": {s: self.source_keys.get(s, "") for s in sources}, "ids": sorted(s["id"] for s in samples)}
+        )
 
     def train(self, samples: list[Sample], tag: str, overrides: dict[str, Any] | None = None) -> Path:
         if not samples:
             raise UserError(f"{tag}: nothing to train on (the selection is empty). Check the arm's selector.")
         ordered = sorted(samples, key=lambda s: s["id"])
-        material = {"trainer": self.recipe.trainer.raw, "overrides": overrides or {}, "base": self._base_key,
-                    "samples": self.samples_key(ordered), "seed": self.seed}
+        material = {
+            "trainer": self.recipe.trainer.raw,
+            "overrides": overrides or {},
+            "base": self._base_key,
+            "samples": self.samples_key(ordered),
+            "seed": self.seed,
+        }
 
         def run(stage_dir: Path) -> dict[str, Any]:
             result = self._trainer.train(ordered, self.base_model, stage_dir, self, overrides)
@@ -135,8 +141,10 @@ class Run:
         return stage_dir / result["model_dir"]
 
     def evaluate(self, model_dir: Path, tag: str) -> Metrics:
-        material = {"evaluators": {k: s.raw for k, s in self.recipe.evaluators.items()},
-                    "model": self.model_key(model_dir)}
+        material = {
+            "evaluators": {k: s.raw for k, s in self.recipe.evaluators.items()},
+            "model": self.model_key(model_dir),
+        }
 
         def run(stage_dir: Path) -> dict[str, Any]:
             metrics: Metrics = {}
@@ -242,8 +250,11 @@ class Run:
             section = self.recipe.scorers[label]
             names = section.core.get("sources") or arm_sources
             samples = self.samples_of(names)
-            material = {"section": section.raw, "base": self._base_key,
-                        "sources": {n: self.source_keys[n] for n in names}}
+            material = {
+                "section": section.raw,
+                "base": self._base_key,
+                "sources": {n: self.source_keys[n] for n in names},
+            }
 
             def run(stage_dir: Path, section=section, samples=samples) -> dict[str, Any]:
                 import numpy as np
@@ -251,8 +262,10 @@ class Run:
                 columns = section.build().score(samples, self)
                 for col, values in columns.items():
                     if len(values) != len(samples):
-                        raise RuntimeError(f"scorer {section.type!r} returned {len(values)} rows for column "
-                                           f"{col!r}, expected {len(samples)}")
+                        raise RuntimeError(
+                            f"scorer {section.type!r} returned {len(values)} rows for column "
+                            f"{col!r}, expected {len(samples)}"
+                        )
                 np.savez(stage_dir / "scores.npz", __ids__=np.array([s["id"] for s in samples]), **columns)
                 return {"columns": sorted(columns)}
 
@@ -268,15 +281,21 @@ class Run:
         if arm.selector:
             section = self.recipe.selectors[arm.selector]
             used = section.core.get("scorers", [])
-            material = {"section": section.raw, "pool": self.samples_key(pool),
-                        "scores": {s: self.keys[f"score:{s}"] for s in used}, "base": self._base_key}
+            material = {
+                "section": section.raw,
+                "pool": self.samples_key(pool),
+                "scores": {s: self.keys[f"score:{s}"] for s in used},
+                "base": self._base_key,
+            }
 
             def run(stage_dir: Path) -> dict[str, Any]:
                 columns = aligned_scores(pool, [scores[s]["dir"] for s in used])
                 selection: Selection = section.build().select(pool, columns, self)
                 unknown = set(selection.ids) - {s["id"] for s in pool}
                 if unknown:
-                    raise RuntimeError(f"selector {section.type!r} returned ids outside the pool: {sorted(unknown)[:3]}")
+                    raise RuntimeError(
+                        f"selector {section.type!r} returned ids outside the pool: {sorted(unknown)[:3]}"
+                    )
                 self.record(n_selected=len(selection.ids))
                 return {"ids": selection.ids, "info": selection.info}
 
@@ -289,9 +308,15 @@ class Run:
         counts: dict[str, int] = {}
         for s in chosen:
             counts[s["source"]] = counts.get(s["source"], 0) + 1
-        self.arms[arm_name] = {"n_samples": len(chosen), "sources": counts, "metrics": metrics,
-                               "score": round(aggregate(metrics), 3), "model_dir": str(model_dir),
-                               "selection": info, "_chosen": chosen}
+        self.arms[arm_name] = {
+            "n_samples": len(chosen),
+            "sources": counts,
+            "metrics": metrics,
+            "score": round(aggregate(metrics), 3),
+            "model_dir": str(model_dir),
+            "selection": info,
+            "_chosen": chosen,
+        }
 
     def _run_soup(self, section: Section) -> None:
         names = section.core.get("arms") or list(self.arms)
@@ -300,13 +325,21 @@ class Run:
 
         def run(stage_dir: Path) -> dict[str, Any]:
             merged = section.build().merge(ingredients, stage_dir, self)
-            return {"model_dir": str(Path(merged.model_dir).relative_to(stage_dir)), "kept": merged.kept,
-                    "info": merged.info}
+            return {
+                "model_dir": str(Path(merged.model_dir).relative_to(stage_dir)),
+                "kept": merged.kept,
+                "info": merged.info,
+            }
 
         result, stage_dir = self.stage(f"merge:{section.label}", material, run)
         metrics = self.evaluate(stage_dir / result["model_dir"], section.label)
-        self.extra["soup"] = {"method": result["info"].get("method", section.type), "ingredients": names,
-                              "kept": result["kept"], "metrics": metrics, "score": round(aggregate(metrics), 3)}
+        self.extra["soup"] = {
+            "method": result["info"].get("method", section.type),
+            "ingredients": names,
+            "kept": result["kept"],
+            "metrics": metrics,
+            "score": round(aggregate(metrics), 3),
+        }
 
 
 def aggregate(metrics: Metrics) -> float:
@@ -327,8 +360,16 @@ def normalise(samples: list[Sample], section: Section, provides: list[str]) -> l
         if sample_id in seen:
             raise UserError(f"source {section.label!r}: duplicate sample id {s['id']!r}. Ids must be unique.")
         seen.add(sample_id)
-        out.append({"id": sample_id, "source": source, "category": category or s.get("category"),
-                    "image": s.get("image"), "conversations": s["conversations"], "noisy": s.get("noisy")})
+        out.append(
+            {
+                "id": sample_id,
+                "source": source,
+                "category": category or s.get("category"),
+                "image": s.get("image"),
+                "conversations": s["conversations"],
+                "noisy": s.get("noisy"),
+            }
+        )
     return out
 
 

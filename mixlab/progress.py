@@ -19,8 +19,14 @@ class ProgressBoard:
     def __init__(self, on_event: Callable[..., None] | None = None, enabled: bool = True):
         self.on_event = on_event
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True, disable=not enabled,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
         )
 
     def __enter__(self) -> ProgressBoard:

@@ -81,8 +81,14 @@ CORE_KEYS: dict[str, dict[str, Any]] = {
     "evaluators": {"type": str},
     "soup": {"type": str, "arms": list},
 }
-KIND_OF_SECTION = {"sources": "source", "scorers": "scorer", "selectors": "selector", "trainer": "trainer",
-                   "evaluators": "evaluator", "soup": "merger"}
+KIND_OF_SECTION = {
+    "sources": "source",
+    "scorers": "scorer",
+    "selectors": "selector",
+    "trainer": "trainer",
+    "evaluators": "evaluator",
+    "soup": "merger",
+}
 TOP_LEVEL = ("run", "model", "sources", "scorers", "selectors", "arms", "trainer", "evaluators", "soup")
 
 
@@ -208,7 +214,9 @@ class _Validator:
             allowed = [*cls.Options.model_fields, *core_spec]
             self.problems.extend(_pydantic_problems(path, e, allowed))
             return None
-        return Section(label=str(path[-1]), type=type_name, cls=cls, options=options, core=core, raw=value, base_dir=self.base_dir)
+        return Section(
+            label=str(path[-1]), type=type_name, cls=cls, options=options, core=core, raw=value, base_dir=self.base_dir
+        )
 
     def plugin_table(self, section: str) -> dict[str, Section]:
         value = self.data.get(section, {})
@@ -301,16 +309,30 @@ def validate_data(path: Path, text: str, data: dict[str, Any], registry: Registr
         for i, name in enumerate(soup.core.get("arms", [])):
             v.ref(("soup", "arms", i), name, arms, "arm")
     if trainer:
-        _check_overrides(v, trainer, ("model", "align", "trainer"), model.align.trainer if model and model.align else {})
+        _check_overrides(
+            v, trainer, ("model", "align", "trainer"), model.align.trainer if model and model.align else {}
+        )
         for label, arm in arms.items():
             _check_overrides(v, trainer, ("arms", label, "trainer"), arm.trainer)
 
     if v.problems:
         raise RecipeError(path, v.problems, key_lines(text))
     assert run and model and trainer
-    return Recipe(path=path, text=text, data=data, run=run, model=model, sources=sources, scorers=scorers,
-                  selectors=selectors, arms=arms, trainer=trainer, evaluators=evaluators, soup=soup,
-                  provided=provided)
+    return Recipe(
+        path=path,
+        text=text,
+        data=data,
+        run=run,
+        model=model,
+        sources=sources,
+        scorers=scorers,
+        selectors=selectors,
+        arms=arms,
+        trainer=trainer,
+        evaluators=evaluators,
+        soup=soup,
+        provided=provided,
+    )
 
 
 def _check_overrides(v: _Validator, trainer: Section, path: tuple, overrides: dict[str, Any]) -> None:

@@ -161,8 +161,9 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
         lines += ["## Individual Select", ""]
         for r in report["individual_select"]["rounds"]:
             for c in r["candidates"]:
-                lines.append(f"- {r['category']}: {c['source']} score {c['score']:.2f} → "
-                             f"{'kept' if c['kept'] else 'rejected'}")
+                lines.append(
+                    f"- {r['category']}: {c['source']} score {c['score']:.2f} → {'kept' if c['kept'] else 'rejected'}"
+                )
         lines.append("")
     lines += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in report["stages"]]

@@ -14,7 +14,18 @@ from pathlib import Path
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, MergeResult, Merger, Options, Scorer, Selection, Selector, Source, Trainer, TrainResult
+from mixlab.components import (
+    Evaluator,
+    Merger,
+    MergeResult,
+    Options,
+    Scorer,
+    Selection,
+    Selector,
+    Source,
+    Trainer,
+    TrainResult,
+)
 
 
 class FakeSourceOptions(Options):
@@ -27,9 +38,16 @@ class FakeSource(Source):
     Options = FakeSourceOptions
 
     def load(self, ctx):
-        return [{"id": str(i), "image": None, "category": "fake", "noisy": self.options.quality == "bad",
-                 "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": self.options.quality}]}
-                for i in range(self.options.n)]
+        return [
+            {
+                "id": str(i),
+                "image": None,
+                "category": "fake",
+                "noisy": self.options.quality == "bad",
+                "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": self.options.quality}],
+            }
+            for i in range(self.options.n)
+        ]
 
 
 class FakeScorer(Scorer):

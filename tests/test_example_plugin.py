@@ -27,8 +27,20 @@ main()
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                    str(ROOT / "examples" / "mixlab-shortest")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(ROOT / "examples" / "mixlab-shortest"),
+        ],
+        check=True,
+    )
     return {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{ROOT}"}
 
 
@@ -37,28 +49,39 @@ def mixlab(env, cwd, *args):
 
 
 def test_listed_by_plugins_command(installed):
-    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "plugins", "--json"], env=installed,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixlab.cli", "plugins", "--json"],
+        env=installed,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = {(r["kind"], r["name"]): r for r in json.loads(proc.stdout)}
     assert rows[("scorer", "answer_length")]["package"] == "mixlab-shortest"
     assert rows[("selector", "shortest")]["version"] == "0.1.0"
-    hello = subprocess.run([sys.executable, "-m", "mixlab.cli", "shortest-hello"], env=installed,
-                           capture_output=True, text=True)
+    hello = subprocess.run(
+        [sys.executable, "-m", "mixlab.cli", "shortest-hello"], env=installed, capture_output=True, text=True
+    )
     assert hello.stdout.strip() == "mixlab-shortest is loaded"
 
 
 def test_allowlist_excludes_it(installed):
     env = {**installed, "MIXLAB_LOAD_PLUGINS": ""}
-    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "plugins", "--json"], env=env,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixlab.cli", "plugins", "--json"], env=env, capture_output=True, text=True, check=True
+    )
     assert "answer_length" not in proc.stdout
 
 
 def test_runs_from_a_recipe(installed, tmp_path):
-    text = fakes.RECIPE.replace('[scorers.quality]\ntype = "fake_quality"',
-                                '[scorers.quality]\ntype = "fake_quality"\n\n[scorers.length]\ntype = "answer_length"')
-    text = text.replace('[selectors.best]', '[selectors.short]\ntype = "shortest"\nscorers = ["length"]\n'
-                        'fraction = 0.25\n\n[selectors.best]')
+    text = fakes.RECIPE.replace(
+        '[scorers.quality]\ntype = "fake_quality"',
+        '[scorers.quality]\ntype = "fake_quality"\n\n[scorers.length]\ntype = "answer_length"',
+    )
+    text = text.replace(
+        "[selectors.best]",
+        '[selectors.short]\ntype = "shortest"\nscorers = ["length"]\nfraction = 0.25\n\n[selectors.best]',
+    )
     text = text.replace('selector = "best"', 'selector = "short"')
     recipe = fakes.write_recipe(tmp_path, text)
     proc = mixlab(installed, tmp_path, "run", str(recipe), "--no-progress")
@@ -75,10 +98,12 @@ def test_broken_plugin_package_gives_one_clear_message(tmp_path):
     (pkg / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
         '[project]\nname = "mixlab-broken"\nversion = "0.0.1"\n'
-        '[project.entry-points.mixlab]\nbroken = "mixlab_broken"\n')
+        '[project.entry-points.mixlab]\nbroken = "mixlab_broken"\n'
+    )
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(pkg)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(pkg)], check=True
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
     proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "plugins"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2

@@ -66,6 +66,8 @@ def test_plugin_hooks_are_documented():
 
 
 def test_plugin_hooks_have_tests():
-    tested = {name for name, _ in inspect.getmembers(__import__(__name__, fromlist=["x"])) if name.startswith("test_hook_")}
+    tested = {
+        name for name, _ in inspect.getmembers(__import__(__name__, fromlist=["x"])) if name.startswith("test_hook_")
+    }
     missing = [h for h in HOOKS if f"test_hook_{h}" not in tested]
     assert not missing, f"hooks without a test_hook_<name> test: {missing}"

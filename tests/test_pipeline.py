@@ -39,8 +39,15 @@ def test_run_writes_contract_report(fake_recipe):
     assert on_disk["soup"]["kept"] == ["full", "curated"]
     assert {s["status"] for s in report["stages"]} == {"done"}
     names = [s["name"] for s in report["stages"]]
-    assert names.index("source:good") < names.index("model") < names.index("score:quality") < names.index(
-        "select:curated") < names.index("train:curated") < names.index("eval:curated") < names.index("merge:soup")
+    assert (
+        names.index("source:good")
+        < names.index("model")
+        < names.index("score:quality")
+        < names.index("select:curated")
+        < names.index("train:curated")
+        < names.index("eval:curated")
+        < names.index("merge:soup")
+    )
     assert (run_dir / "recipe.toml").read_text() == fake_recipe.read_text()
     assert (run_dir / "report.md").read_text().startswith("# mixlab report")
     assert (run_dir / "arms.png").stat().st_size > 1000
@@ -95,8 +102,13 @@ def test_killed_mid_stage_then_rerun_matches_uninterrupted(fake_recipe, tmp_path
     reference = run_recipe(fake_recipe, tmp_path / "reference")
     out = tmp_path / "crashy"
     env = {**os.environ, "FAKE_TRAIN_SLEEP": "30", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(fake_recipe), str(out)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(fake_recipe), str(out)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     events = out / "events.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (events.exists() and '"stage": "train:full"' in events.read_text()):

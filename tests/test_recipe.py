@@ -12,8 +12,11 @@ from mixlab.locate import key_lines
 from mixlab.recipe import RecipeError, load_recipe
 from tests import fakes
 
-THREE_MISTAKES = fakes.RECIPE.replace('quality = "bad"', 'qualty = "bad"').replace(
-    "count = 10", 'count = "ten"').replace('type = "fake_bench"', 'type = "fake_bnch"')
+THREE_MISTAKES = (
+    fakes.RECIPE.replace('quality = "bad"', 'qualty = "bad"')
+    .replace("count = 10", 'count = "ten"')
+    .replace('type = "fake_bench"', 'type = "fake_bnch"')
+)
 
 
 def line_containing(text: str, needle: str) -> int:
@@ -27,11 +30,16 @@ def test_three_mistakes_three_located_errors(tmp_path, fake_plugins):
     lines = info.value.lines_rendered
     assert len(lines) == 3, lines
     text = THREE_MISTAKES
-    assert f"recipe.toml:{line_containing(text, 'qualty')}: sources.bad.qualty: unknown key. Did you mean 'quality'?" \
+    assert (
+        f"recipe.toml:{line_containing(text, 'qualty')}: sources.bad.qualty: unknown key. Did you mean 'quality'?"
         in "\n".join(lines)
+    )
     assert any(f":{line_containing(text, 'count = ')}: selectors.best.count: " in x and "integer" in x for x in lines)
-    assert any(f":{line_containing(text, 'fake_bnch')}: evaluators.bench.type: no evaluator plugin named 'fake_bnch'."
-               " Did you mean 'fake_bench'?" in x for x in lines)
+    assert any(
+        f":{line_containing(text, 'fake_bnch')}: evaluators.bench.type: no evaluator plugin named 'fake_bnch'."
+        " Did you mean 'fake_bench'?" in x
+        for x in lines
+    )
 
 
 def test_cli_validate_exit_2_no_traceback(tmp_path):
@@ -43,7 +51,9 @@ def test_cli_validate_exit_2_no_traceback(tmp_path):
 
 
 def test_cross_references_are_checked(tmp_path, fake_plugins):
-    text = fakes.RECIPE.replace('sources = ["good", "bad"]\nselector = "best"', 'sources = ["good", "bda"]\nselector = "bets"')
+    text = fakes.RECIPE.replace(
+        'sources = ["good", "bad"]\nselector = "best"', 'sources = ["good", "bda"]\nselector = "bets"'
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(fakes.write_recipe(tmp_path, text))
     rendered = "\n".join(info.value.lines_rendered)
@@ -69,8 +79,9 @@ def test_toml_syntax_error_is_located(tmp_path):
 
 
 def test_trainer_overrides_validated_against_trainer_options(tmp_path, fake_plugins):
-    text = fakes.RECIPE.replace('[arms.full]\nsources = ["good", "bad"]',
-                                '[arms.full]\nsources = ["good", "bad"]\ntrainer = {epoch = 3}')
+    text = fakes.RECIPE.replace(
+        '[arms.full]\nsources = ["good", "bad"]', '[arms.full]\nsources = ["good", "bad"]\ntrainer = {epoch = 3}'
+    )
     with pytest.raises(RecipeError, match=r"arms.full.trainer.epoch: unknown key. Did you mean 'epochs'"):
         load_recipe(fakes.write_recipe(tmp_path, text))
 

@@ -61,9 +61,11 @@ def test_component_without_name_is_rejected():
 
 
 def test_core_commands_import_no_torch():
-    code = ("import sys; from mixlab.cli import cli, _add_plugin_commands; _add_plugin_commands();"
-            "import mixlab.recipe, mixlab.pipeline; assert 'torch' not in sys.modules, 'torch imported';"
-            "assert 'transformers' not in sys.modules")
+    code = (
+        "import sys; from mixlab.cli import cli, _add_plugin_commands; _add_plugin_commands();"
+        "import mixlab.recipe, mixlab.pipeline; assert 'torch' not in sys.modules, 'torch imported';"
+        "assert 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -44,8 +44,11 @@ def write_data(tmp_path, records):
     (tmp_path / "data.json").write_text(json.dumps(records))
 
 
-GOOD = {"id": "a", "image": "img/ok.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                                            {"from": "gpt", "value": "red"}]}
+GOOD = {
+    "id": "a",
+    "image": "img/ok.png",
+    "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}],
+}
 TEXT_ONLY = {"id": "t", "conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}
 MISSING = {**GOOD, "id": "m", "image": "img/nope.png"}
 CORRUPT = {**GOOD, "id": "c", "image": "img/broken.png"}
@@ -59,8 +62,9 @@ def recipe(tmp_path, extra="", type_="llava_json", path="data.json"):
     return tmp_path / "recipe.toml"
 
 
-@pytest.mark.parametrize(("bad", "message"), [(MISSING, "does not exist"), (CORRUPT, "not a readable image"),
-                                              (MALFORMED, "turn 0 must be")])
+@pytest.mark.parametrize(
+    ("bad", "message"), [(MISSING, "does not exist"), (CORRUPT, "not a readable image"), (MALFORMED, "turn 0 must be")]
+)
 def test_bad_record_is_named(tmp_path, fake_recipe, bad, message):
     write_data(tmp_path, [GOOD, bad])
     with pytest.raises(UserError) as info:
@@ -81,11 +85,22 @@ def test_skip_counts_bad_records(tmp_path, fake_recipe):
 def test_hf_dataset_messages_and_images(tmp_path, fake_recipe):
     import datasets
 
-    rows = [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-                          {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
-             "images": [Image.new("RGB", (8, 8), "red")]},
-            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                          {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}], "images": []}]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+            ],
+            "images": [Image.new("RGB", (8, 8), "red")],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+            ],
+            "images": [],
+        },
+    ]
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
     report = run_recipe(recipe(tmp_path, type_="hf_dataset", path="ds"))
     assert report["arms"]["all"]["n_samples"] == 2
@@ -93,13 +108,28 @@ def test_hf_dataset_messages_and_images(tmp_path, fake_recipe):
 
 def test_toyworld_and_inspect_commands(tmp_path):
     out = tmp_path / "world"
-    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "toyworld", str(out), "--n-train", "20", "--n-bench", "4"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixlab.cli", "toyworld", str(out), "--n-train", "20", "--n-bench", "4"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "manifest.json").is_file()
-    proc = subprocess.run([sys.executable, "-m", "mixlab.cli", "data", "inspect", str(out / "train" / "color_noisy.json"),
-                           "--image-root", str(out / "images")],
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixlab.cli",
+            "data",
+            "inspect",
+            str(out / "train" / "color_noisy.json"),
+            "--image-root",
+            str(out / "images"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "bad record" not in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if "color_noisy" in line and "data in" not in line)

@@ -61,9 +61,7 @@ def _check(rows: list[Row], benchmark: str) -> None:
     for row in rows:
         missing = [k for k in ("prediction", "answer") if k not in row]
         if missing:
-            raise UserError(
-                f"{benchmark}: row index {row.get('index')} lacks {', '.join(missing)}."
-            )
+            raise UserError(f"{benchmark}: row index {row.get('index')} lacks {', '.join(missing)}.")
 
 
 def _index(row: Row) -> int:

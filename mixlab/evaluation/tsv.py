@@ -107,11 +107,7 @@ def _all_yes_no(answers: list[str] | None) -> bool:
 
 def options(row: dict[str, Any]) -> dict[str, str]:
     """Option letters A, B, ... that carry non-empty text, in letter order."""
-    return {
-        letter: str(row[letter])
-        for letter in string.ascii_uppercase
-        if letter in row and str(row[letter]).strip()
-    }
+    return {letter: str(row[letter]) for letter in string.ascii_uppercase if letter in row and str(row[letter]).strip()}
 
 
 def build_prompt(row: dict[str, Any], kind: str) -> str:

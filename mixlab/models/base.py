@@ -27,6 +27,8 @@ def prepare_base_model(model: ModelSection, samples: list[Sample], stage_dir: Pa
     if not path.is_absolute():
         path = base_dir / path
     if not (path / "config.json").is_file():
-        raise UserError(f"[model] path {path} is not a model directory (no config.json). Give a local "
-                        "llava-hf format checkpoint, e.g. a download of llava-hf/llava-1.5-7b-hf.")
+        raise UserError(
+            f"[model] path {path} is not a model directory (no config.json). Give a local "
+            "llava-hf format checkpoint, e.g. a download of llava-hf/llava-1.5-7b-hf."
+        )
     return path.resolve()

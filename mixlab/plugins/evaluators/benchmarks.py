@@ -18,12 +18,17 @@ from mixlab.plugins.sources.toyworld import ToyWorldParams
 
 
 class BenchmarksOptions(Options):
-    paths: list[str] = Field(default_factory=list, description="VLMEvalKit TSV files (globs allowed), "
-                             "relative to the recipe; the benchmark is named after the file stem.")
+    paths: list[str] = Field(
+        default_factory=list,
+        description="VLMEvalKit TSV files (globs allowed), "
+        "relative to the recipe; the benchmark is named after the file stem.",
+    )
     toyworld: ToyWorldParams | None = Field(None, description="Also evaluate on the toy world's benchmarks.")
     mode: Literal["likelihood", "generate"] = Field(
-        "likelihood", description='"likelihood": pick the option (letter or Yes/No) the model finds most likely; '
-        '"generate": greedy decoding, answers extracted as VLMEvalKit does.')
+        "likelihood",
+        description='"likelihood": pick the option (letter or Yes/No) the model finds most likely; '
+        '"generate": greedy decoding, answers extracted as VLMEvalKit does.',
+    )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(16, ge=1, description="Greedy decoding length (mode = generate).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N rows of each benchmark.")
@@ -113,8 +118,9 @@ class Benchmarks(Evaluator):
                     f.write(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n")
         return metrics
 
-    def predict(self, loaded: tuple[Any, Any], kind: str, rows: list[dict[str, Any]], cache: PredictionCache,
-                ctx, name: str) -> None:
+    def predict(
+        self, loaded: tuple[Any, Any], kind: str, rows: list[dict[str, Any]], cache: PredictionCache, ctx, name: str
+    ) -> None:
         from mixlab.evaluation.tsv import build_prompt, decode_image, options
         from mixlab.models.predict import PromptItem, choose, generate
 
@@ -123,11 +129,18 @@ class Benchmarks(Evaluator):
         with ctx.progress(f"eval {name}", len(rows)) as advance:
             for start in range(0, len(rows), chunk):
                 part = rows[start : start + chunk]
-                items = [PromptItem(build_prompt(r, kind), decode_image(r["image"], r["index"]) if r.get("image")
-                                    else None) for r in part]
+                items = [
+                    PromptItem(build_prompt(r, kind), decode_image(r["image"], r["index"]) if r.get("image") else None)
+                    for r in part
+                ]
                 if self.options.mode == "generate":
-                    answers = generate(model, processor, items, max_new_tokens=self.options.max_new_tokens,
-                                       batch_size=self.options.batch_size)
+                    answers = generate(
+                        model,
+                        processor,
+                        items,
+                        max_new_tokens=self.options.max_new_tokens,
+                        batch_size=self.options.batch_size,
+                    )
                 else:
                     choices = [list(options(r)) if options(r) else ["Yes", "No"] for r in part]
                     picked = choose(model, processor, items, choices, batch_size=self.options.batch_size)

@@ -33,8 +33,10 @@ class FractionSelector(Selector):
     def select(self, samples, scores, ctx) -> Selection:
         o = self.options
         if o.column not in scores:
-            raise UserError(f"selector {self.label!r}: no score column {o.column!r}; the named scorers give "
-                            f"{', '.join(sorted(scores)) or 'none'}. Fix `column` or the selector's `scorers`.")
+            raise UserError(
+                f"selector {self.label!r}: no score column {o.column!r}; the named scorers give "
+                f"{', '.join(sorted(scores)) or 'none'}. Fix `column` or the selector's `scorers`."
+            )
         values = np.asarray(scores[o.column], dtype=float)
         sign = 1.0 if o.keep == "lowest" else -1.0
         groups: dict[str, list[int]] = {}
@@ -51,8 +53,11 @@ class FractionSelector(Selector):
                 order = np.lexsort((idx, v))  # stable: ties broken by pool order
                 keep += idx[order[:k]].tolist()
         kept = values[keep] if keep else np.array([])
-        info = {"kept": len(keep), "column": o.column,
-                "kept_range": [float(kept.min()), float(kept.max())] if len(kept) else None}
+        info = {
+            "kept": len(keep),
+            "column": o.column,
+            "kept_range": [float(kept.min()), float(kept.max())] if len(kept) else None,
+        }
         return Selection(ids=[samples[i]["id"] for i in sorted(keep)], info=info)
 
 

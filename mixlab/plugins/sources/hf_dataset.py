@@ -41,7 +41,9 @@ def _load(path: Path, split: str):
         return ds
     kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}.get(path.suffix)
     if kind is None:
-        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use a save_to_disk folder, .parquet or .jsonl.")
+        raise UserError(
+            f"{path}: unsupported file type {path.suffix!r}; use a save_to_disk folder, .parquet or .jsonl."
+        )
     return datasets.load_dataset(kind, data_files=str(path), split="train")
 
 
@@ -75,23 +77,27 @@ class HfDataset(Source):
         if not path.exists():
             return "missing"
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        return hashlib.sha256("".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files
-                                      if f.is_file()).encode()).hexdigest()
+        return hashlib.sha256(
+            "".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()).encode()
+        ).hexdigest()
 
     def load(self, ctx) -> list[Sample]:
         path = self.resolve(self.options.path)
         ds = _load(path, self.options.split)
         missing = {"messages"} - set(ds.column_names)
         if missing:
-            raise UserError(f"{path}: no `messages` column (columns: {', '.join(ds.column_names)}). "
-                            "mixlab reads TRL's vision format: `messages` + `images`.")
+            raise UserError(
+                f"{path}: no `messages` column (columns: {', '.join(ds.column_names)}). "
+                "mixlab reads TRL's vision format: `messages` + `images`."
+            )
         if self.options.limit:
             ds = ds.select(range(min(self.options.limit, len(ds))))
         image_dir = ctx.cache_dir("hf_images", {"source": self.label, "fingerprint": self.fingerprint()})
         root = self.resolve(self.options.image_root) if self.options.image_root else path.parent
         records = [self._record(row, i, image_dir, root) for i, row in enumerate(ds)]
-        samples, skipped = collect(records, path, image_dir, self.options.check_images, self.options.on_error,
-                                   self.label)
+        samples, skipped = collect(
+            records, path, image_dir, self.options.check_images, self.options.on_error, self.label
+        )
         if skipped:
             ctx.record(skipped=len(skipped))
             ctx.log(f"{self.label}: skipped {len(skipped)} bad rows, e.g. {skipped[0]}")

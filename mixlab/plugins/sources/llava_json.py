@@ -16,8 +16,9 @@ from mixlab.plugins.sources.records import ImageCheck, OnError, collect
 
 class LlavaJsonOptions(Options):
     path: str = Field(description="The .json (a list of records) or .jsonl file, relative to the recipe.")
-    image_root: str | None = Field(None, description="Folder that record `image` paths are relative to "
-                                   "(default: the JSON file's folder).")
+    image_root: str | None = Field(
+        None, description="Folder that record `image` paths are relative to (default: the JSON file's folder)."
+    )
     on_error: OnError = Field("raise", description='"raise": stop at a bad record; "skip": skip and count it.')
     check_images: ImageCheck = Field("open", description='"open" (read each header), "exists", or "none".')
     limit: int | None = Field(None, ge=1, description="Keep only the first N records (quick trials).")

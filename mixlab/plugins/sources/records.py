@@ -41,7 +41,11 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sam
     if not isinstance(turns, list) or not turns:
         raise BadRecord("`conversations` must be a non-empty list of {from, value} turns")
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
+        if (
+            not isinstance(turn, dict)
+            or turn.get("from") not in ("human", "gpt")
+            or not isinstance(turn.get("value"), str)
+        ):
             raise BadRecord(f'turn {i} must be {{"from": "human"|"gpt", "value": "<text>"}}, got {turn!r:.80}')
     if not any(t["from"] == "gpt" for t in turns):
         raise BadRecord("no `gpt` turn: nothing to train on")
@@ -58,13 +62,19 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sam
     elif has_token:
         raise BadRecord("text mentions <image> but the record has no `image`")
     noisy = record.get("noisy")
-    return {"id": str(record.get("id", index)), "source": record.get("source"), "category": record.get("category"),
-            "image": image, "conversations": [{"from": t["from"], "value": t["value"]} for t in turns],
-            "noisy": noisy if isinstance(noisy, bool) else None}
+    return {
+        "id": str(record.get("id", index)),
+        "source": record.get("source"),
+        "category": record.get("category"),
+        "image": image,
+        "conversations": [{"from": t["from"], "value": t["value"]} for t in turns],
+        "noisy": noisy if isinstance(noisy, bool) else None,
+    }
 
 
-def collect(records: list[Any], file: Path, image_root: Path, how: ImageCheck, on_error: OnError,
-            source: str) -> tuple[list[Sample], list[str]]:
+def collect(
+    records: list[Any], file: Path, image_root: Path, how: ImageCheck, on_error: OnError, source: str
+) -> tuple[list[Sample], list[str]]:
     """Convert every record; raise on the first bad one, or skip bad ones and return their messages."""
     samples, skipped = [], []
     for index, record in enumerate(records):
@@ -74,7 +84,7 @@ def collect(records: list[Any], file: Path, image_root: Path, how: ImageCheck, o
             rid = record.get("id", "?") if isinstance(record, dict) else "?"
             message = f"{file}: record {index} (id {rid!r}): {exc}"
             if on_error == "raise":
-                raise UserError(f"{message}. Fix the record, or set on_error = \"skip\" in [sources.{source}].") from None
+                raise UserError(f'{message}. Fix the record, or set on_error = "skip" in [sources.{source}].') from None
             skipped.append(message)
             continue
         sample["source"] = source

@@ -34,8 +34,9 @@ class ToyWorldParams(Options):
         from mixlab.toyworld import generate
 
         folder = self.folder(ctx)
-        manifest = generate(folder, seed=self.seed, n_train=self.n_train, n_bench=self.n_bench,
-                            image_size=self.image_size)
+        manifest = generate(
+            folder, seed=self.seed, n_train=self.n_train, n_bench=self.n_bench, image_size=self.image_size
+        )
         return {**manifest, "_dir": str(folder)}
 
 
