@@ -22,15 +22,8 @@ from pathlib import Path
 from PIL import Image
 
 from mixlab.data import Sample, to_messages
+from mixlab.toyworld.vocab import COLORS as COLOURS
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 215, 30),
-    "purple": (140, 40, 180),
-    "orange": (245, 140, 20),
-}
 QUESTION = "What color is the square?"
 
 
