@@ -18,18 +18,6 @@ def cli() -> None:
     """mixlab: evaluate and select vision-language training data with declarative TOML recipes."""
 
 
-def quiet_libraries() -> None:
-    """mixlab shows its own progress: silence the libraries' bars and advisory warnings during a run."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-
-
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Run directory (overrides [run].output_dir).")
@@ -37,6 +25,7 @@ def quiet_libraries() -> None:
 def run(recipe: Path, output_dir: Path | None, no_progress: bool) -> None:
     """Run RECIPE; rerunning resumes, reusing every finished stage whose inputs are unchanged."""
     from mixlab.pipeline import Run
+    from mixlab.progress import quiet_libraries
     from mixlab.recipe import load_recipe
 
     loaded = load_recipe(recipe)

@@ -20,8 +20,10 @@ def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
     """A recipe's sources (loaded through the run's cache) and its base model's processor."""
     from mixlab.models.loading import load_model
     from mixlab.pipeline import Run
+    from mixlab.progress import quiet_libraries
     from mixlab.recipe import load_recipe
 
+    quiet_libraries()
     run = Run(load_recipe(path), show_progress=False)
     with run.board:
         run.load_sources()

@@ -59,3 +59,15 @@ class ProgressBoard:
 
     def log(self, message: str) -> None:
         console.print(message)
+
+
+def quiet_libraries() -> None:
+    """mixlab shows its own progress: silence the libraries' bars and advisory warnings during a run."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
