@@ -140,9 +140,9 @@ class RecipeError(UserError):
 
     def __init__(self, file: Path, problems: list[Problem], lines: dict[tuple, int]):
         self.problems = problems
+        located = sorted(((line_of(p.path, lines) or 0, p) for p in problems), key=lambda lp: lp[0])
         rendered = []
-        for p in problems:
-            line = line_of(p.path, lines)
+        for line, p in located:
             where = f"{file}:{line}" if line else str(file)
             key = ".".join(str(k) for k in p.path) or "(top level)"
             rendered.append(f"{where}: {key}: {p.message}")
