@@ -10,19 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from mixlab.components import Component
+from mixlab.components import Component, Options
 from mixlab.errors import UserError
 from mixlab.locate import key_lines, line_of
 from mixlab.registry import Registry, did_you_mean, get_registry
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RunSection(Strict):
+class RunSection(Options):
     """[run]: settings of the whole run."""
 
     name: str = Field(description="Run name; the default output directory is runs/<name>.")
@@ -30,7 +26,7 @@ class RunSection(Strict):
     output_dir: str | None = Field(None, description="Run directory (relative to the working directory).")
 
 
-class TinyModel(Strict):
+class TinyModel(Options):
     """[model.tiny]: the size of the tiny LLaVA built from config."""
 
     image_size: int = 64
@@ -42,14 +38,14 @@ class TinyModel(Strict):
     vocab_size: int = 512
 
 
-class AlignSection(Strict):
+class AlignSection(Options):
     """[model.align]: train the base model once on these sources before any arm (cached)."""
 
     sources: list[str] = Field(min_length=1, description="Sources to align on (e.g. captions).")
     trainer: dict[str, Any] = Field(default_factory=dict, description="Trainer options overridden for alignment.")
 
 
-class ModelSection(Strict):
+class ModelSection(Options):
     """[model]: the base model every arm fine-tunes."""
 
     preset: Literal["tiny"] | None = Field(None, description='"tiny": a tiny LLaVA built from config (no download).')
@@ -64,7 +60,7 @@ class ModelSection(Strict):
         return self
 
 
-class ArmSection(Strict):
+class ArmSection(Options):
     """[arms.<name>]: one training set to compare: sources, an optional selector, then train and evaluate."""
 
     sources: list[str] = Field(min_length=1, description="Sources whose samples form the arm's pool.")

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from mixlab import hookimpl
 from mixlab.components import Options, Selection, Selector
 from mixlab.errors import UserError
+from mixlab.plugins.selectors.strata import strata
 
 
 class FractionOptions(Options):
@@ -39,11 +40,8 @@ class FractionSelector(Selector):
             )
         values = np.asarray(scores[o.column], dtype=float)
         sign = 1.0 if o.keep == "lowest" else -1.0
-        groups: dict[str, list[int]] = {}
-        for i, s in enumerate(samples):
-            groups.setdefault(s["source"] if o.per_source else "", []).append(i)
         keep: list[int] = []
-        for rows in groups.values():
+        for rows in strata(samples, o.per_source):
             idx = np.array(rows)
             v = sign * values[idx]
             if o.threshold is not None:

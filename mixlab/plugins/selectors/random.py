@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 
 from mixlab import hookimpl
 from mixlab.components import Options, Selection, Selector
+from mixlab.plugins.selectors.strata import strata
 
 
 class RandomOptions(Options):
@@ -34,14 +35,10 @@ class RandomSelector(Selector):
     def select(self, samples, scores, ctx) -> Selection:
         o = self.options
         rng = np.random.default_rng(ctx.seed if o.seed is None else o.seed)
-        groups: dict[str, list[int]] = {}
-        for i, s in enumerate(samples):
-            groups.setdefault(s["source"] if o.per_source else "", []).append(i)
+        share = budget(len(samples), o.fraction, o.count) / max(1, len(samples))
         keep: list[int] = []
-        for rows in groups.values():
-            share = budget(len(samples), o.fraction, o.count) / max(1, len(samples)) if o.count else o.fraction
-            k = budget(len(rows), share, None)
-            keep += rng.choice(rows, size=k, replace=False).tolist()
+        for rows in strata(samples, o.per_source):
+            keep += rng.choice(rows, size=budget(len(rows), share, None), replace=False).tolist()
         return Selection(ids=[samples[i]["id"] for i in sorted(keep)], info={"kept": len(keep)})
 
 
