@@ -19,10 +19,14 @@ DEFAULT_PLUGINS = (
     "mixlab.plugins.sources.llava_json",
     "mixlab.plugins.sources.hf_dataset",
     "mixlab.plugins.sources.toyworld",
+    "mixlab.plugins.scorers.perplexity",
+    "mixlab.plugins.scorers.activations",
     "mixlab.plugins.selectors.random",
     "mixlab.plugins.selectors.fraction",
+    "mixlab.plugins.selectors.coincide",
     "mixlab.plugins.trainers.llava_sft",
     "mixlab.plugins.evaluators.benchmarks",
+    "mixlab.plugins.mergers.soup",
     "mixlab.plugins.commands",
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -193,4 +193,172 @@ def answer_nll(
             out[chunk.start : chunk.stop] = np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
         if progress:
             progress(chunk.stop, len(samples))
+    return out
+
+
+# ---- scoring helpers: length bucketing and pooled attention-output activations (COINCIDE) ----------------
+
+
+def _image_token_id(model: Any, processor: Any) -> int:
+    for owner, attr in (
+        (model.config, "image_token_id"),
+        (model.config, "image_token_index"),
+        (processor, "image_token_id"),
+    ):
+        value = getattr(owner, attr, None)
+        if isinstance(value, int):
+            return value
+    return processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+
+
+def image_token_count(processor: Any, samples: Sequence[Sample]) -> int:
+    """How many tokens one image expands to (0 when no sample has an image): collates one image sample to count."""
+    first = next((s for s in samples if s.get("image")), None)
+    if first is None:
+        return 0
+    batch = VisionCollator(processor)([sample_to_row(first)])
+    image_id = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+    return int((batch["input_ids"] == image_id).sum())
+
+
+def length_order(processor: Any, samples: Sequence[Sample]) -> list[int]:
+    """Sample indices sorted by estimated sequence length (text tokens + image tokens); stable on ties.
+
+    Batching neighbours of this order keeps padding small; the estimate tokenizes the raw turns, without template.
+    """
+    if not samples:
+        return []
+    texts = [" ".join(t["value"].replace(IMAGE_TOKEN, "") for t in s["conversations"]) for s in samples]
+    lengths = [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    per_image = image_token_count(processor, samples)
+    estimate = [n + (per_image if s.get("image") else 0) for n, s in zip(lengths, samples, strict=True)]
+    return sorted(range(len(samples)), key=lambda i: (estimate[i], i))
+
+
+def decoder_layers(model: Any) -> Any:
+    """The language model's decoder layers (``model.model.language_model.layers`` for LLaVA in transformers 5)."""
+    candidates = []
+    if hasattr(model, "get_decoder"):
+        try:
+            candidates.append(model.get_decoder())
+        except (AttributeError, ValueError, NotImplementedError):
+            pass
+    inner = getattr(model, "model", None)
+    candidates += [getattr(inner, "language_model", None), getattr(model, "language_model", None)]
+    for c in candidates:
+        for owner in (c, getattr(c, "model", None)):
+            layers = getattr(owner, "layers", None)
+            if layers is not None and len(layers) and hasattr(layers[0], "self_attn"):
+                return layers
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def default_layers(n_layers: int, count: int = 5, depth: float = 5 / 6) -> list[int]:
+    """`count` evenly spaced 0-indexed layers up to `depth` of the stack: [3, 7, 11, 15, 19] for 24 layers
+    (COINCIDE's choice), [4, 10, 15, 20, 26] for 32, [0, 1] for 2; duplicates after clipping are dropped."""
+    picks = {
+        min(max(int(np.floor((k + 1) * n_layers * depth / count - 1 + 0.5)), 0), n_layers - 1) for k in range(count)
+    }
+    return sorted(picks)
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest wanted layer: the rest of the network is not needed."""
+
+
+TextOnlyRule = Literal["zero_image", "text_twice"]
+
+
+def _unit(x: Any) -> Any:
+    """Row-wise L2 normalisation; rows of zeros (or NaN) stay zero."""
+    import torch
+
+    x = torch.nan_to_num(x, nan=0.0)
+    norm = x.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, x / norm.clamp_min(1e-30), torch.zeros_like(x))
+
+
+def pooled_activations(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    layers: Sequence[int],
+    *,
+    text_only: TextOnlyRule = "zero_image",
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """COINCIDE embeddings: per layer, the self-attention ``o_proj`` output averaged over image tokens and over
+    text tokens separately, tanh, L2-normalised; concatenated layer-major [l0_img, l0_txt, l1_img, ...] and divided
+    by sqrt(2·n_layers), so each row has unit norm. Shape (n, 2·len(layers)·hidden), float32.
+
+    Image tokens are the positions holding the image token id (after the processor expands ``<image>``); text tokens
+    are all other non-padding positions (system, user and assistant text of the chat template). For a sample
+    without image tokens, ``text_only`` decides: "zero_image" leaves the image blocks at zero and scales the text
+    blocks by 1/sqrt(n_layers) (unit norm); "text_twice" puts the text block in the image slot too.
+    Layers after the deepest chosen one are not computed.
+    """
+    import torch
+
+    if text_only not in ("zero_image", "text_twice"):
+        raise ValueError(f"text_only must be 'zero_image' or 'text_twice', got {text_only!r}")
+    layers = [int(layer) for layer in layers]
+    blocks = decoder_layers(model)
+    if not layers or min(layers) < 0 or max(layers) >= len(blocks):
+        raise ValueError(f"layers {layers} out of range for a {len(blocks)}-layer language model")
+    image_id = _image_token_id(model, processor)
+    deepest = max(layers)
+    captured: dict[int, Any] = {}
+
+    def hook_for(layer: int) -> Callable[..., None]:
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            captured[layer] = output
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].self_attn.o_proj.register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
+    collator = VisionCollator(processor)
+    n_layers = len(layers)
+    out: np.ndarray | None = None
+    try:
+        for chunk in _chunks(len(samples), batch_size):
+            batch = dict(collator([sample_to_row(samples[i]) for i in chunk]))
+            batch.pop("labels", None)
+            mask = batch["attention_mask"].bool()
+            is_image = (batch["input_ids"] == image_id) & mask
+            is_text = mask & ~is_image
+            captured.clear()
+            with torch.inference_mode(), _eval_mode(model):
+                try:
+                    model(**_to_device(batch, model), use_cache=False)
+                except _StopForward:
+                    pass
+            device = captured[deepest].device
+            img_w, txt_w = is_image.to(device, torch.float32), is_text.to(device, torch.float32)
+            has_image = is_image.any(dim=1).to(device)
+            parts = []
+            for layer in layers:  # pooled on the model's device: only (batch, hidden) vectors come back
+                act = captured[layer].float()
+                a_img = _unit(torch.tanh((act * img_w[..., None]).sum(1) / img_w.sum(1, keepdim=True).clamp_min(1)))
+                a_txt = _unit(torch.tanh((act * txt_w[..., None]).sum(1) / txt_w.sum(1, keepdim=True).clamp_min(1)))
+                if text_only == "text_twice":
+                    a_img = torch.where(has_image[:, None], a_img, a_txt)
+                else:
+                    a_img = torch.where(has_image[:, None], a_img, torch.zeros_like(a_img))
+                    a_txt = torch.where(has_image[:, None], a_txt, a_txt * np.sqrt(2.0))
+                parts += [a_img, a_txt]
+            emb = (torch.cat(parts, dim=1) / np.sqrt(2.0 * n_layers)).cpu().numpy().astype(np.float32)
+            if out is None:
+                out = np.zeros((len(samples), emb.shape[1]), dtype=np.float32)
+            out[chunk.start : chunk.stop] = emb
+            if progress:
+                progress(chunk.stop, len(samples))
+    finally:
+        for h in handles:
+            h.remove()
+    if out is None:
+        width = 2 * n_layers * int(model.config.get_text_config().hidden_size)
+        out = np.zeros((0, width), dtype=np.float32)
     return out

@@ -1,0 +1,86 @@
+"""``perplexity``: image-conditioned perplexity of each sample's answer tokens under a reference model (POINTS §2.1).
+
+The scored tokens are exactly the trained ones: every assistant answer plus its end-of-turn token, under the
+training chat template and masks (``mixlab.training.collator``), conditioned on the image and all earlier turns.
+``nll`` is their mean negative log-likelihood and ``ppl = exp(nll)``; both are NaN for a sample without trained
+tokens. Batches group samples of similar length; results are cached per sample and reused across runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from mixlab import hookimpl
+from mixlab.components import Options, Scorer
+from mixlab.data import Sample
+from mixlab.plugins.scorers.cache import JsonlCache, model_settings, sample_key
+
+
+class ModelScorerOptions(Options):
+    model: str | None = Field(
+        None,
+        description="Reference checkpoint: a local HF model dir, relative to the recipe. Default: the base model.",
+    )
+    batch_size: int = Field(16, ge=1, description="Samples per forward pass (neighbours in length order).")
+
+
+class ModelScorer(Scorer):
+    """Base of the scorers that run a reference model: model resolution, bucketed batches, lazy loading."""
+
+    def model_dir(self, ctx: Any) -> Path:
+        return self.resolve(self.options.model) if self.options.model else Path(ctx.base_model)
+
+    def batches(self, processor: Any, samples: list[Sample]) -> list[list[int]]:
+        """Index lists of `batch_size` neighbours in estimated-length order."""
+        from mixlab.models.predict import length_order
+
+        order = length_order(processor, samples)
+        size = self.options.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+class PerplexityOptions(ModelScorerOptions):
+    pass
+
+
+class PerplexityScorer(ModelScorer):
+    """Columns ``ppl`` and ``nll`` (float64), row-aligned with the samples."""
+
+    name = "perplexity"
+    Options = PerplexityOptions
+
+    def score(self, samples: list[Sample], ctx: Any) -> dict[str, np.ndarray]:
+        model_dir = self.model_dir(ctx)
+        cache = JsonlCache(
+            ctx.cache_dir("perplexity", {"scorer": "perplexity", **model_settings(model_dir)}) / "nll.jsonl"
+        )
+        keys = [sample_key(s) for s in samples]
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in cache.items}.values())
+        with ctx.progress("perplexity", len(samples)) as advance:
+            advance(len(samples) - len(todo))
+            if todo:
+                from mixlab.models.loading import load_model
+                from mixlab.models.predict import answer_nll
+
+                ctx.log(f"perplexity: {len(samples) - len(todo)} samples cached, scoring {len(todo)} with {model_dir}")
+                model, processor = load_model(model_dir)
+                pending = [samples[i] for i in todo]
+                for batch in self.batches(processor, pending):
+                    nll = answer_nll(model, processor, [pending[j] for j in batch], batch_size=len(batch))
+                    cache.add(
+                        (keys[todo[j]], None if np.isnan(v) else float(v)) for j, v in zip(batch, nll, strict=True)
+                    )
+                    advance(len(batch))
+        nll = np.array([np.nan if cache.items[k] is None else cache.items[k] for k in keys], dtype=np.float64)
+        with np.errstate(over="ignore"):
+            ppl = np.exp(nll)
+        return {"ppl": ppl, "nll": nll}
+
+
+@hookimpl
+def register_scorers(register):
+    register(PerplexityScorer)
