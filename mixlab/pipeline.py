@@ -227,7 +227,17 @@ class Run:
 
         def run(stage_dir: Path) -> dict[str, Any]:
             samples = self.samples_of(list(self.samples_of_source))
-            path = prepare_base_model(model, samples, stage_dir, self.seed, self.recipe.path.resolve().parent)
+            steps = model.tiny.vision_pretrain_steps if model.preset == "tiny" else 0
+            with self.progress("pretrain vision tower", steps or None) as advance:
+                path = prepare_base_model(
+                    model,
+                    samples,
+                    stage_dir,
+                    self.seed,
+                    self.recipe.path.resolve().parent,
+                    record=self.record,
+                    progress=lambda done, total: advance(completed=done),
+                )
             return {"model_dir": str(path.relative_to(stage_dir) if path.is_relative_to(stage_dir) else path)}
 
         result, stage_dir = self.stage("model", material, run)

@@ -36,6 +36,12 @@ class TinyModel(Options):
     layers: int = 2
     heads: int = 4
     vocab_size: int = 512
+    vision_pretrain_steps: int = Field(
+        600,
+        ge=0,
+        description="Supervised pretraining steps of the vision tower on labelled toy scenes (the tiny stand-in "
+        "for CLIP; docs/toyworld.md). 0: a random-init tower.",
+    )
 
 
 class AlignSection(Options):

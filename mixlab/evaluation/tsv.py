@@ -22,6 +22,7 @@ from mixlab.errors import UserError
 
 KINDS = ("mme", "mmbench", "seed", "scienceqa", "mcq", "yorn")
 MCQ_KINDS = ("mmbench", "seed", "scienceqa", "mcq")
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 SINGLE_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 _MAX_REF_LEN = 64  # VLMEvalKit: an image field this short names another row's index
 
@@ -126,3 +127,11 @@ def build_prompt(row: dict[str, Any], kind: str) -> str:
     lines.append(question)
     lines += [f"{k}. {v}" for k, v in options(row).items()]
     return "\n".join([*lines, SINGLE_LETTER_PROMPT])
+
+
+def build_cloze_prompt(row: dict[str, Any]) -> str:
+    """A multiple-choice row asked as a short-answer question (``Context: <hint>``, the question, the short-answer
+    instruction): each option's text is then scored as the answer, as lm-eval scores multiple choice."""
+    hint = str(row.get("hint", "")).strip()
+    lines = [f"Context: {hint}"] if hint else []
+    return "\n".join([*lines, str(row.get("question", "")), SHORT_ANSWER_PROMPT])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mixlab.errors import UserError
 
@@ -17,12 +18,30 @@ def corpus_of(samples: list[Sample]) -> list[str]:
     return [turn["value"].replace("<image>", "") for s in samples for turn in s["conversations"]]
 
 
-def prepare_base_model(model: ModelSection, samples: list[Sample], stage_dir: Path, seed: int, base_dir: Path) -> Path:
-    """Build the tiny preset into stage_dir/model, or check and return a local checkpoint path."""
+def prepare_base_model(
+    model: ModelSection,
+    samples: list[Sample],
+    stage_dir: Path,
+    seed: int,
+    base_dir: Path,
+    record: Callable[..., Any] = lambda **_: None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Build the tiny preset into stage_dir/model (its vision tower pretrained), or check a local checkpoint path."""
     if model.preset == "tiny":
         from mixlab.models.tiny import build_tiny_llava
 
-        return build_tiny_llava(stage_dir / "model", corpus_of(samples), seed=seed, **model.tiny.model_dump())
+        shape = model.tiny.model_dump(exclude={"vision_pretrain_steps"})
+        out = build_tiny_llava(stage_dir / "model", corpus_of(samples), seed=seed, **shape)
+        if model.tiny.vision_pretrain_steps:
+            from mixlab.models.loading import load_model
+            from mixlab.models.vision_pretrain import VisionPretraining, pretrain_vision
+
+            net, processor = load_model(out)
+            settings = VisionPretraining(steps=model.tiny.vision_pretrain_steps)
+            record(vision_pretrain_accuracy=pretrain_vision(net, processor, seed, settings, progress))
+            net.save_pretrained(out)
+        return out
     path = Path(model.path or "").expanduser()
     if not path.is_absolute():
         path = base_dir / path

@@ -19,12 +19,12 @@ FORMATS = ("short", "yes_no", "mc", "caption")
 
 @dataclass(frozen=True)
 class Rendered:
-    """A question put in one format: the human turn, the true answer, and what a wrong label may be."""
+    """A question put in one format: the human turn, the true answer, and the label a noisy source gives."""
 
     fmt: str
     prompt: str
     answer: str
-    wrong: tuple[str, ...]
+    noisy: str
 
 
 def mc_block(question: str, options: list[str]) -> str:
@@ -50,27 +50,24 @@ def with_context(item: Item, body: str) -> str:
 def render(item: Item, fmt: str, rng: np.random.Generator) -> Rendered:
     """Phrase the item in one format; random choices (options order, yes or no) come from rng."""
     if fmt == "caption":
-        return Rendered(fmt, with_context(item, item.question), item.answer, item.alternatives)
+        return Rendered(fmt, with_context(item, item.question), item.answer, item.confused)
     if fmt == "short":
         body = f"{item.question}\n{SHORT_SUFFIX}"
-        return Rendered(fmt, with_context(item, body), item.answer, item.alternatives)
+        return Rendered(fmt, with_context(item, body), item.answer, item.confused)
     if fmt == "yes_no":
         yes = bool(rng.random() < 0.5)
         value = item.answer if yes else one(rng, item.alternatives)
         body = yes_no_question(item.yes_no.format(value))
-        return Rendered(fmt, with_context(item, body), "Yes" if yes else "No", ("No",) if yes else ("Yes",))
+        return Rendered(fmt, with_context(item, body), "Yes" if yes else "No", "No" if yes else "Yes")
     if fmt == "mc":
         options = [item.answer, *item.distractors]
         options = [options[int(i)] for i in rng.permutation(len(options))]
         letter = LETTERS[options.index(item.answer)]
-        wrong = tuple(LETTERS[i] for i in range(len(options)) if LETTERS[i] != letter)
-        return Rendered(fmt, with_context(item, mc_block(item.question, options)), letter, wrong)
+        wrong = item.confused if item.confused in options else next(o for o in options if o != item.answer)
+        return Rendered(
+            fmt, with_context(item, mc_block(item.question, options)), letter, LETTERS[options.index(wrong)]
+        )
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-
-
-def corrupt(rendered: Rendered, rng: np.random.Generator) -> str:
-    """A wrong but well-formed answer: another valid value, the other of Yes/No, or another option letter."""
-    return one(rng, rendered.wrong)
 
 
 def verbose(rendered: Rendered, item: Item) -> str:

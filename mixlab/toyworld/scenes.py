@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -17,6 +17,7 @@ from mixlab.toyworld.vocab import (
     DIGITS,
     FOODS,
     LETTERS,
+    NUMBER_WORDS,
     POSITIONS,
     PROPERTY_PAIRS,
     SHAPE_DECOY,
@@ -33,6 +34,8 @@ class Item:
     alternatives  valid answer values that are wrong here: "No" questions and noisy labels use them
     distractors   wrong multiple-choice options (may hold decoys that are never true, such as "star")
     yes_no        the stem of a yes/no question about a value, with one "{}" ("Is the circle {}?")
+    confused      the wrong value a systematically confused annotator gives (noisy sources): the next colour,
+                  letter or count, the mirrored position, the second tallest bar
     hint          a context paragraph (science) or None
     image         the picture, or None for a text-only item
     """
@@ -43,11 +46,17 @@ class Item:
     alternatives: tuple[str, ...]
     distractors: tuple[str, ...]
     yes_no: str
+    confused: str
     hint: str | None = None
     image: Image.Image | None = None
 
 
 Maker = Callable[[np.random.Generator, int], Item]
+
+
+def _next(values: tuple[str, ...], value: str) -> str:
+    """The value after ``value`` in ``values`` (cyclic): a confused annotator's consistent mistake."""
+    return values[(values.index(value) + 1) % len(values)]
 
 
 def _single_shape(rng: np.random.Generator, size: int, tone: str = "light") -> tuple[Image.Image, str, str]:
@@ -65,18 +74,35 @@ def _describe(color: str, kind: str) -> str:
     return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {kind}"
 
 
+def _caption_of(item: Item) -> str:
+    """A short description of any visual scene, in words that are not the asked answer format."""
+    a = item.answer
+    if item.category == "count":
+        return f"{NUMBER_WORDS[a]} {'shape' if a == '1' else 'shapes'} of one colour"
+    if item.category == "spatial":
+        return f"a shape near the {a} edge"
+    if item.category == "ocr":
+        return f"the capital letter {a}"
+    if item.category == "chart":  # which bar is tallest is left to the chart questions
+        return "a bar chart with three bars" if a == item.answer else "a bar chart with two bars"
+    raise ValueError(f"no caption for category {item.category!r}")
+
+
 def caption(rng: np.random.Generator, size: int) -> Item:
-    """One shape → "a red circle" (also the alignment data)."""
-    img, kind, color = _single_shape(rng, size)
-    wrong = tuple(_describe(c, s) for c in COLOR_NAMES for s in SHAPES if (c, s) != (color, kind))
+    """The alignment data, as LLaVA's pretraining captions: half single shapes ("a red circle"), half other scenes
+    (counts, positions, letters, charts) described in a few words."""
+    if rng.random() < 0.5:
+        img, kind, color = _single_shape(rng, size)
+        answer = _describe(color, kind)
+        wrong = tuple(_describe(c, s) for c in COLOR_NAMES for s in SHAPES if (c, s) != (color, kind))
+        confused = _describe(_next(COLOR_NAMES, color), kind)
+    else:
+        scene = (count, spatial, ocr, chart)[int(rng.integers(4))](rng, size)
+        img, answer = scene.image, _caption_of(scene)
+        wrong = (_caption_of(replace(scene, answer=scene.confused)),)
+        confused = wrong[0]
     return Item(
-        "caption",
-        "Describe the image briefly.",
-        _describe(color, kind),
-        wrong,
-        tuple(some(rng, wrong, 3)),
-        "Is this image showing {}?",
-        image=img,
+        "caption", "Describe the image briefly.", answer, wrong, wrong, "Is this image showing {}?", confused, image=img
     )
 
 
@@ -84,18 +110,39 @@ def color(rng: np.random.Generator, size: int) -> Item:
     """Colour: "What color is the circle?" → "red"."""
     img, kind, col = _single_shape(rng, size)
     alts = others(COLOR_NAMES, col)
+    confused = _next(COLOR_NAMES, col)
     return Item(
-        "color", f"What color is the {kind}?", col, alts, tuple(some(rng, alts, 3)), f"Is the {kind} {{}}?", image=img
+        "color",
+        f"What color is the {kind}?",
+        col,
+        alts,
+        _with(confused, some(rng, alts, 3)),
+        f"Is the {kind} {{}}?",
+        confused,
+        image=img,
     )
+
+
+def _with(value: str, options: list[str]) -> tuple[str, ...]:
+    """The options with ``value`` among them (it replaces the last one if missing)."""
+    return tuple(options if value in options else [*options[:-1], value])
 
 
 def shape(rng: np.random.Generator, size: int) -> Item:
     """Shape: "What shape is in the image?" → "circle"."""
     img, kind, _ = _single_shape(rng, size)
     alts = others(SHAPES, kind)
-    distractors = tuple(some(rng, (*alts, SHAPE_DECOY), 3))
+    confused = _next(SHAPES, kind)
+    distractors = _with(confused, some(rng, (*alts, SHAPE_DECOY), 3))
     return Item(
-        "shape", "What shape is in the image?", kind, alts, distractors, "Is there a {} in the image?", image=img
+        "shape",
+        "What shape is in the image?",
+        kind,
+        alts,
+        distractors,
+        "Is there a {} in the image?",
+        confused,
+        image=img,
     )
 
 
@@ -123,8 +170,9 @@ def count(rng: np.random.Generator, size: int) -> Item:
         "How many shapes are there?",
         str(n),
         alts,
-        tuple(some(rng, alts, 3)),
+        alts,
         "Is the number of shapes {}?",
+        _next(COUNTS, str(n)),
         image=img,
     )
 
@@ -132,7 +180,8 @@ def count(rng: np.random.Generator, size: int) -> Item:
 def calculation(rng: np.random.Generator, size: int) -> Item:
     """Counting plus arithmetic (MME's numerical_calculation): the number of shapes plus one."""
     img, n = _count_scene(rng, size)
-    alts = others(("2", "3", "4", "5"), str(n + 1))
+    values = ("2", "3", "4", "5")
+    alts = others(values, str(n + 1))
     return Item(
         "count",
         "What is the number of shapes plus one?",
@@ -140,8 +189,12 @@ def calculation(rng: np.random.Generator, size: int) -> Item:
         alts,
         alts,
         "Is the number of shapes plus one equal to {}?",
+        _next(values, str(n + 1)),
         image=img,
     )
+
+
+MIRROR = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
 
 def spatial(rng: np.random.Generator, size: int) -> Item:
@@ -166,6 +219,7 @@ def spatial(rng: np.random.Generator, size: int) -> Item:
         alts,
         alts,
         f"Is the {kind} on the {{}} of the image?",
+        MIRROR[pos],
         image=img,
     )
 
@@ -179,13 +233,15 @@ def ocr(rng: np.random.Generator, size: int) -> Item:
     x0, y0 = (float(v) for v in rng.uniform(width, size - box - width, 2))
     draw.glyph(img, letter, x0, y0, box, width, draw.dark_rgb(rng))
     alts = others(LETTERS, letter)
+    confused = _next(LETTERS, letter)
     return Item(
         "ocr",
         "What letter is shown in the image?",
         letter,
         alts,
-        tuple(some(rng, alts, 3)),
+        _with(confused, some(rng, alts, 3)),
         "Is the letter {} shown in the image?",
+        confused,
         image=img,
     )
 
@@ -210,6 +266,7 @@ def chart(rng: np.random.Generator, size: int) -> Item:
         bars,
         (*bars, absent),
         "Is the {} bar the tallest?",
+        colors[1] if heights[1] > heights[2] else colors[2],  # the second tallest
         image=img,
     )
 
@@ -227,6 +284,7 @@ def science(rng: np.random.Generator, size: int) -> Item:
             wrong,
             wrong,
             f"Does the {animal} eat {{}}?",
+            wrong[0],
             hint=f"The {animal} eats {food}.",
             image=img,
         )
@@ -248,6 +306,7 @@ def science(rng: np.random.Generator, size: int) -> Item:
         (p2,),
         (p2,),
         f"Is the {kind} {{}}?",
+        p2,
         hint=" ".join(facts),
         image=img,
     )
@@ -262,7 +321,8 @@ def text(rng: np.random.Generator, size: int) -> Item:
         n = int(rng.integers(1, 10))
         q, a, yn = f"What number comes before {n}?", str(n - 1), f"Does {{}} come before {n}?"
     alts = others(DIGITS, a)
-    return Item("text", q, a, alts, tuple(some(rng, alts, 3)), yn)
+    confused = _next(DIGITS, a)
+    return Item("text", q, a, alts, _with(confused, some(rng, alts, 3)), yn, confused)
 
 
 def brightness(rng: np.random.Generator, size: int) -> Item:
@@ -271,7 +331,7 @@ def brightness(rng: np.random.Generator, size: int) -> Item:
     img, _, _ = _single_shape(rng, size, tone)
     other = "dark" if tone == "light" else "light"
     return Item(
-        "color", "Is the background light or dark?", tone, (other,), (other,), "Is the background {}?", image=img
+        "color", "Is the background light or dark?", tone, (other,), (other,), "Is the background {}?", other, image=img
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mixlab.toyworld import scenes
-from mixlab.toyworld.formats import corrupt, render, verbose
+from mixlab.toyworld.formats import render, verbose
 from mixlab.toyworld.rng import stream
 from mixlab.toyworld.scenes import Maker
 from mixlab.toyworld.writer import save_png
@@ -53,8 +53,8 @@ def _noisy(cat: str) -> SourceSpec:
         cat,
         "noisy",
         scenes.MAKERS[cat],
-        f"Label-noisy {cat} questions: a fraction of the answers are another valid but wrong answer "
-        "(flagged noisy=True). Harmful.",
+        f"Label-noisy {cat} questions: a fraction of the answers come from a systematically confused annotator "
+        "(the next colour, letter or count, the second tallest bar; yes and no swapped), flagged noisy=True. Harmful.",
         noise_rate=DEFAULT_NOISE,
     )
 
@@ -136,7 +136,7 @@ def build_source(spec: SourceSpec, seed: int, n: int, size: int, images_dir: Pat
         item, rendered, image, answer = uniques[int(u)]
         is_noisy = j in noisy
         if is_noisy:
-            answer = corrupt(rendered, rng)
+            answer = rendered.noisy
         rec: dict[str, Any] = {"id": f"{spec.name}-{j}"}
         if image is not None:
             rec["image"] = image

@@ -11,7 +11,7 @@ from mixlab.toyworld.benchmarks import BUILDERS
 from mixlab.toyworld.sources import SOURCES, build_source
 from mixlab.toyworld.writer import atomic_dir, write_json, write_lines, write_tsv
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 CATEGORIES = ("caption", "color", "shape", "count", "spatial", "ocr", "chart", "science", "text")
 PARAMS = ("generator_version", "seed", "n_train", "n_bench", "image_size")
 

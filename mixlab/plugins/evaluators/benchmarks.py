@@ -29,6 +29,12 @@ class BenchmarksOptions(Options):
         description='"likelihood": pick the option (letter or Yes/No) the model finds most likely; '
         '"generate": greedy decoding, answers extracted as VLMEvalKit does.',
     )
+    options_as: Literal["letters", "text"] = Field(
+        "letters",
+        description='Multiple choice in likelihood mode. "letters": the lettered prompt, each letter scored (the '
+        "LLaVA protocol). \"text\": the question asked for a short answer, each option's text scored (lm-eval's "
+        "multiple-choice scoring; for small models that have not learned to map options to letters).",
+    )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(16, ge=1, description="Greedy decoding length (mode = generate).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N rows of each benchmark.")
@@ -95,7 +101,8 @@ class Benchmarks(Evaluator):
 
         files = self.tsv_files(ctx)
         model_hash = checkpoint_hash(model_dir)
-        settings = {"mode": self.options.mode, "max_new_tokens": self.options.max_new_tokens}
+        o = self.options
+        settings = {"mode": o.mode, "max_new_tokens": o.max_new_tokens, "options_as": o.options_as}
         loaded: tuple[Any, Any] | None = None
         metrics: Metrics = {}
         for tsv in files:
@@ -121,16 +128,18 @@ class Benchmarks(Evaluator):
     def predict(
         self, loaded: tuple[Any, Any], kind: str, rows: list[dict[str, Any]], cache: PredictionCache, ctx, name: str
     ) -> None:
-        from mixlab.evaluation.tsv import build_prompt, decode_image, options
+        from mixlab.evaluation.tsv import MCQ_KINDS, build_cloze_prompt, build_prompt, decode_image, options
         from mixlab.models.predict import PromptItem, choose, generate
 
         model, processor = loaded
+        by_text = self.options.mode == "likelihood" and self.options.options_as == "text" and kind in MCQ_KINDS
+        prompt = build_cloze_prompt if by_text else (lambda r: build_prompt(r, kind))
         chunk = self.options.batch_size * 4  # write predictions to the cache every few batches
         with ctx.progress(f"eval {name}", len(rows)) as advance:
             for start in range(0, len(rows), chunk):
                 part = rows[start : start + chunk]
                 items = [
-                    PromptItem(build_prompt(r, kind), decode_image(r["image"], r["index"]) if r.get("image") else None)
+                    PromptItem(prompt(r), decode_image(r["image"], r["index"]) if r.get("image") else None)
                     for r in part
                 ]
                 if self.options.mode == "generate":
@@ -142,9 +151,10 @@ class Benchmarks(Evaluator):
                         batch_size=self.options.batch_size,
                     )
                 else:
-                    choices = [list(options(r)) if options(r) else ["Yes", "No"] for r in part]
+                    letters = [list(options(r)) or ["Yes", "No"] for r in part]
+                    choices = [list(options(r).values()) for r in part] if by_text else letters
                     picked = choose(model, processor, items, choices, batch_size=self.options.batch_size)
-                    answers = [c[i] for c, i in zip(choices, picked, strict=True)]
+                    answers = [c[i] for c, i in zip(letters, picked, strict=True)]
                 cache.add([(r["index"], a) for r, a in zip(part, answers, strict=True)])
                 advance(len(part))
 
