@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 IMAGE_TOKEN = "<image>"
 
@@ -26,6 +26,7 @@ class Sample(TypedDict):
     image: str | None
     conversations: list[dict[str, str]]
     noisy: bool | None
+    quality: NotRequired[str | None]  # the source's known quality where known (toy world): clean, noisy, ...
 
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}

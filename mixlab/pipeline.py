@@ -51,11 +51,18 @@ class Run:
         self._evaluators = {label: s.build() for label, s in recipe.evaluators.items()}
 
     # ---- stages -------------------------------------------------------------------------------------------
-    def stage(self, name: str, material: Any, fn: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], Path]:
-        """Run ``fn(stage_dir)`` unless a finished stage with the same key exists; return its result and folder."""
-        key = content_hash({"stage": name, "material": material, "code": CODE_VERSION})
+    def stage(
+        self, name: str, material: Any, fn: Callable[[Path], dict[str, Any]], kind: str | None = None
+    ) -> tuple[dict[str, Any], Path]:
+        """Run ``fn(stage_dir)`` unless a finished stage with the same key exists; return its result and folder.
+
+        With ``kind`` (trainings, evaluations) the key and folder depend on the material only, not on the name, so
+        the same training asked for under two names (an Individual Select candidate and an arm) runs once.
+        """
+        ident = kind or name
+        key = content_hash({"stage": ident, "material": material, "code": CODE_VERSION})
         self.keys[name] = key
-        stage_dir = self.store.stage_dir(name, key)
+        stage_dir = self.store.stage_dir(ident, key)
         entry: dict[str, Any] = {"name": name, "status": "cached", "seconds": 0.0, "key": key[:12]}
         if self.store.is_done(stage_dir):
             result = self.store.result(stage_dir)
@@ -137,7 +144,7 @@ class Run:
             self.record(**{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))})
             return {"model_dir": str(Path(result.model_dir).relative_to(stage_dir)), "stats": result.stats}
 
-        result, stage_dir = self.stage(f"train:{tag}", material, run)
+        result, stage_dir = self.stage(f"train:{tag}", material, run, kind="train")
         return stage_dir / result["model_dir"]
 
     def evaluate(self, model_dir: Path, tag: str) -> Metrics:
@@ -156,7 +163,7 @@ class Run:
             self.record(score=round(aggregate(metrics), 3))
             return {"metrics": metrics}
 
-        result, _ = self.stage(f"eval:{tag}", material, run)
+        result, _ = self.stage(f"eval:{tag}", material, run, kind="eval")
         return result["metrics"]
 
     def aggregate(self, metrics: Metrics) -> float:
@@ -175,9 +182,12 @@ class Run:
             try:
                 self.load_sources()
                 self._build_model()
+                for arm in self.reference_arms():  # arms whose model a scorer uses go first
+                    self._run_arm(arm, {})
                 scores = self._score()
                 for arm in self.recipe.arms:
-                    self._run_arm(arm, scores)
+                    if arm not in self.arms:
+                        self._run_arm(arm, scores)
                 if self.recipe.soup is not None:
                     self._run_soup(self.recipe.soup)
             except BaseException as exc:  # keep what is finished; write a report of the failure
@@ -247,6 +257,15 @@ class Run:
         self._base_key = self.keys["model"]
         return self._base_model
 
+    def reference_arms(self) -> list[str]:
+        """Arms named by a scorer's ``reference_arm``: their trained model is the scorer's reference model."""
+        refs = [s.core["reference_arm"] for s in self.recipe.scorers.values() if "reference_arm" in s.core]
+        for arm in refs:
+            selector = self.recipe.arms[arm].selector
+            if selector and self.recipe.selectors[selector].core.get("scorers"):
+                raise UserError(f"arm {arm!r} is a scorer's reference_arm, so it cannot itself use scores.")
+        return list(dict.fromkeys(refs))
+
     def _score(self) -> dict[str, dict[str, Any]]:
         """Run each scorer that a used selector names, over the sources of the arms that need it."""
         needed: dict[str, list[str]] = {}
@@ -260,16 +279,26 @@ class Run:
             section = self.recipe.scorers[label]
             names = section.core.get("sources") or arm_sources
             samples = self.samples_of(names)
+            reference = section.core.get("reference_arm")
+            reference_dir = Path(self.arms[reference]["model_dir"]) if reference else None
             material = {
                 "section": section.raw,
                 "base": self._base_key,
                 "sources": {n: self.source_keys[n] for n in names},
+                "reference": self.model_key(reference_dir) if reference_dir else None,
             }
 
-            def run(stage_dir: Path, section=section, samples=samples) -> dict[str, Any]:
+            def run(stage_dir: Path, section=section, samples=samples, reference_dir=reference_dir) -> dict[str, Any]:
                 import numpy as np
 
-                columns = section.build().score(samples, self)
+                scorer = section.build()
+                if reference_dir is not None:
+                    if "model" not in type(scorer.options).model_fields:
+                        raise UserError(
+                            f"scorer {section.label!r} ({section.type}) has no model option: drop reference_arm."
+                        )
+                    scorer.options = scorer.options.model_copy(update={"model": str(reference_dir)})
+                columns = scorer.score(samples, self)
                 for col, values in columns.items():
                     if len(values) != len(samples):
                         raise RuntimeError(
@@ -326,11 +355,28 @@ class Run:
             "model_dir": str(model_dir),
             "selection": info,
             "_chosen": chosen,
+            "_pool": pool,
         }
 
-    def _run_soup(self, section: Section) -> None:
-        names = section.core.get("arms") or list(self.arms)
+    def soup_ingredients(self, section: Section) -> dict[str, Path]:
+        """Name → model dir: the arms the section names (all arms by default) and, with ``candidates = "<arm>"``,
+        that Individual Select arm's model and the checkpoint of every candidate it kept."""
+        names = section.core.get("arms") or ([] if section.core.get("candidates") else list(self.arms))
         ingredients = {n: Path(self.arms[n]["model_dir"]) for n in names}
+        arm = section.core.get("candidates")
+        if arm:
+            block = self.arms[arm]["selection"].get("individual_select")
+            if block is None:
+                raise UserError(f"[soup] candidates = {arm!r}: that arm does not use an individual_select selector.")
+            ingredients[arm] = Path(self.arms[arm]["model_dir"])
+            for r in block["rounds"]:
+                for c in r["candidates"]:
+                    if c["kept"]:
+                        ingredients[c["source"]] = self.run_dir / c["model_dir"]
+        return ingredients
+
+    def _run_soup(self, section: Section) -> None:
+        ingredients = self.soup_ingredients(section)
         material = {"section": section.raw, "ingredients": {n: self.model_key(p) for n, p in ingredients.items()}}
 
         def run(stage_dir: Path) -> dict[str, Any]:
@@ -345,10 +391,11 @@ class Run:
         metrics = self.evaluate(stage_dir / result["model_dir"], section.label)
         self.extra["soup"] = {
             "method": result["info"].get("method", section.type),
-            "ingredients": names,
+            "ingredients": list(ingredients),
             "kept": result["kept"],
             "metrics": metrics,
             "score": round(aggregate(metrics), 3),
+            "info": result["info"],
         }
 
 
@@ -378,6 +425,7 @@ def normalise(samples: list[Sample], section: Section, provides: list[str]) -> l
                 "image": s.get("image"),
                 "conversations": s["conversations"],
                 "noisy": s.get("noisy"),
+                "quality": s.get("quality"),
             }
         )
     return out

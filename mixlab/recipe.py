@@ -77,11 +77,11 @@ class ArmSection(Options):
 CORE_KEYS: dict[str, dict[str, Any]] = {
     # section → core keys the pipeline reads (everything else is the plugin's own options)
     "sources": {"type": str, "category": str},
-    "scorers": {"type": str, "sources": list},
+    "scorers": {"type": str, "sources": list, "reference_arm": str},
     "selectors": {"type": str, "scorers": list},
     "trainer": {"type": str},
     "evaluators": {"type": str},
-    "soup": {"type": str, "arms": list},
+    "soup": {"type": str, "arms": list, "candidates": str},
 }
 KIND_OF_SECTION = {
     "sources": "source",
@@ -307,9 +307,14 @@ def validate_data(path: Path, text: str, data: dict[str, Any], registry: Registr
     for label, section in selectors.items():
         for i, name in enumerate(section.core.get("scorers", [])):
             v.ref(("selectors", label, "scorers", i), name, scorers, "scorer")
+    for label, scorer in scorers.items():
+        if "reference_arm" in scorer.core:
+            v.ref(("scorers", label, "reference_arm"), scorer.core["reference_arm"], arms, "arm")
     if soup:
         for i, name in enumerate(soup.core.get("arms", [])):
             v.ref(("soup", "arms", i), name, arms, "arm")
+        if "candidates" in soup.core:
+            v.ref(("soup", "candidates"), soup.core["candidates"], arms, "arm")
     if trainer:
         _check_overrides(
             v, trainer, ("model", "align", "trainer"), model.align.trainer if model and model.align else {}

@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "mixlab.plugins.selectors.random",
     "mixlab.plugins.selectors.fraction",
     "mixlab.plugins.selectors.coincide",
+    "mixlab.plugins.selectors.individual_select",
     "mixlab.plugins.trainers.llava_sft",
     "mixlab.plugins.evaluators.benchmarks",
     "mixlab.plugins.mergers.soup",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,20 +17,49 @@ if TYPE_CHECKING:
     from mixlab.pipeline import Run
 
 
-def ground_truth(chosen: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Share of known-noisy samples in a training set, where the data carries noise flags."""
+def ground_truth(chosen: list[dict[str, Any]], pool: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """What a training set holds of the known truth (toy world: per-sample noise flags, per-source quality).
+
+    With the pool a selector chose from, also the selection's precision and recall: of the samples it removed, the
+    share that were noisy (precision) and of the noisy samples, the share it removed (recall); the same for samples of
+    known-harmful sources (quality "noisy"), and the share of clean samples it kept.
+    """
     flagged = [s for s in chosen if s.get("noisy") is not None]
     if not flagged:
         return None
     noisy = sum(1 for s in flagged if s["noisy"])
-    return {"noisy_samples": noisy, "noisy_fraction": round(noisy / len(flagged), 4)}
+    out: dict[str, Any] = {"noisy_samples": noisy, "noisy_fraction": round(noisy / len(flagged), 4)}
+    if pool is None or len(pool) == len(chosen):
+        return out
+    kept = {s["id"] for s in chosen}
+    removed = [s for s in pool if s["id"] not in kept]
+
+    def removal(bad: Callable[[dict[str, Any]], bool]) -> dict[str, float | None]:
+        n_bad = sum(1 for s in pool if bad(s))
+        hits = sum(1 for s in removed if bad(s))
+        return {
+            "precision": round(hits / len(removed), 4) if removed else None,
+            "recall": round(hits / n_bad, 4) if n_bad else None,
+        }
+
+    clean = [s for s in pool if s.get("noisy") is False]
+    out["removed_noisy"] = removal(lambda s: bool(s.get("noisy")))
+    if any(s.get("quality") for s in pool):
+        out["removed_harmful_source"] = removal(lambda s: s.get("quality") == "noisy")
+        qualities = sorted({s["quality"] for s in pool if s.get("quality")})
+        out["kept_by_quality"] = {
+            q: round(sum(1 for s in chosen if s.get("quality") == q) / sum(1 for s in pool if s.get("quality") == q), 4)
+            for q in qualities
+        }
+    out["kept_clean"] = round(sum(1 for s in clean if s["id"] in kept) / len(clean), 4) if clean else None
+    return out
 
 
 def build_report(run: Run) -> dict[str, Any]:
     arms = {}
     for name, arm in run.arms.items():
         entry = {k: v for k, v in arm.items() if not k.startswith("_") and k != "selection"}
-        truth = ground_truth(arm["_chosen"])
+        truth = ground_truth(arm["_chosen"], arm.get("_pool"))
         if truth:
             entry["ground_truth"] = truth
         if arm["selection"]:

@@ -1,7 +1,8 @@
 """Small plugins for the core's tests: real pipeline, registry and store; trivial data, training and scoring.
 
 The fake world: sources "good" and "bad" of 10 samples each. A fake "model" is a JSON file listing the ids
-it was trained on; the fake benchmark scores 100 × the share of "good" samples, so selection visibly matters.
+it was trained on; the fake benchmark scores 100 × the share of samples from sources without "bad" in their name,
+so selection visibly matters.
 """
 
 from __future__ import annotations
@@ -50,13 +51,24 @@ class FakeSource(Source):
         ]
 
 
+class FakeScorerOptions(Options):
+    model: str | None = None
+
+
 class FakeScorer(Scorer):
+    """badness = the noise flag; with a reference model, also how many of its training ids each sample is."""
+
     name = "fake_quality"
+    Options = FakeScorerOptions
 
     def score(self, samples, ctx):
         import numpy as np
 
-        return {"badness": np.array([1.0 if s["noisy"] else 0.0 for s in samples])}
+        columns = {"badness": np.array([1.0 if s["noisy"] else 0.0 for s in samples])}
+        if self.options.model:
+            trained = set(json.loads((Path(self.options.model) / "ids.json").read_text()))
+            columns["seen"] = np.array([1.0 if s["id"] in trained else 0.0 for s in samples])
+        return columns
 
 
 class FakeTopOptions(Options):
@@ -100,7 +112,7 @@ class FakeEvaluator(Evaluator):
 
     def evaluate(self, model_dir, work_dir, ctx):
         ids = json.loads((Path(model_dir) / "ids.json").read_text())
-        good = sum(1 for i in ids if i.startswith("good/")) / max(1, len(ids))
+        good = sum(1 for i in ids if "bad" not in i.split("/")[0]) / max(1, len(ids))
         return {"fakebench": {"acc": 100 * good, "score": 100 * good}}
 
 

@@ -35,7 +35,13 @@ def test_run_writes_contract_report(fake_recipe):
     assert on_disk["arms"]["full"]["score"] == 50.0
     assert on_disk["arms"]["curated"]["sources"] == {"good": 10}  # the selector dropped every bad sample
     assert on_disk["arms"]["curated"]["metrics"]["fakebench"]["acc"] == 100.0
-    assert on_disk["arms"]["curated"]["ground_truth"] == {"noisy_samples": 0, "noisy_fraction": 0.0}
+    assert on_disk["arms"]["curated"]["ground_truth"] == {
+        "noisy_samples": 0,
+        "noisy_fraction": 0.0,
+        "removed_noisy": {"precision": 1.0, "recall": 1.0},
+        "kept_clean": 1.0,
+    }
+    assert on_disk["arms"]["full"]["ground_truth"] == {"noisy_samples": 10, "noisy_fraction": 0.5}
     assert on_disk["soup"]["kept"] == ["full", "curated"]
     assert {s["status"] for s in report["stages"]} == {"done"}
     names = [s["name"] for s in report["stages"]]
@@ -78,9 +84,8 @@ def test_output_dir_override(fake_recipe, tmp_path):
 
 
 def test_stage_without_done_marker_is_recomputed(fake_recipe):
-    run_recipe(fake_recipe)
-    run_dir = fake_recipe.parent / "runs" / "fake"
-    done = next(run_dir.glob("stages/train_full-*/DONE"))
+    first = run_recipe(fake_recipe)
+    done = Path(first["arms"]["full"]["model_dir"]).parent / "DONE"  # trainings live in stages/train-<key>
     done.unlink()
     report = run_recipe(fake_recipe)
     status = {s["name"]: s["status"] for s in report["stages"]}
@@ -117,7 +122,7 @@ def test_killed_mid_stage_then_rerun_matches_uninterrupted(fake_recipe, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert '"stage": "train:full"' in events.read_text()
-    assert not list(out.glob("stages/train_full-*/DONE")) and list(out.glob("stages/train_full-*/partial.txt"))
+    assert not list(out.glob("stages/train-*/DONE")) and list(out.glob("stages/train-*/partial.txt"))  # train:full
     assert not (out / "report.json").exists()
     resumed = run_recipe(fake_recipe, out)
     status = {s["name"]: s["status"] for s in resumed["stages"]}

@@ -260,7 +260,7 @@ def test_uniform_merger_keeps_all_without_evaluating(models, tmp_path):
 def test_greedy_accepts_and_rejects(models, tmp_path, strict, tries, kept, probes):
     import torch
 
-    scores = {"soup/a": 50, "soup/b": 60, "soup/c": 40, **tries}
+    scores = {"soup/a": 50, "soup/b": 60, "soup/c": 40, "soup/uniform": 55, **tries}
     ctx = FakeCtx(scores)
     result = _merger(tmp_path, method="greedy", strict=strict).merge(
         {n: models[n] for n in "abc"}, tmp_path / "work", ctx
@@ -275,7 +275,11 @@ def test_greedy_accepts_and_rejects(models, tmp_path, strict, tries, kept, probe
         expected = torch.stack([_state(models[m])[PROBE] for m in members]).mean(0)
         torch.testing.assert_close(ctx.seen[tag], expected, atol=1e-6, rtol=0)
     _assert_close(_state(result.model_dir), _mean(*(_state(models[m]) for m in kept)))
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["model"]
+    # the uniform soup of all three is scored beside the greedy one
+    assert info["uniform"]["score"] == 55
+    expected = torch.stack([_state(models[m])[PROBE] for m in "abc"]).mean(0)
+    torch.testing.assert_close(ctx.seen["soup/uniform"], expected, atol=1e-6, rtol=0)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["model", "uniform"]
     assert any("kept" in line for line in ctx.logs)
 
 
@@ -285,7 +289,7 @@ def test_greedy_never_below_best_ingredient(models, tmp_path):
         scores = {f"soup/{n}": rng.choice([40, 50, 60]) for n in "abc"}
         scores |= {f"soup/try{i}": rng.choice([45, 55, 60, 65]) for i in (1, 2)}
         strict = bool(trial % 2)
-        result = _merger(tmp_path, strict=strict).merge(
+        result = _merger(tmp_path, strict=strict, compare_uniform=False).merge(
             {n: models[n] for n in "abc"}, tmp_path / f"w{trial}", FakeCtx(scores)
         )
         order = sorted("abc", key=lambda n: (-scores[f"soup/{n}"], n))

@@ -38,6 +38,7 @@ class BenchmarksOptions(Options):
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(16, ge=1, description="Greedy decoding length (mode = generate).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N rows of each benchmark.")
+    only: list[str] | None = Field(None, description="Keep only these benchmarks (file stems, e.g. SEED_toy).")
 
 
 def checkpoint_hash(model_dir: Path) -> str:
@@ -91,6 +92,14 @@ class Benchmarks(Evaluator):
             manifest = self.options.toyworld.ensure(ctx)
             root = Path(manifest["_dir"])
             files += [root / b["tsv"] for b in manifest["benchmarks"].values()]
+        if self.options.only is not None:
+            unknown = set(self.options.only) - {f.stem for f in files}
+            if unknown:
+                raise UserError(
+                    f"evaluator {self.label!r}: `only` names {sorted(unknown)}, but the benchmarks are "
+                    f"{', '.join(f.stem for f in files)}. Fix `only`."
+                )
+            files = [f for f in files if f.stem in self.options.only]
         if not files:
             raise UserError(f"evaluator {self.label!r}: no benchmarks. Set `paths` or `toyworld`.")
         return files

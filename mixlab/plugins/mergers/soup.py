@@ -34,6 +34,9 @@ class SoupOptions(Options):
         description="Greedy: keep an ingredient only if the score rises (>, as the model-soups code does); "
         "false also keeps ingredients that leave it equal (>=).",
     )
+    compare_uniform: bool = Field(
+        True, description="Greedy: also build and score the uniform soup of all ingredients, reported beside it."
+    )
     min_cosine: float = Field(
         0.5,
         ge=-1,
@@ -70,6 +73,12 @@ class SoupMerger(Merger):
         else:
             kept, greedy_info = self._greedy(resolved, work_dir, model_dir, ctx)
             info.update(greedy_info)
+            if o.compare_uniform and len(resolved) > 1:
+                uniform_dir = work_dir / "uniform"
+                _remove(uniform_dir)
+                core.average(list(resolved.values()), uniform_dir)
+                metrics = ctx.evaluate(uniform_dir, f"{self.label}/uniform")
+                info["uniform"] = {"score": round(float(ctx.aggregate(metrics)), 3), "metrics": metrics}
         _remove(work_dir / "candidates")
         _remove(work_dir / "lora_merged")
         _log(ctx, f"soup {self.label}: kept {len(kept)} of {len(resolved)}: {', '.join(kept)}")

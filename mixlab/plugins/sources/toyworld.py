@@ -64,6 +64,11 @@ class ToyWorld(Source):
             raise UserError(f"[sources.{self.label}]: unknown toy-world sources {unknown}; known: {', '.join(known)}.")
         return list(wanted)
 
+    def fingerprint(self) -> str:
+        from mixlab.toyworld.world import GENERATOR_VERSION
+
+        return f"toyworld-v{GENERATOR_VERSION}"
+
     def load(self, ctx) -> list[Sample]:
         manifest = self.options.ensure(ctx)
         root = Path(manifest["_dir"])
@@ -72,7 +77,7 @@ class ToyWorld(Source):
             entry = manifest["sources"][name]
             path = root / entry["json"]
             found, _ = collect(read_records(path), path, root / entry["image_root"], "exists", "raise", name)
-            samples += found
+            samples += [{**s, "quality": entry["quality"]} for s in found]
         return samples
 
 

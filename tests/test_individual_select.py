@@ -1,0 +1,128 @@
+"""Individual Select through the real pipeline with the fake plugins (a fake model's score = its share of good data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixlab.errors import UserError
+from mixlab.pipeline import Run
+from mixlab.recipe import load_recipe
+from tests import fakes
+
+RECIPE = """\
+[run]
+name = "isel"
+
+[model]
+path = "base"
+
+[sources.base]
+type = "fake_source"
+category = "general"
+
+[sources.color_good]
+type = "fake_source"
+category = "color"
+
+[sources.color_bad]
+type = "fake_source"
+quality = "bad"
+category = "color"
+
+[sources.count_bad]
+type = "fake_source"
+quality = "bad"
+category = "count"
+
+[sources.count_good]
+type = "fake_source"
+category = "count"
+n = 4
+
+[trainer]
+type = "fake_trainer"
+
+[evaluators.bench]
+type = "fake_bench"
+
+[selectors.isel]
+type = "individual_select"
+baseline = ["base"]
+{options}
+
+[arms.curated]
+sources = ["base", "color_good", "color_bad", "count_bad", "count_good"]
+selector = "isel"
+
+[soup]
+type = "fake_soup"
+candidates = "curated"
+"""
+
+
+def run(folder, options: str = "") -> dict:
+    recipe = load_recipe(fakes.write_recipe(folder, RECIPE.format(options=options)))
+    return Run(recipe, folder / "run", show_progress=False).execute()
+
+
+def test_keeps_good_rejects_bad_category_by_category(fake_recipe, tmp_path):
+    report = run(tmp_path)
+    block = report["individual_select"]
+    assert [r["category"] for r in block["rounds"]] == ["baseline", "color", "count"]
+    verdicts = {c["source"]: c["kept"] for r in block["rounds"] for c in r["candidates"]}
+    assert verdicts == {"color_good": True, "color_bad": False, "count_bad": False, "count_good": True}
+    assert block["selected_sources"] == ["base", "color_good", "count_good"]
+    bad = next(c for r in block["rounds"] for c in r["candidates"] if c["source"] == "color_bad")
+    assert bad["score"] == pytest.approx(50.0) and bad["delta"] == pytest.approx(-50.0)
+    assert [r["baseline_score"] for r in block["rounds"]] == [100.0, 100.0, 100.0]
+    assert report["arms"]["curated"]["sources"] == {"base": 10, "color_good": 10, "count_good": 4}
+    # ground truth: every removed sample was noisy, and every noisy sample was removed
+    truth = report["arms"]["curated"]["ground_truth"]
+    assert truth["removed_noisy"] == {"precision": 1.0, "recall": 1.0} and truth["kept_clean"] == 1.0
+    # the soup's ingredients: the arm and each kept candidate's own checkpoint
+    assert report["soup"]["ingredients"] == ["curated", "color_good", "count_good"]
+    assert (tmp_path / "run" / "individual_select.png").is_file()
+
+
+def test_trainings_are_shared_and_cached(fake_recipe, tmp_path):
+    report = run(tmp_path)
+    stages = {s["name"]: s["status"] for s in report["stages"]}
+    # the last kept candidate's training is the new baseline's and the arm's: trained once, then reused
+    assert stages["train:isel/count/+count_good"] == "done"
+    assert stages["train:isel/count/baseline"] == "cached" and stages["train:curated"] == "cached"
+    again = run(tmp_path)
+    assert {s["status"] for s in again["stages"]} == {"cached"}
+    assert again["individual_select"] == report["individual_select"]
+
+
+def test_tolerance_admits_a_small_drop(fake_recipe, tmp_path):
+    block = run(tmp_path, "tolerance = 60.0")["individual_select"]
+    assert block["selected_sources"] == ["base", "color_good", "color_bad", "count_bad", "count_good"]
+
+
+def test_category_order_and_errors(fake_recipe, tmp_path):
+    block = run(tmp_path, 'categories = ["count", "color"]')["individual_select"]
+    assert [r["category"] for r in block["rounds"]] == ["baseline", "count", "color"]
+    with pytest.raises(UserError, match="missing \\['color'\\]"):
+        run(tmp_path, 'categories = ["count"]')
+
+
+def test_unknown_baseline_source_is_a_user_error(fake_recipe, tmp_path):
+    recipe = RECIPE.format(options="").replace('baseline = ["base"]', 'baseline = ["nope"]')
+    with pytest.raises(UserError, match="baseline sources \\['nope'\\]"):
+        Run(load_recipe(fakes.write_recipe(tmp_path, recipe)), tmp_path / "run", show_progress=False).execute()
+
+
+def test_scorer_reference_arm_gets_that_arms_model(fake_recipe, tmp_path):
+    """The scorer reads the reference arm's trained model (trained first): `seen` = in its training set."""
+    text = fakes.RECIPE.replace('type = "fake_quality"', 'type = "fake_quality"\nreference_arm = "ref"')
+    text = text.replace("count = 10", 'column = "seen"\ncount = 10') + '\n[arms.ref]\nsources = ["good"]\n'
+    report = Run(load_recipe(fakes.write_recipe(tmp_path, text)), tmp_path / "run", show_progress=False).execute()
+    assert list(report["arms"]) == ["ref", "full", "curated"]
+    assert report["arms"]["curated"]["sources"] == {"bad": 10}  # the lowest `seen`: samples the reference never saw
+
+
+def test_reference_arm_must_exist(fake_recipe, tmp_path):
+    text = fakes.RECIPE.replace('type = "fake_quality"', 'type = "fake_quality"\nreference_arm = "nope"')
+    with pytest.raises(UserError, match="unknown arm 'nope'"):
+        load_recipe(fakes.write_recipe(tmp_path, text))
