@@ -35,6 +35,25 @@ def _accuracy(model_dir: Path, test) -> tuple[float, list[str]]:
     return sum(NAMES[k] == t for k, t in zip(picks, truth, strict=True)) / len(test), answers
 
 
+def _plain_hf_answers(model_dir: Path, test) -> int:
+    """Load with transformers alone (no mixlab code) and answer with the checkpoint's own chat template; returns the
+    number of right colours."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    right = 0
+    for s in test:
+        question = s["conversations"][0]["value"].replace("<image>", "").strip()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=Image.open(s["image"]).convert("RGB"), text=prompt, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        answer = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        right += answer == s["conversations"][1]["value"]
+    return right
+
+
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -55,6 +74,7 @@ def test_short_sft_learns_colours(data, tmp_path):
     assert result["train_loss"] > 0 and result["seconds"] > 0 and result["tokens_per_second"] > 0
     assert steps[0] == (0, 64) and steps[-1] == (64, 64)
     assert sum(a in NAMES for a in answers) >= 8  # greedy answers are colour words, not garbage
+    assert _plain_hf_answers(tmp_path / "model", test[:12]) >= 8
     assert not (tmp_path / "checkpoints").exists()
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "chat_template.jinja",

@@ -60,6 +60,25 @@ def check_not_collapsed(centroids: np.ndarray, tol: float = 1e-4) -> None:
         )
 
 
+def _cpu_coretype() -> str | None:
+    """The OpenBLAS core type for this CPU's vector extensions (SkylakeX: AVX-512, Haswell: AVX2), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return None
+    return "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+
+
+def prefer_native_blas() -> None:
+    """Before faiss first loads: set OPENBLAS_CORETYPE (unless the user did) so its bundled OpenBLAS uses this CPU's
+    kernels instead of falling back to generic ones on CPUs it does not know (see faiss_blas_hint)."""
+    import sys
+
+    if "faiss" not in sys.modules and not os.environ.get("OPENBLAS_CORETYPE") and (core := _cpu_coretype()):
+        os.environ["OPENBLAS_CORETYPE"] = core
+
+
 def faiss_blas_hint() -> str | None:
     """A hint when faiss's bundled OpenBLAS fell back to generic 'Prescott' kernels on an AVX2/AVX-512 CPU, else None.
 
@@ -76,12 +95,7 @@ def faiss_blas_hint() -> str | None:
     cores = [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]
     if "Prescott" not in cores:
         return None
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return None
-    core = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    core = _cpu_coretype()
     if core is None:
         return None
     return (
@@ -92,6 +106,7 @@ def faiss_blas_hint() -> str | None:
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 50, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
     """faiss spherical k-means, k clipped to [1, n]: (unit centroids k×d, assignment by largest inner product)."""
+    prefer_native_blas()
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)

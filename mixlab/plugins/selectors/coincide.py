@@ -84,6 +84,7 @@ class CoincideSelector(Selector):
 
         k = min(len(x), o.k if o.k is not None else coincide.default_k(len(x)))
         log = getattr(ctx, "log", None)
+        coincide.prefer_native_blas()
         if log and (hint := coincide.faiss_blas_hint()):
             log(f"{where}: {hint}")
         progress = getattr(ctx, "progress", None)

@@ -1,0 +1,41 @@
+"""Print docs/toyworld.md's learnability table from a run of recipes/toyworld_learnability.toml.
+
+For each category with arms ``<cat>_without``, ``<cat>_clean`` and ``<cat>_noisy``: the category's accuracy on each
+toy benchmark (MMBench circular, SEED, MME acc) and the arms' average score.
+
+    python scripts/learnability_table.py runs/learnability/report.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from mixlab.toyworld.benchmarks import MMBENCH_CATEGORIES, MME_SUBTASKS, SEED_CATEGORIES
+
+
+def benchmark_metrics(category: str) -> list[tuple[str, str, str]]:
+    """(label, benchmark, metric key) of every benchmark category that tests the toy category."""
+    rows = [(f"MMBench {c}", "MMBench_toy", f"cat/{c}") for c, v in MMBENCH_CATEGORIES.items() if v[1] == category]
+    rows += [(f"SEED {c}", "SEED_toy", f"cat/{c}") for c, v in SEED_CATEGORIES.items() if v[1] == category]
+    rows += [(f"MME {c} acc", "MME_toy", f"{c}/acc") for c, v in MME_SUBTASKS.items() if v[1] == category]
+    return rows
+
+
+def main(path: str) -> None:
+    arms = json.load(open(path))["arms"]
+    cats = [name[: -len("_without")] for name in arms if name.endswith("_without")]
+    print("| category | benchmark (category) | baseline without it | + clean source | + noisy source |")
+    print("|---|---|---|---|---|")
+    for cat in cats:
+        trio = [arms.get(f"{cat}_{tag}") for tag in ("without", "clean", "noisy")]
+        if None in trio:
+            continue
+        for label, bench, key in benchmark_metrics(cat):
+            cells = [f"{a['metrics'].get(bench, {}).get(key, float('nan')):.1f}" for a in trio]
+            print(f"| {cat} | {label} | " + " | ".join(cells) + " |")
+        print(f"| {cat} | **average score (all benchmarks)** | " + " | ".join(f"{a['score']:.1f}" for a in trio) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/learnability/report.json")
