@@ -24,7 +24,10 @@ def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
     from mixlab.recipe import load_recipe
 
     quiet_libraries()
-    run = Run(load_recipe(path), show_progress=False)
+    recipe = load_recipe(path)
+    if recipe.model.preset == "tiny":  # only the processor is needed: the same tokenizer, no tower pretraining
+        recipe.model.tiny.vision_pretrain_steps = 0
+    run = Run(recipe, show_progress=False)
     with run.board:
         run.load_sources()
         model_dir = run.build_base_model()

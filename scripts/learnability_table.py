@@ -1,7 +1,7 @@
 """Print docs/toyworld.md's learnability table from a run of recipes/toyworld_learnability.toml.
 
-For each category with arms ``<cat>_without``, ``<cat>_clean`` and ``<cat>_noisy``: the category's accuracy on each
-toy benchmark (MMBench circular, SEED, MME acc) and the arms' average score.
+For each category with arms ``<cat>_without``, ``<cat>_clean``, ``<cat>_noisy`` and ``<cat>_clean_noisy``: the
+category's accuracy on each toy benchmark (MMBench circular, SEED, MME acc) and the arms' average score.
 
     python scripts/learnability_table.py runs/learnability/report.json
 """
@@ -25,12 +25,14 @@ def benchmark_metrics(category: str) -> list[tuple[str, str, str]]:
 def main(path: str) -> None:
     arms = json.load(open(path))["arms"]
     cats = [name[: -len("_without")] for name in arms if name.endswith("_without")]
-    print("| category | benchmark (category) | baseline without it | + clean source | + noisy source |")
-    print("|---|---|---|---|---|")
+    tags = ("without", "clean", "noisy", "clean_noisy")
+    print("| category | benchmark (category) | without the category | + clean source | + noisy source | + both |")
+    print("|---|---|---|---|---|---|")
     for cat in cats:
-        trio = [arms.get(f"{cat}_{tag}") for tag in ("without", "clean", "noisy")]
-        if None in trio:
+        trio = [arms.get(f"{cat}_{tag}") for tag in tags]
+        if None in trio[:3]:
             continue
+        trio = [a or {"metrics": {}, "score": float("nan")} for a in trio]
         for label, bench, key in benchmark_metrics(cat):
             cells = [f"{a['metrics'].get(bench, {}).get(key, float('nan')):.1f}" for a in trio]
             print(f"| {cat} | {label} | " + " | ".join(cells) + " |")
