@@ -22,8 +22,10 @@ def benchmark_metrics(category: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def main(path: str) -> None:
-    arms = json.load(open(path))["arms"]
+def main(paths: list[str]) -> None:
+    arms: dict = {}
+    for path in paths:  # several reports of the same recipe's arms (e.g. a run of some arms only) are merged
+        arms |= json.load(open(path))["arms"]
     cats = [name[: -len("_without")] for name in arms if name.endswith("_without")]
     tags = ("without", "clean", "noisy", "clean_noisy")
     print("| category | benchmark (category) | without the category | + clean source | + noisy source | + both |")
@@ -40,4 +42,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/learnability/report.json")
+    main(sys.argv[1:] or ["runs/learnability/report.json"])

@@ -318,7 +318,7 @@ def test_options_and_registration():
     from mixlab.plugins.mergers import soup
 
     o = soup.SoupMerger.Options()
-    assert (o.method, o.strict, o.min_cosine) == ("greedy", False, 0.5)
+    assert (o.method, o.strict, o.min_cosine) == ("greedy", False, 0.2)
     for bad in ({"method": "max"}, {"min_cosine": 2}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             soup.SoupMerger.Options(**bad)

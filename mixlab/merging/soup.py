@@ -249,7 +249,7 @@ def check_compatible(
     ingredients: Mapping[str, str | Path] | Sequence[str | Path],
     *,
     base: str | Path | None = None,
-    min_cosine: float = 0.5,
+    min_cosine: float = 0.2,
 ) -> dict[str, Any]:
     """Refuse ingredients that cannot be averaged; return the cosine similarities that were checked.
 

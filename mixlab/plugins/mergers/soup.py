@@ -38,7 +38,7 @@ class SoupOptions(Options):
         True, description="Greedy: also build and score the uniform soup of all ingredients, reported beside it."
     )
     min_cosine: float = Field(
-        0.5,
+        0.2,
         ge=-1,
         le=1,
         description="Refuse ingredient pairs (and ingredient vs base model) whose largest weight matrices have a "
