@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mixlab.selection.budget import target_count
+
 SAMPLES_PER_CLUSTER = 66
 """LLaVA-665K with 10,000 clusters: about 66 samples per cluster (algorithms.md §1.3)."""
 
@@ -262,11 +264,6 @@ def cluster_budgets(
         taken[c] = min(n_c, int(sizes[c]))
         left -= int(taken[c])
     return order, budget, taken
-
-
-def target_count(n: int, fraction: float) -> int:
-    """N = floor(fraction · n) as the official code's int(), with a 1e-9 guard against 0.29·100 = 28.999…."""
-    return int(math.floor(fraction * n + 1e-9))
 
 
 def select_from_clusters(

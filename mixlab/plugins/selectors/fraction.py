@@ -11,6 +11,7 @@ from mixlab import hookimpl
 from mixlab.components import Options, Selection, Selector
 from mixlab.errors import UserError
 from mixlab.plugins.selectors.strata import strata
+from mixlab.selection.budget import target_count
 
 
 class FractionOptions(Options):
@@ -47,7 +48,7 @@ class FractionSelector(Selector):
             if o.threshold is not None:
                 keep += idx[v <= sign * o.threshold].tolist()
             else:
-                k = int(round(len(idx) * o.fraction))
+                k = target_count(len(idx), o.fraction)
                 order = np.lexsort((idx, v))  # stable: ties broken by pool order
                 keep += idx[order[:k]].tolist()
         kept = values[keep] if keep else np.array([])

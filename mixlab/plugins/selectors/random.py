@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from mixlab import hookimpl
 from mixlab.components import Options, Selection, Selector
 from mixlab.plugins.selectors.strata import strata
+from mixlab.selection.budget import target_count
 
 
 class RandomOptions(Options):
@@ -25,7 +26,7 @@ class RandomOptions(Options):
 
 def budget(n: int, fraction: float | None, count: int | None) -> int:
     """How many to keep out of n."""
-    return min(n, count) if count is not None else int(round(n * (fraction or 0)))
+    return min(n, count) if count is not None else target_count(n, fraction or 0)
 
 
 class RandomSelector(Selector):

@@ -18,7 +18,10 @@ class LlavaSft(Trainer):
     Options = SFTSettings
 
     def settings(self, overrides: dict[str, Any] | None) -> SFTSettings:
-        return SFTSettings.model_validate({**self.options.model_dump(exclude_unset=True), **(overrides or {})})
+        settings = SFTSettings.model_validate({**self.options.model_dump(exclude_unset=True), **(overrides or {})})
+        if settings.deepspeed:  # like every path in a recipe, relative to the recipe's folder
+            settings.deepspeed = str(self.resolve(settings.deepspeed))
+        return settings
 
     def train(self, samples, base_model: Path, work_dir: Path, ctx, overrides=None) -> TrainResult:
         from mixlab.training.sft import train_llava
