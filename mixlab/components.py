@@ -153,6 +153,9 @@ class RunContext(Protocol):
     def train(self, samples: list[Sample], tag: str) -> Path:
         """Train the recipe's trainer on samples from the base model; cached by content. Returns the model dir."""
 
+    def train_many(self, jobs: list[tuple[list[Sample], str]]) -> list[Path]:
+        """Train several independent (samples, tag) mixtures, at once where [run.executor] allows; cached."""
+
     def evaluate(self, model_dir: Path, tag: str) -> Metrics:
         """Run the recipe's evaluators on a model dir; cached by content."""
 

@@ -21,6 +21,7 @@ from mixlab.errors import UserError
 from mixlab.progress import ProgressBoard
 from mixlab.recipe import Recipe, Section
 from mixlab.store import SAMPLES_FILE, Store, content_hash, load_samples, save_samples
+from mixlab.worker import train_result
 
 CODE_VERSION = f"mixlab-{__version__}"
 
@@ -48,6 +49,8 @@ class Run:
         self._base_key = ""
         self._current: dict[str, Any] | None = None
         self._trainer = recipe.trainer.build()
+        self.executor = recipe.run.executor
+        self._fresh: dict[Path, float] = {}  # stage folders an executor finished in this run → their seconds
         self._evaluators = {label: s.build() for label, s in recipe.evaluators.items()}
 
     # ---- stages -------------------------------------------------------------------------------------------
@@ -67,8 +70,10 @@ class Run:
         if self.store.is_done(stage_dir):
             result = self.store.result(stage_dir)
             entry.update(result.get("_record", {}))
+            if stage_dir in self._fresh:  # finished just now by an executor's worker
+                entry.update(status="done", seconds=self._fresh.pop(stage_dir))
             self.stages.append(entry)
-            self.store.event(event="end", stage=name, status="cached", seconds=0.0)
+            self.store.event(event="end", stage=name, status=entry["status"], seconds=entry["seconds"])
             return result, stage_dir
         stage_dir.mkdir(parents=True, exist_ok=True)
         self.store.event(event="start", stage=name, key=key[:12])
@@ -128,24 +133,70 @@ class Run:
         )
 
     def train(self, samples: list[Sample], tag: str, overrides: dict[str, Any] | None = None) -> Path:
-        if not samples:
-            raise UserError(f"{tag}: nothing to train on (the selection is empty). Check the arm's selector.")
-        ordered = sorted(samples, key=lambda s: s["id"])
-        material = {
-            "trainer": self.recipe.trainer.raw,
-            "overrides": overrides or {},
-            "base": self._base_key,
-            "samples": self.samples_key(ordered),
-            "seed": self.seed,
-        }
+        return self.train_many([(samples, tag)], overrides)[0]
 
-        def run(stage_dir: Path) -> dict[str, Any]:
-            result = self._trainer.train(ordered, self.base_model, stage_dir, self, overrides)
-            self.record(**{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))})
-            return {"model_dir": str(Path(result.model_dir).relative_to(stage_dir)), "stats": result.stats}
+    def train_many(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Path]:
+        """Train several independent mixtures; with a parallel executor the unfinished ones run at once."""
+        specs = []
+        for samples, tag in jobs:
+            if not samples:
+                raise UserError(f"{tag}: nothing to train on (the selection is empty). Check the arm's selector.")
+            ordered = sorted(samples, key=lambda s: s["id"])
+            material = {
+                "trainer": self.recipe.trainer.raw,
+                "overrides": overrides or {},
+                "base": self._base_key,
+                "samples": self.samples_key(ordered),
+                "seed": self.seed,
+            }
+            specs.append((ordered, tag, material))
+        if self.executor.remote:
+            self._run_elsewhere(specs, overrides)
+        paths = []
+        for ordered, tag, material in specs:
 
-        result, stage_dir = self.stage(f"train:{tag}", material, run, kind="train")
-        return stage_dir / result["model_dir"]
+            def run(stage_dir: Path, ordered=ordered) -> dict[str, Any]:
+                return train_result(self._trainer, ordered, self.base_model, stage_dir, self, overrides)
+
+            result, stage_dir = self.stage(f"train:{tag}", material, run, kind="train")
+            paths.append(stage_dir / result["model_dir"])
+        return paths
+
+    def _run_elsewhere(self, specs: list[tuple[list[Sample], str, Any]], overrides: dict[str, Any] | None) -> None:
+        """Hand the unfinished trainings to the executor; each finishes its own stage folder."""
+        from mixlab.executors import Job, run_jobs, write_job
+        from mixlab.registry import extra_plugin_modules
+
+        jobs = []
+        for ordered, tag, material in specs:
+            key = content_hash({"stage": "train", "material": material, "code": CODE_VERSION})
+            job = Job(tag, self.store.stage_dir("train", key))
+            if self.store.is_done(job.stage_dir):
+                continue
+            job.stage_dir.mkdir(parents=True, exist_ok=True)
+            save_samples(job.stage_dir / "job-samples.parquet", ordered)
+            payload = {
+                "recipe": str(self.recipe.path.resolve()),
+                "run_dir": str(self.run_dir),
+                "base_model": str(self.base_model),
+                "samples": "job-samples.parquet",
+                "overrides": overrides,
+                "seed": self.seed,
+                "code": CODE_VERSION,
+                "plugins": extra_plugin_modules(),
+            }
+            write_job(job, payload)
+            self.store.event(event="submit", stage=f"train:{tag}", executor=self.executor.type)
+            jobs.append(job)
+        if not jobs:
+            return
+        with self.progress(f"trainings ({self.executor.type}, {self.executor.workers} at once)", len(jobs)) as advance:
+
+            def done(job) -> None:
+                self._fresh[job.stage_dir] = self.store.result(job.stage_dir).get("_seconds", 0.0)
+                advance()
+
+            run_jobs(jobs, self.executor, self.run_dir, done)
 
     def evaluate(self, model_dir: Path, tag: str) -> Metrics:
         material = {

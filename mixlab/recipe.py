@@ -8,12 +8,13 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from mixlab.components import Component, Options
 from mixlab.errors import UserError
+from mixlab.executors import ExecutorSection
 from mixlab.locate import key_lines, line_of
 from mixlab.registry import Registry, did_you_mean, get_registry
 
@@ -24,6 +25,10 @@ class RunSection(Options):
     name: str = Field(description="Run name; the default output directory is runs/<name>.")
     seed: int = Field(0, description="Seed for every random choice (data order, init, sampling).")
     output_dir: str | None = Field(None, description="Run directory (relative to the working directory).")
+    executor: ExecutorSection = Field(
+        default_factory=ExecutorSection,
+        description="Where trainings run ([run.executor]); results do not depend on it.",
+    )
 
 
 class TinyModel(Options):
@@ -153,12 +158,25 @@ class RecipeError(UserError):
         super().__init__(f"{count} in recipe {file}:\n" + "\n".join("  " + r for r in rendered))
 
 
-def _pydantic_problems(prefix: tuple, error: ValidationError, allowed: list[str]) -> list[Problem]:
+def _nested_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the options table at ``loc`` inside ``model`` ([] where it is not a pydantic model)."""
+    current: Any = model
+    for key in loc:
+        field = current.model_fields.get(str(key)) if current else None
+        candidates = (field.annotation, *get_args(field.annotation)) if field else ()
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(current.model_fields) if current else []
+
+
+def _pydantic_problems(
+    prefix: tuple, error: ValidationError, allowed: list[str], model: type[BaseModel] | None = None
+) -> list[Problem]:
     problems = []
     for e in error.errors():
         loc = tuple(x for x in e["loc"])
         if e["type"] == "extra_forbidden":
-            hint = did_you_mean(str(loc[-1]), allowed) if len(loc) == 1 else ""
+            choices = allowed if len(loc) == 1 else _nested_fields(model, loc[:-1]) if model else []
+            hint = did_you_mean(str(loc[-1]), choices) if choices else ""
             problems.append(Problem(prefix + loc, f"unknown key.{hint or ''} Remove it or fix its spelling."))
         elif e["type"] == "missing":
             problems.append(Problem(prefix + loc, "required key is missing."))
@@ -184,7 +202,7 @@ class _Validator:
         try:
             return cls.model_validate(value)
         except ValidationError as e:
-            self.problems.extend(_pydantic_problems(path, e, list(cls.model_fields)))
+            self.problems.extend(_pydantic_problems(path, e, list(cls.model_fields), cls))
             return None
 
     def plugin(self, section: str, path: tuple, value: Any, default_type: str | None = None) -> Section | None:
@@ -214,7 +232,7 @@ class _Validator:
             options = cls.Options.model_validate(rest)
         except ValidationError as e:
             allowed = [*cls.Options.model_fields, *core_spec]
-            self.problems.extend(_pydantic_problems(path, e, allowed))
+            self.problems.extend(_pydantic_problems(path, e, allowed, cls.Options))
             return None
         return Section(
             label=str(path[-1]), type=type_name, cls=cls, options=options, core=core, raw=value, base_dir=self.base_dir
@@ -349,4 +367,4 @@ def _check_overrides(v: _Validator, trainer: Section, path: tuple, overrides: di
     try:
         trainer.cls.Options.model_validate(merged)
     except ValidationError as e:
-        v.problems.extend(_pydantic_problems(path, e, list(trainer.cls.Options.model_fields)))
+        v.problems.extend(_pydantic_problems(path, e, list(trainer.cls.Options.model_fields), trainer.cls.Options))

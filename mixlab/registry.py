@@ -7,6 +7,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from importlib import metadata
+from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -160,6 +161,11 @@ def register_plugin(plugin: Any) -> None:
     global _registry
     _extra.append(plugin)
     _registry = None
+
+
+def extra_plugin_modules() -> list[str]:
+    """Names of the plugin modules added with register_plugin, for worker processes to import again."""
+    return [p.__name__ for p in _extra if isinstance(p, ModuleType)]
 
 
 def unregister_plugin(plugin: Any) -> None:

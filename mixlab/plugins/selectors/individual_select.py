@@ -47,10 +47,15 @@ class IndividualSelect(Selector):
         plan = self._plan(by_source)
         current = list(self.options.baseline)
 
-        def run(sources: list[str], tag: str) -> tuple[Path, float, dict[str, float]]:
-            model_dir = ctx.train([s for src in sources for s in by_source[src]], f"{self.label}/{tag}")
+        def mix(sources: list[str]) -> list[dict[str, Any]]:
+            return [s for src in sources for s in by_source[src]]
+
+        def scored(model_dir: Path, tag: str) -> tuple[Path, float, dict[str, float]]:
             metrics = ctx.evaluate(model_dir, f"{self.label}/{tag}")
             return model_dir, ctx.aggregate(metrics), {b: m["score"] for b, m in metrics.items() if "score" in m}
+
+        def run(sources: list[str], tag: str) -> tuple[Path, float, dict[str, float]]:
+            return scored(ctx.train(mix(sources), f"{self.label}/{tag}"), tag)
 
         def rel(path: Path) -> str:
             path = Path(path).resolve()
@@ -59,9 +64,14 @@ class IndividualSelect(Selector):
         model_dir, score, metrics = run(current, "baseline")
         rounds: list[dict[str, Any]] = [self._round("baseline", [], current, score, metrics, rel(model_dir))]
         for category, candidates in plan.items():
+            # the round's candidates are independent: trained at once where [run.executor] allows
+            tags = [f"{category}/+{source}" for source in candidates]
+            dirs = ctx.train_many(
+                [(mix([*current, c]), f"{self.label}/{t}") for c, t in zip(candidates, tags, strict=True)]
+            )
             results = []
-            for source in candidates:
-                cand_dir, cand_score, cand_metrics = run([*current, source], f"{category}/+{source}")
+            for source, tag, trained in zip(candidates, tags, dirs, strict=True):
+                cand_dir, cand_score, cand_metrics = scored(trained, tag)
                 kept = cand_score >= score - self.options.tolerance
                 results.append(
                     {

@@ -1,0 +1,201 @@
+"""Where trainings run: in the pipeline's own process, as local worker processes (several at once, each on its own
+GPUs, each optionally under ``accelerate launch`` for data-parallel training), or as Slurm jobs through submitit.
+
+Every executor runs the same job (mixlab/worker.py) into the same content-addressed stage folder, so results and
+caching are the same whichever ran them; the pipeline then reads the finished stages as it reads cached ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mixlab.components import Options
+from mixlab.errors import UserError
+from mixlab.worker import ERROR_FILE, JOB_FILE
+
+LOG_FILE = "worker.log"
+
+
+class ExecutorSection(Options):
+    """[run.executor]: where trainings run. Results are identical whichever is chosen."""
+
+    type: Literal["inline", "local", "submitit"] = Field(
+        "inline",
+        description='"inline": in the mixlab process; "local": worker processes on this machine; '
+        '"submitit": jobs on a Slurm cluster (or submitit\'s local cluster) through submitit.',
+    )
+    workers: int = Field(1, ge=1, description="Trainings that may run at once (Individual Select candidates).")
+    devices: list[str] | None = Field(
+        None,
+        description='GPU sets, one per worker, as CUDA_VISIBLE_DEVICES values (e.g. ["0,1", "2,3"]); '
+        "sets workers to their number. None: no GPU pinning.",
+    )
+    processes: int = Field(
+        1, ge=1, description="Processes per training (accelerate launch, data parallel; DeepSpeed if configured)."
+    )
+    cluster: str | None = Field(
+        None, description='submitit: "slurm", "local" or "debug"; None lets submitit pick (Slurm when present).'
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="submitit: passed to update_parameters (timeout_min, slurm_partition, gpus_per_node, "
+        "cpus_per_task, mem_gb, slurm_additional_parameters, ...).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecutorSection:
+        if self.devices is not None:
+            if not self.devices:
+                raise ValueError("`devices` is empty: list one CUDA_VISIBLE_DEVICES value per worker, or drop it")
+            self.workers = len(self.devices)
+        if self.type != "submitit" and (self.cluster or self.parameters):
+            raise ValueError('`cluster` and `parameters` are submitit settings: set type = "submitit"')
+        return self
+
+    @property
+    def remote(self) -> bool:
+        """Whether trainings leave the pipeline's process."""
+        return self.type != "inline" or self.processes > 1
+
+
+@dataclass
+class Job:
+    """One training to run: its stage folder holds job.json and the samples; its DONE marker says it finished."""
+
+    tag: str
+    stage_dir: Path
+
+    @property
+    def file(self) -> Path:
+        return self.stage_dir / JOB_FILE
+
+
+def write_job(job: Job, payload: dict[str, Any]) -> None:
+    job.stage_dir.mkdir(parents=True, exist_ok=True)
+    job.file.write_text(json.dumps({**payload, "stage_dir": str(job.stage_dir)}, indent=2, default=str))
+
+
+def worker_command(job_file: Path, processes: int) -> list[str]:
+    """The command that runs one job: plain Python, or accelerate launch with N processes (CPU: gloo)."""
+    if processes == 1:
+        return [sys.executable, "-m", "mixlab.worker", str(job_file)]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if not _has_cuda():
+        launch.append("--cpu")
+    return [*launch, "-m", "mixlab.worker", str(job_file)]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def worker_env(devices: str | None, threads: int | None) -> dict[str, str]:
+    """The parent's environment, its import path, and the worker's GPUs or CPU thread share."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def launch(job_file: str, processes: int = 1) -> None:
+    """Run one job in a child process (what a submitit job calls on its node); raise if it failed."""
+    job_file_path = Path(job_file)
+    log = job_file_path.parent / LOG_FILE
+    with open(log, "ab") as out:
+        code = subprocess.call(
+            worker_command(job_file_path, processes), stdout=out, stderr=out, env=worker_env(None, None)
+        )
+    if code:
+        raise RuntimeError(f"training job {job_file} exited with code {code}; see {log}")
+
+
+def failure(job: Job) -> UserError | RuntimeError:
+    """The error a failed job left, as the pipeline raises it: a user error stays a user error."""
+    error = job.stage_dir / ERROR_FILE
+    log = job.stage_dir / LOG_FILE
+    if error.is_file():
+        info = json.loads(error.read_text())
+        if info.get("user_error"):
+            return UserError(f"training {job.tag}: {info['message']}")
+        return RuntimeError(f"training {job.tag} failed: {info['message']} (traceback: {error}; log: {log})")
+    return RuntimeError(f"training {job.tag} failed before it started; see {log}")
+
+
+def run_local(jobs: list[Job], o: ExecutorSection, on_done) -> None:
+    """Up to `workers` jobs at once as child processes; the others wait for a free slot (and its GPUs)."""
+    slots: list[str | None] = list(o.devices) if o.devices else [None] * o.workers
+    cores = os.cpu_count() or 1
+    threads = None if o.devices else max(1, cores // min(o.workers, len(jobs)))
+    waiting = list(jobs)
+    running: dict[int, tuple[subprocess.Popen, Job, Any, float]] = {}
+    failed: list[Job] = []
+    while waiting or running:
+        for slot, devices in enumerate(slots):
+            if slot not in running and waiting:
+                job = waiting.pop(0)
+                (job.stage_dir / ERROR_FILE).unlink(missing_ok=True)
+                out = open(job.stage_dir / LOG_FILE, "ab")
+                proc = subprocess.Popen(
+                    worker_command(job.file, o.processes), stdout=out, stderr=out, env=worker_env(devices, threads)
+                )
+                running[slot] = (proc, job, out, time.perf_counter())
+        time.sleep(0.2)
+        for slot, (proc, job, out, _) in list(running.items()):
+            if proc.poll() is not None:
+                out.close()
+                del running[slot]
+                if proc.returncode:
+                    failed.append(job)
+                else:
+                    on_done(job)
+    if failed:
+        raise failure(failed[0])
+
+
+def run_submitit(jobs: list[Job], o: ExecutorSection, run_dir: Path, on_done) -> None:
+    """One submitit job per training (a Slurm array), at most `workers` running at once."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError(
+            'executor type "submitit" needs submitit: pip install -e ".[cluster]" (or pip install submitit).'
+        ) from None
+    executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=o.cluster)
+    params = {"slurm_array_parallelism": o.workers, **o.parameters}
+    if executor.cluster != "slurm":
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+    executor.update_parameters(**params)
+    submitted = executor.map_array(launch, [str(j.file) for j in jobs], [o.processes] * len(jobs))
+    failed = []
+    for job, handle in zip(jobs, submitted, strict=True):
+        try:
+            handle.result()
+            on_done(job)
+        except Exception:
+            failed.append(job)
+    if failed:
+        raise failure(failed[0])
+
+
+def run_jobs(jobs: list[Job], o: ExecutorSection, run_dir: Path, on_done) -> None:
+    """Run every job with the configured executor; ``on_done(job)`` is called as each one finishes."""
+    if not jobs:
+        return
+    if o.type == "submitit":
+        run_submitit(jobs, o, run_dir, on_done)
+    else:
+        run_local(jobs, o, on_done)

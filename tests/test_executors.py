@@ -1,0 +1,85 @@
+"""Executors: Individual Select's candidate trainings in worker processes (local, and submitit's local cluster) give
+the same selection, scores and cache as in-process training; worker failures are reported, finished work is kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixlab.errors import UserError
+from mixlab.executors import ExecutorSection, worker_command
+from mixlab.pipeline import Run
+from mixlab.recipe import load_recipe
+from tests import fakes
+from tests.test_individual_select import RECIPE
+from tests.test_pipeline import comparable
+
+
+def run(folder, executor: str = "") -> dict:
+    text = RECIPE.format(options="").replace('name = "isel"\n', f'name = "isel"\n{executor}\n', 1)
+    recipe = load_recipe(fakes.write_recipe(folder, text))
+    return Run(recipe, folder / "run", show_progress=False).execute()
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in report["stages"]}
+
+
+def test_local_workers_match_inline(fake_recipe, tmp_path):
+    inline = run(tmp_path / "inline")
+    local = run(tmp_path / "local", 'executor = { type = "local", workers = 2 }')
+    assert comparable(local) == comparable(inline)
+    assert local["individual_select"] == inline["individual_select"]
+    # the workers really trained: each candidate's stage was finished by a worker in this run, with its own log
+    stages = statuses(local)
+    assert stages["train:isel/color/+color_good"] == stages["train:isel/color/+color_bad"] == "done"
+    assert (
+        sorted(p.parent.name.split("-")[0] for p in (tmp_path / "local" / "run").rglob("worker.log")) == ["train"] * 5
+    )  # baseline and 2 candidates × 2 rounds (each re-baseline is its kept candidate's mixture: reused)
+    again = run(tmp_path / "local", 'executor = { type = "local", workers = 2 }')
+    assert set(statuses(again).values()) == {"cached"}
+
+
+def test_parallel_candidates_overlap_in_time(fake_recipe, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "4")  # each training sleeps 4 s in its worker
+    run(tmp_path, 'executor = { type = "local", workers = 2 }')
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    color = ("train:isel/color/+color_good", "train:isel/color/+color_bad")
+    submitted = [e["time"] for e in events if e["event"] == "submit" and e["stage"] in color]
+    ended = [e for e in events if e["event"] == "end" and e["stage"] in color]
+    assert len(submitted) == 2 and [e["status"] for e in ended] == ["done", "done"]
+    assert all(e["seconds"] >= 4 for e in ended)  # each worker really slept
+    assert max(e["time"] for e in ended) - min(submitted) < 8  # together: less than the two sleeps one after another
+
+
+def test_submitit_local_cluster_matches_inline(fake_recipe, tmp_path):
+    inline = run(tmp_path / "inline")
+    remote = run(tmp_path / "sub", 'executor = { type = "submitit", cluster = "local", workers = 2 }')
+    assert comparable(remote) == comparable(inline)
+    assert (tmp_path / "sub" / "run" / "submitit").is_dir()
+
+
+def test_worker_failure_names_the_training_and_keeps_finished_work(fake_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "not-a-number")  # the workers' trainer fails on it
+    with pytest.raises(RuntimeError, match=r"training isel/baseline failed: could not convert.*worker.log"):
+        run(tmp_path, 'executor = { type = "local" }')
+    monkeypatch.delenv("FAKE_TRAIN_SLEEP")
+    report = run(tmp_path, 'executor = { type = "local" }')
+    assert report["individual_select"]["selected_sources"] == ["base", "color_good", "count_good"]
+
+
+def test_executor_options_are_checked(fake_recipe, tmp_path):
+    assert ExecutorSection(devices=["0,1", "2,3"]).workers == 2
+    assert not ExecutorSection().remote and ExecutorSection(processes=2).remote
+    with pytest.raises(UserError, match=r"run.executor.*submitit settings"):
+        run(tmp_path, 'executor = { type = "local", cluster = "slurm" }')
+    with pytest.raises(UserError, match=r"run.executor.tipe: unknown key. Did you mean 'type'"):
+        run(tmp_path, 'executor = { tipe = "local" }')
+
+
+def test_worker_command_uses_accelerate_for_several_processes(tmp_path):
+    assert worker_command(tmp_path / "job.json", 1)[1:] == ["-m", "mixlab.worker", str(tmp_path / "job.json")]
+    launch = worker_command(tmp_path / "job.json", 2)
+    assert launch[1:3] == ["-m", "accelerate.commands.launch"] and launch[launch.index("--num_processes") + 1] == "2"
+    assert "--cpu" in launch  # no GPU here: gloo
