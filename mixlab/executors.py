@@ -1,5 +1,5 @@
 """Where trainings run: in the pipeline's own process, as local worker processes (several at once, each on its own
-GPUs, each optionally under ``accelerate launch`` for data-parallel training), or as Slurm jobs through submitit.
+GPUs, each optionally under ``torchrun`` for data-parallel training), or as Slurm jobs through submitit.
 
 Every executor runs the same job (mixlab/worker.py) into the same content-addressed stage folder, so results and
 caching are the same whichever ran them; the pipeline then reads the finished stages as it reads cached ones.
@@ -40,7 +40,10 @@ class ExecutorSection(Options):
         "sets workers to their number. None: no GPU pinning.",
     )
     processes: int = Field(
-        1, ge=1, description="Processes per training (accelerate launch, data parallel; DeepSpeed if configured)."
+        1,
+        ge=1,
+        description="Processes per training (torchrun, data parallel; DeepSpeed ZeRO if the trainer sets "
+        "`deepspeed`), and data-parallel shards per scorer.",
     )
     cluster: str | None = Field(
         None, description='submitit: "slurm", "local" or "debug"; None lets submitit pick (Slurm when present).'
@@ -66,6 +69,14 @@ class ExecutorSection(Options):
         """Whether trainings leave the pipeline's process."""
         return self.type != "inline" or self.processes > 1
 
+    def for_shards(self) -> ExecutorSection:
+        """How scoring shards run: `processes` single-process jobs at once, each on one GPU of `devices`."""
+        gpus = [g for d in self.devices for g in d.split(",")][: self.processes] if self.devices else None
+        kind = "local" if self.type == "inline" else self.type
+        return ExecutorSection(
+            type=kind, workers=self.processes, devices=gpus, cluster=self.cluster, parameters=self.parameters
+        )
+
 
 @dataclass
 class Job:
@@ -85,20 +96,14 @@ def write_job(job: Job, payload: dict[str, Any]) -> None:
 
 
 def worker_command(job_file: Path, processes: int) -> list[str]:
-    """The command that runs one job: plain Python, or accelerate launch with N processes (CPU: gloo)."""
+    """The command that runs one job: plain Python, or torchrun with N processes (GPU: nccl; CPU: gloo).
+
+    torchrun is the launcher accelerate and DeepSpeed use underneath; the HF Trainer reads its environment
+    (RANK, WORLD_SIZE, LOCAL_RANK) and, with a DeepSpeed config, initialises ZeRO from it."""
     if processes == 1:
         return [sys.executable, "-m", "mixlab.worker", str(job_file)]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if not _has_cuda():
-        launch.append("--cpu")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     return [*launch, "-m", "mixlab.worker", str(job_file)]
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def worker_env(devices: str | None, threads: int | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from mixlab.errors import UserError
 from mixlab.progress import ProgressBoard
 from mixlab.recipe import Recipe, Section
 from mixlab.store import SAMPLES_FILE, Store, content_hash, load_samples, save_samples
-from mixlab.worker import train_result
+from mixlab.worker import score_columns, train_result
 
 CODE_VERSION = f"mixlab-{__version__}"
 
@@ -164,8 +164,7 @@ class Run:
 
     def _run_elsewhere(self, specs: list[tuple[list[Sample], str, Any]], overrides: dict[str, Any] | None) -> None:
         """Hand the unfinished trainings to the executor; each finishes its own stage folder."""
-        from mixlab.executors import Job, run_jobs, write_job
-        from mixlab.registry import extra_plugin_modules
+        from mixlab.executors import Job, run_jobs
 
         jobs = []
         for ordered, tag, material in specs:
@@ -173,19 +172,7 @@ class Run:
             job = Job(tag, self.store.stage_dir("train", key))
             if self.store.is_done(job.stage_dir):
                 continue
-            job.stage_dir.mkdir(parents=True, exist_ok=True)
-            save_samples(job.stage_dir / "job-samples.parquet", ordered)
-            payload = {
-                "recipe": str(self.recipe.path.resolve()),
-                "run_dir": str(self.run_dir),
-                "base_model": str(self.base_model),
-                "samples": "job-samples.parquet",
-                "overrides": overrides,
-                "seed": self.seed,
-                "code": CODE_VERSION,
-                "plugins": extra_plugin_modules(),
-            }
-            write_job(job, payload)
+            self._prepare_job(job, ordered, kind="train", overrides=overrides)
             self.store.event(event="submit", stage=f"train:{tag}", executor=self.executor.type)
             jobs.append(job)
         if not jobs:
@@ -342,26 +329,62 @@ class Run:
             def run(stage_dir: Path, section=section, samples=samples, reference_dir=reference_dir) -> dict[str, Any]:
                 import numpy as np
 
-                scorer = section.build()
-                if reference_dir is not None:
-                    if "model" not in type(scorer.options).model_fields:
-                        raise UserError(
-                            f"scorer {section.label!r} ({section.type}) has no model option: drop reference_arm."
-                        )
-                    scorer.options = scorer.options.model_copy(update={"model": str(reference_dir)})
-                columns = scorer.score(samples, self)
-                for col, values in columns.items():
-                    if len(values) != len(samples):
-                        raise RuntimeError(
-                            f"scorer {section.type!r} returned {len(values)} rows for column "
-                            f"{col!r}, expected {len(samples)}"
-                        )
+                if self.executor.processes > 1:
+                    columns = self._score_in_shards(section, samples, reference_dir, stage_dir)
+                else:
+                    columns = score_columns(section, samples, reference_dir, self)
                 np.savez(stage_dir / "scores.npz", __ids__=np.array([s["id"] for s in samples]), **columns)
                 return {"columns": sorted(columns)}
 
             _, stage_dir = self.stage(f"score:{label}", material, run)
             scores[label] = {"dir": stage_dir}
         return scores
+
+    def _prepare_job(self, job: Any, samples: list[Sample], **spec: Any) -> None:
+        """Write a worker job into its folder: the samples, and what the worker needs to rebuild this run's parts."""
+        from mixlab.executors import write_job
+        from mixlab.registry import extra_plugin_modules
+
+        job.stage_dir.mkdir(parents=True, exist_ok=True)
+        save_samples(job.stage_dir / "job-samples.parquet", samples)
+        payload = {
+            "recipe": str(self.recipe.path.resolve()),
+            "run_dir": str(self.run_dir),
+            "base_model": str(self.base_model),
+            "samples": "job-samples.parquet",
+            "seed": self.seed,
+            "code": CODE_VERSION,
+            "plugins": extra_plugin_modules(),
+            **spec,
+        }
+        write_job(job, payload)
+
+    def _score_in_shards(
+        self, section: Section, samples: list[Sample], reference_dir: Path | None, stage_dir: Path
+    ) -> dict[str, Any]:
+        """Data-parallel scoring: shard i scores samples i, i+n, … in a worker of its own; rows merged back in order."""
+        import numpy as np
+
+        from mixlab.executors import Job, run_jobs
+
+        n = self.executor.processes
+        shards = [Job(f"score:{section.label} shard {i + 1}/{n}", stage_dir / f"shard-{i}") for i in range(n)]
+        todo = [job for job in shards if not self.store.is_done(job.stage_dir)]  # finished shards are kept
+        for i, job in enumerate(shards):
+            if job in todo:
+                reference = str(reference_dir) if reference_dir else None
+                self._prepare_job(job, samples[i::n], kind="score", scorer=section.label, reference=reference)
+        with self.progress(f"score:{section.label} ({n} shards)", len(todo)) as advance:
+            run_jobs(todo, self.executor.for_shards(), self.run_dir, lambda job: advance())
+        columns: dict[str, Any] = {}
+        for i, job in enumerate(shards):
+            with np.load(job.stage_dir / "scores.npz") as part:
+                for col in part.files:
+                    if col not in columns:
+                        columns[col] = np.zeros((len(samples), *part[col].shape[1:]), dtype=part[col].dtype)
+                    columns[col][i::n] = part[col]
+        self.record(shards=n)
+        return columns
 
     def _run_arm(self, arm_name: str, scores: dict[str, dict[str, Any]]) -> None:
         arm = self.recipe.arms[arm_name]

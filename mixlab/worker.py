@@ -1,9 +1,9 @@
-"""One training job in a process of its own: ``python -m mixlab.worker JOB.json``.
+"""One training or scoring job in a process of its own: ``python -m mixlab.worker JOB.json``.
 
-Executors (mixlab/executors.py) write a job file per training the pipeline asks for and run this module, alone or
-under ``accelerate launch`` for several processes, on this machine or on a cluster node. It runs the recipe's trainer
-exactly as the pipeline does in-process and finishes the same content-addressed stage folder, so results and caching
-do not depend on where a training ran. Only rank 0 writes.
+Executors (mixlab/executors.py) write a job file per training (or scoring shard) the pipeline asks for and run this
+module, alone or under ``torchrun`` for several processes, on this machine or on a cluster node. It runs the
+recipe's trainer (or scorer) exactly as the pipeline does in-process and finishes the same content-addressed folder,
+so results and caching do not depend on where a job ran. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,22 @@ def train_result(trainer: Any, samples: list, base_model: Path, stage_dir: Path,
     result = trainer.train(samples, base_model, stage_dir, ctx, overrides)
     ctx.record(**{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))})
     return {"model_dir": str(Path(result.model_dir).relative_to(stage_dir)), "stats": result.stats}
+
+
+def score_columns(section: Any, samples: list, reference_dir: Path | None, ctx: Any) -> dict[str, Any]:
+    """Run a scorer section on samples, with an arm's model as its reference if given; columns checked for length."""
+    scorer = section.build()
+    if reference_dir is not None:
+        if "model" not in type(scorer.options).model_fields:
+            raise UserError(f"scorer {section.label!r} ({section.type}) has no model option: drop reference_arm.")
+        scorer.options = scorer.options.model_copy(update={"model": str(reference_dir)})
+    columns = scorer.score(samples, ctx)
+    for col, values in columns.items():
+        if len(values) != len(samples):
+            raise RuntimeError(
+                f"scorer {section.type!r} returned {len(values)} rows for column {col!r}, expected {len(samples)}"
+            )
+    return columns
 
 
 class WorkerContext:
@@ -77,7 +93,7 @@ class WorkerContext:
 
 
 def run_job(job_file: Path) -> None:
-    """Run the training described by job_file; rank 0 finishes its stage folder (or writes worker-error.json)."""
+    """Run the job described by job_file; rank 0 finishes its folder (or writes worker-error.json)."""
     job = json.loads(Path(job_file).read_text())
     stage_dir = Path(job["stage_dir"])
     rank = int(os.environ.get("RANK", "0"))
@@ -93,9 +109,16 @@ def run_job(job_file: Path) -> None:
         recipe = load_recipe(Path(job["recipe"]))
         ctx = WorkerContext(Path(job["run_dir"]), job["seed"], Path(job["base_model"]), job["code"])
         samples = load_samples(stage_dir / job["samples"])
-        result = train_result(
-            recipe.trainer.build(), samples, Path(job["base_model"]), stage_dir, ctx, job.get("overrides")
-        )
+        if job.get("kind") == "score":
+            import numpy as np
+
+            reference = Path(job["reference"]) if job.get("reference") else None
+            columns = score_columns(recipe.scorers[job["scorer"]], samples, reference, ctx)
+            np.savez(stage_dir / "scores.npz", **columns)
+            result = {"columns": sorted(columns)}
+        else:
+            trainer = recipe.trainer.build()
+            result = train_result(trainer, samples, Path(job["base_model"]), stage_dir, ctx, job.get("overrides"))
     except BaseException as exc:
         if rank == 0:
             atomic_write_json(

@@ -78,8 +78,7 @@ def test_executor_options_are_checked(fake_recipe, tmp_path):
         run(tmp_path, 'executor = { tipe = "local" }')
 
 
-def test_worker_command_uses_accelerate_for_several_processes(tmp_path):
+def test_worker_command_uses_torchrun_for_several_processes(tmp_path):
     assert worker_command(tmp_path / "job.json", 1)[1:] == ["-m", "mixlab.worker", str(tmp_path / "job.json")]
     launch = worker_command(tmp_path / "job.json", 2)
-    assert launch[1:3] == ["-m", "accelerate.commands.launch"] and launch[launch.index("--num_processes") + 1] == "2"
-    assert "--cpu" in launch  # no GPU here: gloo
+    assert launch[1:3] == ["-m", "torch.distributed.run"] and launch[launch.index("--nproc_per_node") + 1] == "2"

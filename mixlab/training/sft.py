@@ -221,6 +221,7 @@ def make_trainer(
         seed=settings.seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # frozen parts have no gradients; nothing else goes unused
         disable_tqdm=progress is not None,
     )
     collator = VisionCollator(processor, max_length=settings.max_length)
@@ -268,24 +269,42 @@ def train_llava(
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = float(result.metrics.get("train_runtime", time.perf_counter() - started))
 
-    if model_dir.exists():
+    # under several processes (torchrun, DeepSpeed) every rank takes part in save_model; only rank 0 writes files
+    accelerator, main = trainer.accelerator, trainer.is_world_process_zero()
+    if main and model_dir.exists():
         shutil.rmtree(model_dir)
+    accelerator.wait_for_everyone()
     if settings.lora:
         trainer.save_model(str(adapter_dir))
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        merged.save_pretrained(model_dir)
-        processor.save_pretrained(model_dir)
+        if main:
+            merged = accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(model_dir)
+            processor.save_pretrained(model_dir)
     else:
         trainer.save_model(str(model_dir))
-        processor.save_pretrained(model_dir)
-        (model_dir / "training_args.bin").unlink(missing_ok=True)  # pickled run settings: not part of the model
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if main:
+            processor.save_pretrained(model_dir)
+            (model_dir / "training_args.bin").unlink(missing_ok=True)  # pickled run settings: not part of the model
+    accelerator.wait_for_everyone()
+    if main:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    tokens = _all_ranks_sum(accelerator, collator.tokens_seen)
 
     return {
         "train_loss": float(result.training_loss),
         "steps": int(trainer.state.global_step),
         "seconds": seconds,
-        "tokens_per_second": collator.tokens_seen / seconds if seconds > 0 else None,
+        "tokens_per_second": tokens / seconds if seconds > 0 else None,
+        "processes": accelerator.num_processes,
         "samples": len(samples),
         "resumed_from": resume,
     }
+
+
+def _all_ranks_sum(accelerator: Any, value: int) -> int:
+    """A per-process count summed over every training process (itself on one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    import torch
+
+    return int(accelerator.reduce(torch.tensor([value], device=accelerator.device), reduction="sum").item())
