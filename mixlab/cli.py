@@ -69,6 +69,70 @@ def plugins(as_json: bool) -> None:
     console.print(table)
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    """Re-render RUN_DIR's report.md, plots and tables from its report.json (nothing is retrained)."""
+    from mixlab.report import render
+
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give a run directory that `mixlab run` has written a report to.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
+    render(data, run_dir)
+    click.echo(f"report: {run_dir / 'report.md'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("arm")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--image-root",
+    type=click.Path(path_type=Path),
+    help="Write image paths relative to this folder (default: absolute paths).",
+)
+def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
+    """Write the samples ARM trains on in RUN_DIR to OUT as LLaVA JSON, for any trainer."""
+    from mixlab.export import export_arm
+
+    n = export_arm(run_dir, arm, out, image_root)
+    click.echo(f"{out}: {n} samples of arm {arm!r}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default="recipe.toml")
+def init(path: Path) -> None:
+    """Write a starter recipe to PATH (default recipe.toml) that runs as it is on the toy world."""
+    from mixlab.starter import starter_recipe
+
+    if path.exists():
+        raise UserError(f"{path} already exists; give another path (mixlab init other.toml).")
+    path.write_text(starter_recipe(path.name, path.stem))
+    click.echo(f"{path}: written. Next: mixlab validate {path} && mixlab run {path}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def env(as_json: bool) -> None:
+    """Versions, GPUs and plugins: paste this into a bug report."""
+    from mixlab.envinfo import environment
+
+    info = environment()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"python {info['python']} on {info['platform']}")
+    for package, version in info["packages"].items():
+        click.echo(f"{package:>14} {version}")
+    click.echo(f"{'gpus':>14} {', '.join(info['gpus']) or 'none'}")
+    for e in info["plugins"]:
+        click.echo(f"{e['kind']:>14} {e['name']} ({e['package']} {e['version']})")
+
+
 def _add_plugin_commands() -> None:
     from mixlab.registry import get_registry
 

@@ -416,6 +416,7 @@ class Run:
             keep = set(result["ids"])
             chosen = [s for s in pool if s["id"] in keep]
             info = result["info"]
+        save_samples(self.store.selection_file(arm_name), chosen)  # what `mixlab export` writes out
         model_dir = self.train(chosen, arm_name, arm.trainer)
         metrics = self.evaluate(model_dir, arm_name)
         counts: dict[str, int] = {}

@@ -82,7 +82,12 @@ def build_report(run: Run) -> dict[str, Any]:
 
 def write_report(run: Run, report: dict[str, Any]) -> None:
     atomic_write_json(run.run_dir / "report.json", report)
-    atomic_write_text(run.run_dir / "report.md", render_markdown(report, plot(report, run.run_dir)))
+    render(report, run.run_dir)
+
+
+def render(report: dict[str, Any], run_dir: Path) -> None:
+    """report.md and its plots from a report, and the terminal tables (also `mixlab report RUN_DIR`)."""
+    atomic_write_text(run_dir / "report.md", render_markdown(report, plot(report, run_dir)))
     print_tables(report)
 
 

@@ -49,6 +49,12 @@ class Store:
     def stage_dir(self, name: str, key: str) -> Path:
         return self.run_dir / "stages" / f"{slug(name)}-{key[:12]}"
 
+    def selection_file(self, arm: str) -> Path:
+        """The samples an arm trains on (written once its selection is done)."""
+        path = self.run_dir / "selections" / f"{slug(arm)}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     def cache_dir(self, kind: str, key: str) -> Path:
         path = self.run_dir / "cache" / slug(kind) / key[:16]
         path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,44 @@
+"""`mixlab env`: versions, accelerators and plugins, for bug reports."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+PACKAGES = (
+    "mixlab", "torch", "transformers", "trl", "accelerate", "datasets", "peft", "deepspeed", "flash-attn",
+    "faiss-cpu", "lm-eval", "lmms-eval", "submitit", "pydantic", "pluggy",
+)  # fmt: skip
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def gpus() -> list[str]:
+    """CUDA device names, or [] without torch or a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def environment() -> dict[str, Any]:
+    from mixlab.registry import get_registry
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {p: version(p) for p in PACKAGES},
+        "gpus": gpus(),
+        "plugins": [
+            {"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in get_registry().all()
+        ],
+    }

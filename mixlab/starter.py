@@ -1,0 +1,54 @@
+"""`mixlab init`: a starter recipe that runs as it is (toy world, tiny LLaVA) and says where real paths go."""
+
+from __future__ import annotations
+
+STARTER = """\
+# A mixlab recipe: two arms trained and compared on the same benchmarks.
+#   mixlab validate {name}     # every problem at once, with file:line
+#   mixlab run {name}          # rerun to resume; finished stages are reused
+# As it is, it runs on a CPU in a few minutes on the embedded toy world. For real data, see the comments and
+# docs/recipes.md (every key), docs/plugins.md (writing your own source, scorer, selector, ...).
+
+[run]
+name = "{stem}"
+seed = 0
+
+[model]
+preset = "tiny"                         # or: path = "/models/llava-1.5-7b-hf" (a local llava-hf checkpoint)
+
+[model.align]                           # train the tiny model once on captions first (cached); drop for real models
+sources = ["caption_clean"]
+trainer = {{ epochs = 12, batch_size = 16 }}
+
+[sources.toy]                           # or one section per dataset:
+type = "toyworld"                       #   [sources.llava665k]
+n_train = 200                           #   type = "llava_json"
+n_bench = 40                            #   path = "/data/llava_v1_5_mix665k.json"
+                                        #   image_root = "/data/images"
+
+[trainer]
+type = "llava_sft"
+epochs = 3
+learning_rate = 2e-3                    # real LLaVA-1.5 fine-tuning: 2e-5, epochs = 1
+batch_size = 16
+
+[evaluators.bench]
+type = "benchmarks"
+toyworld = {{ n_train = 200, n_bench = 40 }}   # or: paths = ["/data/eval/*.tsv"] (VLMEvalKit TSVs)
+options_as = "text"                     # real checkpoints: "letters" (the LLaVA protocol)
+
+[selectors.random_half]
+type = "random"
+fraction = 0.5
+
+[arms.full]
+sources = ["color_clean", "shape_clean", "count_clean", "color_noisy"]
+
+[arms.random_half]
+sources = ["color_clean", "shape_clean", "count_clean", "color_noisy"]
+selector = "random_half"
+"""
+
+
+def starter_recipe(file_name: str, stem: str) -> str:
+    return STARTER.format(name=file_name, stem=stem)

@@ -1,0 +1,107 @@
+"""`mixlab export`, `report`, `init` and `env`: success paths, and one clear message with exit 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from PIL import Image
+
+from mixlab import __version__, cli
+from mixlab.plugins.sources.records import collect
+from mixlab.store import Store, save_samples
+from tests.test_pipeline import run_recipe
+
+
+def invoke(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run the command line as the `mixlab` script does; (exit code, stdout + stderr)."""
+    monkeypatch.setattr(sys, "argv", ["mixlab", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_export_writes_the_arms_training_set_as_llava_json(fake_recipe, monkeypatch, capsys):
+    report = run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    out = fake_recipe.parent / "curated.json"
+    code, text = invoke(monkeypatch, capsys, "export", str(run_dir), "curated", str(out))
+    assert code == 0 and "10 samples" in text
+    records = json.loads(out.read_text())
+    assert len(records) == report["arms"]["curated"]["n_samples"] == 10
+    assert {r["source"] for r in records} == set(report["arms"]["curated"]["sources"]) == {"good"}
+    # the file reads back through mixlab's own LLaVA JSON source into the same conversations
+    samples, skipped = collect(records, out, out.parent, "open", "raise", "again")
+    assert not skipped and [s["conversations"] for s in samples] == [r["conversations"] for r in records]
+
+
+def test_export_errors(fake_recipe, monkeypatch, capsys, tmp_path):
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    code, text = invoke(monkeypatch, capsys, "export", str(run_dir), "curatd", str(tmp_path / "x.json"))
+    assert code == 2 and "no arm 'curatd'" in text and "Did you mean 'curated'" in text and "Traceback" not in text
+    (tmp_path / "empty").mkdir()
+    code, text = invoke(monkeypatch, capsys, "export", str(tmp_path / "empty"), "full", str(tmp_path / "x.json"))
+    assert code == 2 and "not a mixlab run directory" in text
+    (Store(run_dir).selection_file("full")).unlink()
+    code, text = invoke(monkeypatch, capsys, "export", str(run_dir), "full", str(tmp_path / "x.json"))
+    assert code == 2 and "has not been selected yet" in text
+
+
+def test_export_image_paths_relative_to_a_root(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.toml").write_text('[arms.a]\nsources = ["s"]\n')
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(images / "1.png")
+    turns = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]
+    sample = {"id": "s/1", "source": "s", "category": None, "image": str(images / "1.png"), "conversations": turns}
+    save_samples(Store(run_dir).selection_file("a"), [{**sample, "noisy": None}])
+    out = tmp_path / "out" / "a.json"
+    code, _ = invoke(monkeypatch, capsys, "export", str(run_dir), "a", str(out), "--image-root", str(images))
+    assert code == 0 and json.loads(out.read_text())[0]["image"] == "1.png"
+    code, _ = invoke(monkeypatch, capsys, "export", str(run_dir), "a", str(out))
+    assert json.loads(out.read_text())[0]["image"] == str(images / "1.png")
+    code, text = invoke(monkeypatch, capsys, "export", str(run_dir), "a", str(out), "--image-root", str(tmp_path / "o"))
+    assert code == 2 and "is not under --image-root" in text
+
+
+def test_report_rerenders_from_report_json(fake_recipe, monkeypatch, capsys, tmp_path):
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    (run_dir / "report.md").unlink()
+    code, text = invoke(monkeypatch, capsys, "report", str(run_dir))
+    assert code == 0 and "curated" in (run_dir / "report.md").read_text() and "arms × benchmarks" in text
+    code, text = invoke(monkeypatch, capsys, "report", str(tmp_path / "nowhere"))
+    assert code == 2 and "report.json does not exist" in text
+
+
+def test_init_writes_a_valid_recipe_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mine.toml"
+    code, _ = invoke(monkeypatch, capsys, "init", str(path))
+    assert code == 0 and 'name = "mine"' in path.read_text()
+    code, text = invoke(monkeypatch, capsys, "validate", str(path))
+    assert code == 0 and "ok (1 sources, 2 arms)" in text
+    before = path.read_text()
+    code, text = invoke(monkeypatch, capsys, "init", str(path))
+    assert code == 2 and "already exists" in text and path.read_text() == before
+
+
+def test_env_reports_versions_and_plugins(monkeypatch, capsys):
+    code, text = invoke(monkeypatch, capsys, "env", "--json")
+    info = json.loads(text)
+    assert code == 0 and info["packages"]["mixlab"] == __version__
+    assert info["packages"]["flash-attn"] == "not installed" and info["gpus"] == []  # this CPU machine
+    assert {"kind": "trainer", "name": "llava_sft"} in [{k: p[k] for k in ("kind", "name")} for p in info["plugins"]]
+
+
+@pytest.mark.parametrize("command", ["export", "report", "init", "env"])
+def test_new_commands_are_in_help(monkeypatch, capsys, command):
+    code, text = invoke(monkeypatch, capsys, "--help")
+    assert code == 0 and f"  {command} " in text
