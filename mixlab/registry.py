@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = (
     "mixlab.plugins.selectors.individual_select",
     "mixlab.plugins.trainers.llava_sft",
     "mixlab.plugins.evaluators.benchmarks",
+    "mixlab.plugins.evaluators.lm_eval",
     "mixlab.plugins.mergers.soup",
     "mixlab.plugins.commands",
 )

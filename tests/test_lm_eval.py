@@ -1,0 +1,101 @@
+"""The lm_eval evaluator: the VLM's language model taken out whole, and run offline through lm-eval on a local task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mixlab.errors import UserError
+from mixlab.plugins.evaluators.lm_eval import LmEval, language_model, task_metrics
+from tests.tiny_vlm import build_test_model
+
+TASK = """\
+task: colours_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+class Ctx:
+    seed = 0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_test_model(tmp_path_factory.mktemp("lmeval") / "model", seed=2)
+
+
+@pytest.fixture
+def task_dir(tmp_path) -> Path:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    docs = [
+        {"prompt": f"What color is the square? It is {c}. Again, it is", "choices": ["red", "blue", c], "label": 2}
+        for c in ("green", "yellow", "purple", "orange", "red", "blue")
+    ]
+    (folder / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "colours.yaml").write_text(TASK.format(data=folder / "data.jsonl"))
+    return folder
+
+
+def evaluator(task_dir: Path, **options) -> LmEval:
+    opts = LmEval.Options(tasks=["colours_local"], include_path=str(task_dir), batch_size=4, **options)
+    return LmEval(opts, "text", task_dir.parent)
+
+
+def test_language_model_is_the_vlms_own(model_dir):
+    import torch
+
+    from mixlab.models.loading import load_model
+
+    vlm, processor = load_model(model_dir)
+    lm, tokenizer = language_model(model_dir)
+    ids = tokenizer("What color is the square? It is red.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = vlm(input_ids=ids).logits
+        got = lm(input_ids=ids).logits
+    assert type(lm).__name__ == "LlamaForCausalLM"
+    torch.testing.assert_close(got, expected)
+
+
+def test_local_task_offline_scores_acc_as_0_100(model_dir, task_dir, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    metrics = evaluator(task_dir).evaluate(model_dir, work, Ctx())
+    raw = json.loads((work / "lm_eval_results.json").read_text())
+    acc = raw["colours_local"]["acc,none"]
+    assert set(metrics) == {"lm_eval/colours_local"}
+    assert metrics["lm_eval/colours_local"]["acc"] == acc and metrics["lm_eval/colours_local"]["score"] == 100 * acc
+    assert acc in {i / 6 for i in range(7)}  # six documents, each right or wrong
+    limited = evaluator(task_dir, limit=2).evaluate(model_dir, work, Ctx())["lm_eval/colours_local"]["acc"]
+    assert limited in {0.0, 0.5, 1.0}
+
+
+def test_task_metrics_rule():
+    results = {"a": {"alias": "a", "exact_match,none": 0.25, "exact_match_stderr,none": 0.1}}
+    assert task_metrics(results) == {"lm_eval/a": {"exact_match": 0.25, "score": 25.0}}
+    with pytest.raises(UserError, match="none of"):
+        task_metrics({"b": {"alias": "b", "perplexity,none": 3.0}})
+
+
+def test_unknown_task_and_missing_folder_are_user_errors(task_dir):
+    with pytest.raises(UserError, match="no task 'colours_locl'.*Did you mean 'colours_local'"):
+        LmEval(LmEval.Options(tasks=["colours_locl"], include_path=str(task_dir)), "text", task_dir).task_manager()
+    with pytest.raises(UserError, match="is not a folder"):
+        LmEval(LmEval.Options(tasks=["x"], include_path="nowhere"), "text", task_dir).task_manager()
