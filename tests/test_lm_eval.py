@@ -99,3 +99,40 @@ def test_unknown_task_and_missing_folder_are_user_errors(task_dir):
         LmEval(LmEval.Options(tasks=["colours_locl"], include_path=str(task_dir)), "text", task_dir).task_manager()
     with pytest.raises(UserError, match="is not a folder"):
         LmEval(LmEval.Options(tasks=["x"], include_path="nowhere"), "text", task_dir).task_manager()
+
+
+def test_from_a_recipe(model_dir, task_dir, tmp_path):
+    from tests.test_pipeline import run_recipe
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f"""\
+[run]
+name = "text"
+
+[model]
+path = "{model_dir}"
+
+[sources.toy]
+type = "toyworld"
+n_train = 10
+n_bench = 4
+sources = ["color_clean"]
+
+[trainer]
+type = "llava_sft"
+batch_size = 8
+
+[evaluators.text]
+type = "lm_eval"
+tasks = ["colours_local"]
+include_path = "tasks"
+
+[arms.tuned]
+sources = ["color_clean"]
+"""
+    )
+    report = run_recipe(recipe, tmp_path / "run")
+    metrics = report["arms"]["tuned"]["metrics"]
+    assert list(metrics) == ["lm_eval/colours_local"] and 0 <= metrics["lm_eval/colours_local"]["score"] <= 100
+    assert report["arms"]["tuned"]["score"] == metrics["lm_eval/colours_local"]["score"]
