@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "mixlab.plugins.trainers.llava_sft",
     "mixlab.plugins.evaluators.benchmarks",
     "mixlab.plugins.evaluators.lm_eval",
+    "mixlab.plugins.evaluators.lmms_eval",
     "mixlab.plugins.evaluators.vlmevalkit",
     "mixlab.plugins.mergers.soup",
     "mixlab.plugins.commands",

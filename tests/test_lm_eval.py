@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mixlab.errors import UserError
-from mixlab.plugins.evaluators.lm_eval import LmEval, language_model, task_metrics
+from mixlab.evaluation.harness import harness_metrics
+from mixlab.plugins.evaluators.lm_eval import LmEval, language_model
 from tests.tiny_vlm import build_test_model
 
 TASK = """\
@@ -87,11 +88,16 @@ def test_local_task_offline_scores_acc_as_0_100(model_dir, task_dir, tmp_path):
     assert limited in {0.0, 0.5, 1.0}
 
 
-def test_task_metrics_rule():
+def test_harness_metrics_rule():
     results = {"a": {"alias": "a", "exact_match,none": 0.25, "exact_match_stderr,none": 0.1}}
-    assert task_metrics(results) == {"lm_eval/a": {"exact_match": 0.25, "score": 25.0}}
-    with pytest.raises(UserError, match="none of"):
-        task_metrics({"b": {"alias": "b", "perplexity,none": 3.0}})
+    assert harness_metrics(results, "lm_eval") == {"lm_eval/a": {"exact_match": 0.25, "score": 25.0}}
+    with pytest.raises(UserError, match="not any of"):
+        harness_metrics({"b": {"alias": "b", "perplexity,none": 3.0}}, "lm_eval")
+    mme = {"mme": {"alias": "mme", "mme_perception_score,none": 1400.0, "mme_cognition_score,none": 300.0}}
+    got = harness_metrics(mme, "lmms_eval", score_metric="mme_perception_score", scale=100 / 2000)
+    assert got["lmms_eval/mme"]["score"] == pytest.approx(70.0)
+    with pytest.raises(UserError, match="not 'acc'"):
+        harness_metrics(mme, "lmms_eval", score_metric="acc")
 
 
 def test_unknown_task_and_missing_folder_are_user_errors(task_dir):

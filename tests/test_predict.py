@@ -91,3 +91,33 @@ def test_prompt_item_image_marker_is_dropped(setup):
     a = choose(model, processor, [PromptItem(f"<image>\n{QUESTION}", img)], [NAMES])
     b = choose(model, processor, [PromptItem(QUESTION, img)], [NAMES])
     assert a == b
+
+
+def test_continuation_logprobs_against_the_models_own_logits(setup):
+    """Sum of log-probs and the greedy flag, checked against a direct forward pass over the training-masked batch."""
+    import torch
+
+    from mixlab.models.predict import continuation_logprobs
+
+    model, processor, samples = setup
+    items = _items(samples[:3])
+    continuations = ["red", "blue green", "There is"]
+    got = continuation_logprobs(model, processor, items, continuations, batch_size=2)
+    for item, continuation, (logprob, greedy) in zip(items, continuations, got, strict=True):
+        row = {
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]},
+                {"role": "assistant", "content": [{"type": "text", "text": continuation}]},
+            ],
+            "images": [item.image],
+        }
+        batch = VisionCollator(processor)([row])
+        labels = batch.pop("labels")[0, 1:]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**batch).logits[0, :-1].float(), dim=-1)
+        keep = labels != -100
+        expected = logp[keep].gather(-1, labels[keep, None]).sum()
+        assert logprob == pytest.approx(float(expected), abs=1e-4)
+        assert greedy == bool((logp[keep].argmax(-1) == labels[keep]).all())
+    per_option = continuation_logprobs(model, processor, items[:1] * len(NAMES), NAMES)
+    assert choose(model, processor, items[:1], [NAMES]) == [int(np.argmax([lp for lp, _ in per_option]))]

@@ -120,8 +120,11 @@ def generate(
     return answers
 
 
-def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row (sum of log-probs, count) over the trained (label != -100) tokens of a collated batch."""
+def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (sum of log-probs, count, all greedy) over the trained (label != -100) tokens of a collated batch.
+
+    "All greedy": every trained token is the model's argmax at its position.
+    """
     import torch
 
     labels = batch.pop("labels")
@@ -130,14 +133,41 @@ def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.n
         logits = model(**batch, use_cache=False).logits
     labels = labels.to(logits.device)
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-    sums, counts = [], []
+    sums, counts, greedy = [], [], []
     for row_logits, row_labels in zip(shift_logits, shift_labels, strict=True):
         keep = row_labels != IGNORE
         logp = torch.log_softmax(row_logits[keep].float(), dim=-1)
         token_logp = logp.gather(-1, row_labels[keep].unsqueeze(-1)).squeeze(-1)
         sums.append(float(token_logp.sum()))
         counts.append(int(keep.sum()))
-    return np.array(sums, dtype=np.float64), np.array(counts, dtype=np.int64)
+        greedy.append(bool((logp.argmax(-1) == row_labels[keep]).all()))
+    return np.array(sums, dtype=np.float64), np.array(counts, dtype=np.int64), np.array(greedy, dtype=bool)
+
+
+def continuation_logprobs(
+    model: Any,
+    processor: Any,
+    items: Sequence[PromptItem],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> list[tuple[float, bool]]:
+    """(log-likelihood, is greedy) of each continuation as the assistant's answer to its item.
+
+    The scored tokens are the trained ones (the continuation and the end-of-turn token), as in `choose`.
+    """
+    if len(items) != len(continuations):
+        raise ValueError(f"{len(items)} items but {len(continuations)} continuations")
+    collator = VisionCollator(processor)
+    out: list[tuple[float, bool]] = []
+    for chunk in _chunks(len(items), batch_size):
+        batch = collator([_row(items[i], continuations[i]) for i in chunk])
+        sums, _, greedy = _label_logprobs(model, dict(batch))
+        out.extend(zip(sums.tolist(), greedy.tolist(), strict=True))
+        if progress:
+            progress(chunk.stop, len(items))
+    return out
 
 
 def choose(
@@ -156,15 +186,11 @@ def choose(
     """
     if len(items) != len(options):
         raise ValueError(f"{len(items)} items but {len(options)} option lists")
-    pairs = [(i, opt) for i, opts in enumerate(options) for opt in opts]
-    collator = VisionCollator(processor)
-    scores = np.empty(len(pairs), dtype=np.float64)
-    for chunk in _chunks(len(pairs), batch_size):
-        batch = collator([_row(items[pairs[k][0]], pairs[k][1]) for k in chunk])
-        sums, _ = _label_logprobs(model, dict(batch))
-        scores[chunk.start : chunk.stop] = sums
-        if progress:
-            progress(chunk.stop, len(pairs))
+    pairs = [(items[i], opt) for i, opts in enumerate(options) for opt in opts]
+    scored = continuation_logprobs(
+        model, processor, [p[0] for p in pairs], [p[1] for p in pairs], batch_size=batch_size, progress=progress
+    )
+    scores = np.array([logprob for logprob, _ in scored], dtype=np.float64)
     picks, k = [], 0
     for opts in options:
         picks.append(int(np.argmax(scores[k : k + len(opts)])) if opts else -1)
@@ -188,7 +214,7 @@ def answer_nll(
     out = np.empty(len(samples), dtype=np.float64)
     for chunk in _chunks(len(samples), batch_size):
         batch = collator([sample_to_row(samples[i]) for i in chunk])
-        sums, counts = _label_logprobs(model, dict(batch))
+        sums, counts, _ = _label_logprobs(model, dict(batch))
         with np.errstate(invalid="ignore", divide="ignore"):
             out[chunk.start : chunk.stop] = np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
         if progress:

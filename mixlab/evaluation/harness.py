@@ -1,0 +1,72 @@
+"""Results of the community harnesses (lm-eval, lmms-eval) put on mixlab's 0-100 scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mixlab.components import Metrics, Options
+from mixlab.errors import UserError
+from mixlab.registry import did_you_mean
+
+MAIN_METRICS = ("acc", "exact_match", "acc_norm", "f1", "mcc")
+"""The metric that becomes a task's ``score`` by default: the first of these the task reports (a 0-1 rate)."""
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+"""Environment that keeps the harnesses (and the HF libraries under them) off the network."""
+
+
+class HarnessOptions(Options):
+    """Options every harness evaluator takes."""
+
+    tasks: list[str] = Field(min_length=1, description="The harness's task (or group) names.")
+    include_path: str | None = Field(
+        None, description="A folder of local task YAMLs (with their data and utils.py), relative to the recipe."
+    )
+    batch_size: int = Field(8, ge=1, description="Requests per forward pass (set on the model wrapper itself).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N documents of each task.")
+
+
+def harness_metrics(
+    results: dict[str, Any], prefix: str, *, score_metric: str | None = None, scale: float = 100.0
+) -> Metrics:
+    """A harness's ``results`` block ({task: {"acc,none": 0.5, "acc_stderr,none": …}}) as mixlab metrics.
+
+    Each task becomes ``<prefix>/<task>`` with every numeric metric (filter suffix and stderr dropped) and a
+    ``score``: ``scale`` × `score_metric`, or × the first of `MAIN_METRICS` the task reports.
+    """
+    metrics: Metrics = {}
+    for task, values in results.items():
+        clean = {
+            key.split(",")[0]: float(v)
+            for key, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in key
+        }
+        main = score_metric if score_metric in clean else None
+        if score_metric is None:
+            main = next((m for m in MAIN_METRICS if m in clean), None)
+        if main is None:
+            wanted = repr(score_metric) if score_metric else f"any of {list(MAIN_METRICS)}"
+            raise UserError(
+                f"{prefix} task {task!r} reports {sorted(clean)}, not {wanted}: mixlab cannot put it on the 0-100 "
+                "scale. Choose a task with such a metric (or, for lmms_eval, set `score_metric` and `score_scale`)."
+            )
+        metrics[f"{prefix}/{task}"] = {**clean, "score": scale * clean[main]}
+    return metrics
+
+
+def checked_task_manager(manager_class: Any, tasks: list[str], include: Path | None, label: str, harness: str) -> Any:
+    """The harness's TaskManager over its own tasks and `include` (a folder of local task YAMLs), every task known."""
+    if include is not None and not include.is_dir():
+        raise UserError(f"evaluator {label!r}: include_path {include} is not a folder. Fix the path.")
+    manager = manager_class(include_path=str(include) if include else None)
+    known = set(manager.all_tasks)
+    for task in tasks:
+        if task not in known:
+            raise UserError(
+                f"evaluator {label!r}: {harness} has no task {task!r}.{did_you_mean(task, known)} "
+                "Local tasks need a YAML in `include_path`."
+            )
+    return manager

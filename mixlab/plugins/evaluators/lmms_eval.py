@@ -1,0 +1,76 @@
+"""``lmms_eval``: a checkpoint on lmms-eval's tasks, answered in process by the ``mixlab`` lmms-eval model.
+
+lmms-eval is an optional, separate install: its dependencies pull a CUDA torchvision that breaks transformers on a
+CPU machine (docs/evaluators.md), so it is never a dependency of mixlab. Runs offline: built-in tasks need their
+datasets in the local HF cache; local tasks are YAMLs in ``include_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mixlab import hookimpl
+from mixlab.components import Evaluator, Metrics
+from mixlab.errors import UserError
+from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics
+
+INSTALL = (
+    "pip install 'lmms-eval==0.7.3' 'filelock<4' && pip uninstall -y torchvision timm, in a venv of its own "
+    "(lmms-eval pulls a CUDA torchvision that breaks transformers on CPU machines; see docs/evaluators.md)"
+)
+
+
+class LmmsEvalOptions(HarnessOptions):
+    score_metric: str | None = Field(
+        None, description="The metric that becomes the 0-100 score; default: acc, exact_match, acc_norm, f1 or mcc."
+    )
+    score_scale: float = Field(100.0, gt=0, description="score = score_scale × score_metric (100 for a 0-1 rate).")
+
+
+def lmms_eval_modules() -> tuple[Any, Any, Any]:
+    """(simple_evaluate, TaskManager, MixlabLmms), or a UserError saying how to install lmms-eval."""
+    try:
+        from lmms_eval.evaluator import simple_evaluate
+        from lmms_eval.tasks import TaskManager
+
+        from mixlab.plugins.evaluators.lmms_model import MixlabLmms
+    except ImportError as e:
+        raise UserError(f"the lmms_eval evaluator needs lmms-eval ({e}): {INSTALL}") from None
+    except RuntimeError as e:  # torchvision built for another torch: "operator torchvision::nms does not exist"
+        raise UserError(
+            f"lmms-eval is installed but cannot be imported ({e}): pip uninstall -y torchvision timm"
+        ) from None
+    return simple_evaluate, TaskManager, MixlabLmms
+
+
+class LmmsEval(Evaluator):
+    name = "lmms_eval"
+    Options = LmmsEvalOptions
+
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Metrics:
+        simple_evaluate, task_manager_class, model_class = lmms_eval_modules()
+        os.environ.update(OFFLINE)
+        o = self.options
+        include = self.resolve(o.include_path) if o.include_path else None
+        manager = checked_task_manager(task_manager_class, o.tasks, include, self.label, "lmms-eval")
+        out = simple_evaluate(
+            model=model_class(pretrained=str(model_dir), batch_size=o.batch_size),
+            tasks=list(o.tasks),
+            task_manager=manager,
+            limit=o.limit,
+            log_samples=False,
+            bootstrap_iters=0,
+            random_seed=ctx.seed,
+        )
+        (work_dir / "lmms_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
+        return harness_metrics(out["results"], "lmms_eval", score_metric=o.score_metric, scale=o.score_scale)
+
+
+@hookimpl
+def register_evaluators(register):
+    register(LmmsEval)
