@@ -142,3 +142,27 @@ sources = ["color_clean"]
     metrics = report["arms"]["tuned"]["metrics"]
     assert list(metrics) == ["lm_eval/colours_local"] and 0 <= metrics["lm_eval/colours_local"]["score"] <= 100
     assert report["arms"]["tuned"]["score"] == metrics["lm_eval/colours_local"]["score"]
+
+
+def test_task_data_that_cannot_be_loaded_is_a_user_error(model_dir, task_dir, tmp_path):
+    (task_dir / "data.jsonl").unlink()
+    with pytest.raises(UserError, match="could not load a task's data"):
+        evaluator(task_dir).evaluate(model_dir, tmp_path, Ctx())
+
+
+def test_missing_data_is_found_through_causes_and_retries():
+    from mixlab.evaluation.harness import task_data_errors
+
+    class Attempt:
+        def exception(self):
+            return type("ConnectionError", (OSError,), {})("offline")
+
+    class RetryError(Exception):
+        last_attempt = Attempt()
+
+    with pytest.raises(UserError, match="ConnectionError: offline"):
+        with task_data_errors("x", "lmms-eval"):
+            raise RetryError()
+    with pytest.raises(ValueError, match="a bug"):
+        with task_data_errors("x", "lmms-eval"):
+            raise ValueError("a bug")

@@ -247,3 +247,11 @@ def test_unknown_task_is_a_user_error(task_dir, tmp_path):
     options = LmmsEval.Options(tasks=["toy_colours_mcq"], include_path=str(task_dir))
     with pytest.raises(UserError, match="no task 'toy_colours_mcq'.*Did you mean 'toy_colours_mc'"):
         LmmsEval(options, "vlm", tmp_path).evaluate(tmp_path, tmp_path, Ctx())
+
+
+def test_task_data_that_cannot_be_loaded_is_a_user_error(model_dir, task_dir, tmp_path):
+    needs_lmms_eval()
+    (task_dir / "colours.parquet").unlink()
+    options = LmmsEval.Options(tasks=["toy_colours_gen"], include_path=str(task_dir))
+    with pytest.raises(UserError, match="could not load a task's data"):
+        LmmsEval(options, "vlm", tmp_path).evaluate(model_dir, tmp_path, Ctx())

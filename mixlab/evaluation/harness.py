@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,37 @@ def checked_task_manager(manager_class: Any, tasks: list[str], include: Path | N
                 "Local tasks need a YAML in `include_path`."
             )
     return manager
+
+
+DATA_ERRORS = {"ConnectionError", "DatasetNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}
+"""Names of the exceptions by which datasets / huggingface_hub say that a task's data cannot be had offline."""
+
+
+def _missing_data(exc: BaseException | None) -> BaseException | None:
+    """The data-loading failure inside `exc` (through causes and a tenacity retry's last attempt), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, FileNotFoundError) or DATA_ERRORS & {c.__name__ for c in type(exc).__mro__}:
+            return exc
+        last = getattr(exc, "last_attempt", None)
+        exc = exc.__cause__ or exc.__context__ or (last.exception() if last is not None else None)
+    return None
+
+
+@contextmanager
+def task_data_errors(label: str, harness: str) -> Iterator[None]:
+    """A task whose data cannot be loaded (offline, or a wrong local path) becomes one clear UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        cause = _missing_data(exc)
+        if cause is None:
+            raise
+        raise UserError(
+            f"evaluator {label!r}: {harness} could not load a task's data ({type(cause).__name__}: "
+            f"{str(cause)[:300]}). Runs are offline: put the dataset in the local HF cache, or point a local task "
+            "YAML in `include_path` at files that exist."
+        ) from None

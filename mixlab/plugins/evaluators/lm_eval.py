@@ -17,7 +17,7 @@ from pydantic import Field
 from mixlab import hookimpl
 from mixlab.components import Evaluator, Metrics
 from mixlab.errors import UserError
-from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics
+from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
 
 
 class LmEvalOptions(HarnessOptions):
@@ -62,16 +62,17 @@ class LmEval(Evaluator):
         manager = self.task_manager()
         lm, tokenizer = language_model(model_dir)
         wrapper = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=o.batch_size)
-        out = lm_eval.simple_evaluate(
-            model=wrapper,
-            tasks=list(o.tasks),
-            task_manager=manager,
-            limit=o.limit,
-            num_fewshot=o.num_fewshot,
-            log_samples=False,
-            bootstrap_iters=0,
-            random_seed=ctx.seed,
-        )
+        with task_data_errors(self.label, "lm-eval"):
+            out = lm_eval.simple_evaluate(
+                model=wrapper,
+                tasks=list(o.tasks),
+                task_manager=manager,
+                limit=o.limit,
+                num_fewshot=o.num_fewshot,
+                log_samples=False,
+                bootstrap_iters=0,
+                random_seed=ctx.seed,
+            )
         (work_dir / "lm_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
         return harness_metrics(out["results"], "lm_eval")
 

@@ -17,7 +17,7 @@ from pydantic import Field
 from mixlab import hookimpl
 from mixlab.components import Evaluator, Metrics
 from mixlab.errors import UserError
-from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics
+from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
 
 INSTALL = (
     "pip install 'lmms-eval==0.7.3' 'filelock<4' && pip uninstall -y torchvision timm, in a venv of its own "
@@ -58,15 +58,17 @@ class LmmsEval(Evaluator):
         o = self.options
         include = self.resolve(o.include_path) if o.include_path else None
         manager = checked_task_manager(task_manager_class, o.tasks, include, self.label, "lmms-eval")
-        out = simple_evaluate(
-            model=model_class(pretrained=str(model_dir), batch_size=o.batch_size),
-            tasks=list(o.tasks),
-            task_manager=manager,
-            limit=o.limit,
-            log_samples=False,
-            bootstrap_iters=0,
-            random_seed=ctx.seed,
-        )
+        model = model_class(pretrained=str(model_dir), batch_size=o.batch_size)
+        with task_data_errors(self.label, "lmms-eval"):
+            out = simple_evaluate(
+                model=model,
+                tasks=list(o.tasks),
+                task_manager=manager,
+                limit=o.limit,
+                log_samples=False,
+                bootstrap_iters=0,
+                random_seed=ctx.seed,
+            )
         (work_dir / "lmms_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
         return harness_metrics(out["results"], "lmms_eval", score_metric=o.score_metric, scale=o.score_scale)
 
