@@ -246,6 +246,22 @@ def make_trainer(
     return trainer, collator, processor
 
 
+def _merge_saved_adapter(base_model: Path, adapter_dir: Path) -> Any:
+    """The base model with the saved adapter merged in, on the CPU.
+
+    Rebuilt from the files rather than from the trainer's model, whose weights under DeepSpeed ZeRO-3 are shards.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from mixlab.models.loading import device_kind
+
+    dtype = torch.bfloat16 if device_kind() == "cuda" else torch.float32
+    base = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
 def train_llava(
     samples: list[Sample],
     base_model: Path,
@@ -276,9 +292,9 @@ def train_llava(
     accelerator.wait_for_everyone()
     if settings.lora:
         trainer.save_model(str(adapter_dir))
+        accelerator.wait_for_everyone()
         if main:
-            merged = accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(model_dir)
+            _merge_saved_adapter(base_model, adapter_dir).save_pretrained(model_dir)
             processor.save_pretrained(model_dir)
     else:
         trainer.save_model(str(model_dir))
