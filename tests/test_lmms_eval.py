@@ -255,3 +255,14 @@ def test_task_data_that_cannot_be_loaded_is_a_user_error(model_dir, task_dir, tm
     options = LmmsEval.Options(tasks=["toy_colours_gen"], include_path=str(task_dir))
     with pytest.raises(UserError, match="could not load a task's data"):
         LmmsEval(options, "vlm", tmp_path).evaluate(model_dir, tmp_path, Ctx())
+
+
+def test_built_as_lmms_eval_builds_its_models(model_dir):
+    """The way lmms-eval's CLI builds a model: from an argument string, with its own batch_size and device."""
+    needs_lmms_eval()
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    model_class = MODEL_REGISTRY_V2.get_model_class("mixlab")
+    lm = model_class.create_from_arg_string(f"pretrained={model_dir}", {"batch_size": "auto", "device": "cpu"})
+    assert lm.batch_size == 8 and lm.model.device.type == "cpu" and lm.is_simple
+    assert model_class.create_from_arg_string(f"pretrained={model_dir},batch_size=3").batch_size == 3

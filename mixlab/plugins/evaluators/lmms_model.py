@@ -43,7 +43,8 @@ class MixlabLmms(MixlabRequests, lmms):
         lmms.__init__(self)
         if model is None:
             model, processor = load_model(pretrained, device=device or None)
-        MixlabRequests.__init__(self, model, processor, int(batch_size or 8))
+        size = int(batch_size) if str(batch_size).isdigit() else 8  # lmms-eval's CLI may pass None or "auto"
+        MixlabRequests.__init__(self, model, processor, size)
 
     def loglikelihood(self, requests: list[Any]) -> list[Any]:
         pairs = MixlabRequests.loglikelihood(self, requests)
