@@ -46,10 +46,8 @@ def harness_metrics(
             for key, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in key
         }
-        main = score_metric if score_metric in clean else None
-        if score_metric is None:
-            main = next((m for m in MAIN_METRICS if m in clean), None)
-        if main is None:
+        main = score_metric or next((m for m in MAIN_METRICS if m in clean), None)
+        if main not in clean:
             wanted = repr(score_metric) if score_metric else f"any of {list(MAIN_METRICS)}"
             raise UserError(
                 f"{prefix} task {task!r} reports {sorted(clean)}, not {wanted}: mixlab cannot put it on the 0-100 "

@@ -16,6 +16,13 @@ def device_kind() -> Literal["cuda", "cpu"]:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_dtype(device: str) -> Any:
+    """The dtype mixlab keeps a model in on `device`: bf16 on CUDA, fp32 on the CPU."""
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
 def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
     """The attention kernel for "auto": flash_attention_2 on CUDA with flash_attn installed, else sdpa."""
     if attn_implementation != "auto":
@@ -44,13 +51,12 @@ def load_model(
     device: str | None = None,
 ) -> tuple[Any, Any]:
     """Load (model, processor) from a local HF dir: bf16 on CUDA, fp32 on CPU; eval mode unless `for_training`."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
     path = Path(path).expanduser()
     _check_model_dir(path)
     device = device or device_kind()
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = model_dtype(device)
     attn = resolve_attn_implementation(attn_implementation)
     try:
         processor = AutoProcessor.from_pretrained(path)

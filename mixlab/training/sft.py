@@ -251,14 +251,12 @@ def _merge_saved_adapter(base_model: Path, adapter_dir: Path) -> Any:
 
     Rebuilt from the files rather than from the trainer's model, whose weights under DeepSpeed ZeRO-3 are shards.
     """
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from mixlab.models.loading import device_kind
+    from mixlab.models.loading import device_kind, model_dtype
 
-    dtype = torch.bfloat16 if device_kind() == "cuda" else torch.float32
-    base = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
+    base = AutoModelForImageTextToText.from_pretrained(base_model, dtype=model_dtype(device_kind()))
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
