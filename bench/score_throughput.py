@@ -158,7 +158,8 @@ def main() -> None:
         naive, unsorted, scored, warm = (results[k] for k in ("naive", "unsorted", "scorer", "warm"))
 
         def padding(idx: list[int]) -> float:
-            from mixlab.training.collator import VisionCollator, sample_to_row
+            from mixlab.data import sample_to_row
+            from mixlab.models.collator import VisionCollator
 
             collator, real, total = VisionCollator(processor), 0, 0
             for i in range(0, len(idx), args.batch_size):

@@ -22,26 +22,43 @@ def cli() -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Run directory (overrides [run].output_dir).")
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
-def run(recipe: Path, output_dir: Path | None, no_progress: bool) -> None:
-    """Run RECIPE; rerunning resumes, reusing every finished stage whose inputs are unchanged."""
+@click.option(
+    "--fresh",
+    "fresh",
+    is_flag=False,
+    flag_value="*",
+    multiple=True,
+    metavar="[STAGE]",
+    help="Run stages again even if finished: alone, every stage; with a stage name or pattern (e.g. score:ppl, "
+    "'train:*'; repeat or comma-separate for several), those stages and every stage that depends on them.",
+)
+def run(recipe: Path, output_dir: Path | None, no_progress: bool, fresh: tuple[str, ...]) -> None:
+    """Run RECIPE; rerunning resumes, reusing every finished stage whose inputs (recipe section, upstream stages,
+    plugin code) are unchanged."""
     from mixlab.pipeline import Run
     from mixlab.progress import quiet_libraries
     from mixlab.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     quiet_libraries()
-    runner = Run(loaded, output_dir, show_progress=not no_progress)
+    patterns = tuple(p.strip() for value in fresh for p in value.split(",") if p.strip())
+    runner = Run(loaded, output_dir, show_progress=not no_progress, fresh=patterns)
     runner.execute()
     click.echo(f"report: {runner.run_dir / 'report.json'}")
 
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-def validate(recipe: Path) -> None:
-    """Check RECIPE and report every problem at once (exit 2 if any)."""
+@click.option(
+    "--no-path-checks",
+    is_flag=True,
+    help="Check the recipe itself but not the files and folders it names (a recipe written for another machine).",
+)
+def validate(recipe: Path, no_path_checks: bool) -> None:
+    """Check RECIPE and every file it names; report every problem at once (exit 2 if any)."""
     from mixlab.recipe import load_recipe
 
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, check_paths=not no_path_checks)
     click.echo(f"{recipe}: ok ({len(loaded.sources)} sources, {len(loaded.arms)} arms)")
 
 
@@ -69,20 +86,55 @@ def plugins(as_json: bool) -> None:
     console.print(table)
 
 
+def _read_report(run_dir: Path) -> dict:
+    """RUN_DIR/report.json as a dict, or a UserError saying what is wrong with the folder or the file."""
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(f"{run_dir} {what}: give the run directory that `mixlab run` wrote (e.g. runs/<name>).")
+    path = run_dir / "report.json"
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a report: remove it and rerun `mixlab run` to write the report.")
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist: give a run directory that `mixlab run` has written a report to (rerun the "
+            "recipe to write it)."
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as UTF-8 text ({e}). Rerun `mixlab run` to rewrite it.") from None
+    if not text.strip():
+        raise UserError(f"{path} is empty (a run stopped while writing it?). Rerun `mixlab run` to rewrite it.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is cut short or edited. Rerun `mixlab run` to "
+            "rewrite it."
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("arms"), dict):
+        raise UserError(
+            f"{path}: not a mixlab report (no `arms` table). Give a run directory's report.json, or rerun "
+            "`mixlab run` to rewrite it."
+        )
+    return data
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR's report.md, plots and tables from its report.json (nothing is retrained)."""
     from mixlab.report import render
 
-    path = run_dir / "report.json"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: give a run directory that `mixlab run` has written a report to.")
+    data = _read_report(run_dir)
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
-    render(data, run_dir)
+        render(data, run_dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a report.json cut short or edited
+        what = f"missing {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise UserError(
+            f"{run_dir / 'report.json'}: incomplete or malformed report ({what}). Rerun `mixlab run` on the "
+            "recipe to rewrite it (finished stages are reused)."
+        ) from None
     click.echo(f"report: {run_dir / 'report.md'}")
 
 
@@ -107,11 +159,9 @@ def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
 @click.argument("path", type=click.Path(path_type=Path), default="recipe.toml")
 def init(path: Path) -> None:
     """Write a starter recipe to PATH (default recipe.toml) that runs as it is on the toy world."""
-    from mixlab.starter import starter_recipe
+    from mixlab.starter import write_starter
 
-    if path.exists():
-        raise UserError(f"{path} already exists; give another path (mixlab init other.toml).")
-    path.write_text(starter_recipe(path.name, path.stem))
+    write_starter(path)
     click.echo(f"{path}: written. Next: mixlab validate {path} && mixlab run {path}")
 
 

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from contextlib import AbstractContextManager
 
     import numpy as np
 
     from mixlab.data import Sample
+    from mixlab.outcomes import ItemOutcomes
+    from mixlab.stats import Comparison
 
 KINDS = ("source", "scorer", "selector", "trainer", "evaluator", "merger")
 
@@ -27,9 +30,10 @@ Metrics = dict[str, dict[str, float]]
 
 
 class Options(BaseModel):
-    """Base for a component's options: unknown keys are errors."""
+    """Base for a component's options: unknown keys are errors, and no value changes type ("8" is not an int; an
+    int is still a float). Recipes are validated with lists accepted for tuples, and the same strict scalars."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Component:
@@ -52,6 +56,12 @@ class Component:
     def fingerprint(self) -> str:
         """Extra cache-key material beyond the recipe section (e.g. input file stats); '' if none."""
         return ""
+
+    def check(self) -> list[tuple[tuple, str]]:
+        """Problems ``validate`` can find without running: (key path inside the section, what is wrong and what to
+        do), e.g. ``(("path",), "file data.json does not exist ...")``. Paths, files and option bounds; none by default.
+        """
+        return []
 
 
 class Source(Component):
@@ -85,9 +95,14 @@ class Selection:
 
 
 class Selector(Component):
-    """Chooses sample ids from the arm's samples, given the scores of the scorers it names."""
+    """Chooses sample ids from the arm's samples, given the scores of the scorers it names.
+
+    A selector that trains or evaluates models through the context (``ctx.train``, ``ctx.evaluate``) sets
+    ``trains_models = True``: its stage key then covers the trainer's and evaluators' sections and code.
+    """
 
     kind = "selector"
+    trains_models: ClassVar[bool] = False
 
     def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
         raise NotImplementedError
@@ -115,12 +130,38 @@ class Trainer(Component):
         raise NotImplementedError
 
 
+@dataclass
+class Evaluation:
+    """What an evaluator returns: metrics per benchmark, and where it can, per-item outcomes (mixlab.outcomes)."""
+
+    metrics: Metrics
+    outcomes: dict[str, ItemOutcomes] = field(default_factory=dict)
+
+
+@dataclass
+class Trial:
+    """One mixture trained once per seed of the run and evaluated on the decision part (``ctx.trials``)."""
+
+    tag: str
+    evaluations: dict[int, Evaluation]  # seed → evaluation (metrics and per-item outcomes)
+    model_dirs: dict[int, str] = field(default_factory=dict)  # seed → model folder, run-relative where possible
+    score: float = 0.0  # the mean over seeds of the run's average score
+
+    @property
+    def metrics(self) -> Metrics:
+        """Each benchmark's ``score``, averaged over seeds."""
+        runs = list(self.evaluations.values())
+        benches = [b for b in runs[0].metrics if all("score" in e.metrics.get(b, {}) for e in runs)]
+        return {b: {"score": sum(e.metrics[b]["score"] for e in runs) / len(runs)} for b in benches}
+
+
 class Evaluator(Component):
-    """Scores a model directory; returns benchmark → metrics, each with a 0-100 ``score``."""
+    """Scores a model directory: benchmark → metrics, each with a 0-100 ``score``; either plain ``Metrics`` or an
+    ``Evaluation`` that adds per-item outcomes (they give the report item-level confidence intervals)."""
 
     kind = "evaluator"
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics | Evaluation:
         raise NotImplementedError
 
 
@@ -141,7 +182,11 @@ class Merger(Component):
 
 
 class RunContext(Protocol):
-    """What the pipeline offers components. Selectors and mergers that must train or evaluate use this."""
+    """What a run offers components. Selectors and mergers that must train or evaluate use this.
+
+    The pipeline's context and a worker process's context both implement it; in a worker, ``train``,
+    ``train_many`` and ``evaluate`` raise (a training job does not start other trainings).
+    """
 
     run_dir: Path
     seed: int
@@ -149,27 +194,44 @@ class RunContext(Protocol):
     @property
     def base_model(self) -> Path:
         """The recipe's model, built and aligned (available after the model stage)."""
+        ...
 
-    def train(self, samples: list[Sample], tag: str) -> Path:
+    def train(self, samples: list[Sample], tag: str, overrides: dict[str, Any] | None = None) -> Path:
         """Train the recipe's trainer on samples from the base model; cached by content. Returns the model dir."""
+        ...
 
-    def train_many(self, jobs: list[tuple[list[Sample], str]]) -> list[Path]:
+    def train_many(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Path]:
         """Train several independent (samples, tag) mixtures, at once where [run.executor] allows; cached."""
+        ...
 
     def evaluate(self, model_dir: Path, tag: str) -> Metrics:
         """Run the recipe's evaluators on a model dir; cached by content."""
+        ...
 
     def aggregate(self, metrics: Metrics) -> float:
-        """The 0-100 average over benchmarks that arms are compared by."""
+        """The 0-100 average over benchmarks that arms are compared by ([run] weights and exclude applied)."""
+        ...
 
-    def progress(self, description: str, total: int | None) -> AbstractContextManager[Any]:
-        """A rich progress bar; the context value is ``advance(n=1)``."""
+    def trials(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Trial]:
+        """Each (samples, tag) mixture trained once per seed of the run and evaluated on the decision part."""
+        ...
+
+    def compare(self, a: Trial, b: Trial) -> Comparison:
+        """A − B: the difference of the seed-mean scores, its 95% interval and P(A better) (mixlab.stats)."""
+        ...
+
+    def progress(self, description: str, total: int | None) -> AbstractContextManager[Callable[..., None]]:
+        """A progress bar; the context value is ``advance(n=1, *, completed=None)``."""
+        ...
 
     def cache_dir(self, kind: str, key: Any) -> Path:
         """A directory for reusable work keyed by a content hash of ``key`` (shared across stages)."""
+        ...
 
     def record(self, **info: Any) -> None:
         """Attach facts to the current stage's entry in report.json (e.g. ``skipped=3``)."""
+        ...
 
     def log(self, message: str) -> None:
         """Print a line above the progress display and append it to events.jsonl."""
+        ...

@@ -16,8 +16,9 @@ from mixlab.errors import UserError
 console = Console()
 
 
-def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
-    """A recipe's sources (loaded through the run's cache) and its base model's processor."""
+def _recipe_samples(path: Path) -> tuple[list[Sample], Any, int, int | None]:
+    """A recipe's sources (loaded through the run's cache), its base model's processor and context length, and the
+    trainer's max_length."""
     from mixlab.models.loading import load_model
     from mixlab.pipeline import Run
     from mixlab.progress import quiet_libraries
@@ -31,8 +32,11 @@ def _recipe_samples(path: Path) -> tuple[list[Sample], Any]:
     with run.board:
         run.load_sources()
         model_dir = run.build_base_model()
-    _, processor = load_model(model_dir)
-    return [s for name in run.samples_of_source for s in run.samples_of_source[name]], processor
+    model, processor = load_model(model_dir)
+    context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
+    max_length = getattr(recipe.trainer.options, "max_length", None)
+    samples = [s for name in run.samples_of_source for s in run.samples_of_source[name]]
+    return samples, processor, context, max_length
 
 
 def _json_samples(path: Path, image_root: Path | None) -> list[Sample]:
@@ -50,9 +54,16 @@ def _json_samples(path: Path, image_root: Path | None) -> list[Sample]:
 def inspect_target(target: Path, only: list[str], preview: int, image_root: Path | None = None) -> None:
     if not target.exists():
         raise UserError(f"{target} not found. Give a recipe (.toml) or a LLaVA JSON file.")
-    processor = None
+    if target.is_dir():
+        raise UserError(f"{target} is a folder: give a recipe (.toml) or a LLaVA JSON (.json, .jsonl) file.")
+    if target.suffix not in (".toml", ".json", ".jsonl"):
+        raise UserError(f"{target}: give a recipe (.toml) or a LLaVA JSON (.json, .jsonl) file, not {target.suffix!r}.")
+    if image_root is not None and not image_root.is_dir():
+        what = "is a file" if image_root.exists() else "does not exist"
+        raise UserError(f"--image-root {image_root} {what}: give the folder the records' image paths start from.")
+    processor, context, max_length = None, 0, None
     if target.suffix == ".toml":
-        samples, processor = _recipe_samples(target)
+        samples, processor, context, max_length = _recipe_samples(target)
     else:
         samples = _json_samples(target, image_root)
     if only:
@@ -86,8 +97,10 @@ def inspect_target(target: Path, only: list[str], preview: int, image_root: Path
             f"{statistics.mean(lengths):.1f} / {max(lengths)}",
         )
     console.print(table)
+    if processor is not None:
+        _length_report(samples, processor, context, max_length)
     if processor is not None and preview:
-        from mixlab.training.collator import mask_preview
+        from mixlab.models.collator import mask_preview
 
         console.print("label mask preview: [bold green]trained[/] tokens, [dim]masked[/] tokens")
         for group in by_source.values():
@@ -103,3 +116,26 @@ def _answer_tokens(sample: Sample, processor: Any) -> int:
     if processor is None:
         return len(answers.split())
     return len(processor.tokenizer(answers, add_special_tokens=False)["input_ids"])
+
+
+def _length_report(samples: list[Sample], processor: Any, context: int, max_length: int | None) -> None:
+    """The longest sequences (text + image tokens), and the samples longer than the model's context."""
+    from mixlab.models.predict import image_token_count
+    from mixlab.training.sft import sequence_lengths
+
+    if not samples:
+        return
+    lengths = sequence_lengths(samples, processor, image_token_count(processor, samples))
+    longest = max(range(len(samples)), key=lambda i: lengths[i])
+    console.print(
+        f"sequence length (tokens, estimated): mean {statistics.mean(lengths):.0f}, max {lengths[longest]} "
+        f"({samples[longest]['id']}); model context {context or 'unknown'}, trainer max_length {max_length or 'none'}"
+    )
+    over = [i for i, n in enumerate(lengths) if context and n > context]
+    if over and max_length is None:
+        console.print(
+            f"[red]{len(over)} samples are longer than the model's context of {context} tokens[/], e.g. "
+            f"{samples[over[0]]['id']} ({lengths[over[0]]} tokens): training would stop on them. Set max_length = "
+            f"{context} (or less) in [trainer] to truncate, or drop them.",
+            highlight=False,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
@@ -55,13 +56,26 @@ class Registry:
     def __init__(self, pm: pluggy.PluginManager, packages: dict[str, tuple[str, str]]):
         self.pm = pm
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._origins: dict[str, tuple[str, str]] = {}  # top-level package of a plugin → its distribution
+        for name, plugin in pm.list_name_plugin():
+            module = getattr(plugin, "__name__", None) or type(plugin).__module__
+            self._origins.setdefault(str(module).split(".")[0], packages.get(name, (str(module), "")))
         for kind, hook_name in HOOK_OF_KIND.items():
-            for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                package, version = packages.get(impl.plugin_name, (impl.plugin_name, ""))
-                impl.function(register=self._registrar(kind, package, version))
+            # through pluggy's hook caller: opt-in arguments, tryfirst/trylast and hook wrappers all apply
+            getattr(pm.hook, hook_name)(register=self._registrar(kind))
 
-    def _registrar(self, kind: str, package: str, version: str):
+    def _origin(self, cls: type) -> tuple[str, str]:
+        """(distribution, version) a registered class comes from, found by its top-level package."""
+        top = cls.__module__.split(".")[0]
+        if top in self._origins:
+            return self._origins[top]
+        for dist_name in metadata.packages_distributions().get(top, []):
+            return dist_name, metadata.version(dist_name)
+        return cls.__module__, ""
+
+    def _registrar(self, kind: str) -> Callable[[type], None]:
         def register(cls: type) -> None:
+            package, version = self._origin(cls) if isinstance(cls, type) else (repr(cls), "")
             name = getattr(cls, "name", None)
             if not isinstance(name, str) or not name:
                 raise UserError(f"plugin package {package!r} registered {cls!r} as a {kind} without a `name`.")
@@ -90,8 +104,19 @@ class Registry:
 
 
 def did_you_mean(word: str, choices: Any) -> str:
-    """' Did you mean 'x'?' for the closest choices, or a list of what exists."""
-    choices = sorted(choices)
+    """' Did you mean 'x'?' for the closest choices, or a list of what exists.
+
+    A name that differs from a choice only in Unicode normalisation (é as one character or as e + accent) is said so.
+    """
+    import unicodedata
+
+    choices = sorted(str(c) for c in choices)
+    same = [c for c in choices if unicodedata.normalize("NFC", c) == unicodedata.normalize("NFC", str(word))]
+    if same:
+        return (
+            f" {word!r} and {same[0]!r} look the same but are written with different Unicode characters (composed vs "
+            "decomposed accents): retype one of them so both use the same characters."
+        )
     close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
     if close:
         return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

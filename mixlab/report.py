@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,9 @@ from mixlab.progress import console
 from mixlab.store import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from mixlab.pipeline import Run
+    from mixlab.results import ArmResult, Replicate, RunResult
+
+FAILED_REPORT = "report-failed.json"
 
 
 def ground_truth(chosen: list[dict[str, Any]], pool: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
@@ -55,34 +58,128 @@ def ground_truth(chosen: list[dict[str, Any]], pool: list[dict[str, Any]] | None
     return out
 
 
-def build_report(run: Run) -> dict[str, Any]:
-    arms = {}
-    for name, arm in run.arms.items():
-        entry = {k: v for k, v in arm.items() if not k.startswith("_") and k != "selection"}
-        truth = ground_truth(arm["_chosen"], arm.get("_pool"))
-        if truth:
-            entry["ground_truth"] = truth
-        if arm["selection"]:
-            entry["selection"] = {k: v for k, v in arm["selection"].items() if k != "individual_select"}
-        arms[name] = entry
+def build_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
+    """report.json's content (the fixed contract, plus extras) from a run's typed result."""
+    arms = {name: arm_entry(arm) for name, arm in result.arms.items()}
     report: dict[str, Any] = {
         "mixlab_version": __version__,
-        "recipe": str(run.recipe.path),
-        "run_dir": str(run.run_dir),
-        "stages": run.stages,
+        "recipe": str(result.recipe),
+        "run_dir": str(result.run_dir),
+        "seeds": result.seeds,
+        "select_on": result.select_on,
+        "stages": [s.to_json() for s in result.stages],
         "arms": arms,
     }
-    for arm in run.arms.values():
-        if "individual_select" in arm["selection"]:
-            report["individual_select"] = arm["selection"]["individual_select"]
-    if "soup" in run.extra:
-        report["soup"] = run.extra["soup"]
+    if result.health:
+        report["benchmarks"] = {b: finite(h.to_json()) for b, h in result.health.items()}
+    if result.unsplit:
+        report["unsplit_benchmarks"] = result.unsplit
+    for arm in result.arms.values():
+        if "individual_select" in arm.selection:
+            report["individual_select"] = arm.selection["individual_select"]
+    if result.soup is not None:
+        soup = result.soup
+        report["soup"] = {
+            "method": soup.method,
+            "ingredients": soup.ingredients,
+            "kept": soup.kept,
+            "metrics": soup.metrics,
+            "score": soup.score,
+            "info": soup.info,
+            "per_seed": {
+                str(r.seed): {**per_seed_entry(r), "kept": soup.per_seed[r.seed]["kept"]} for r in soup.replicates
+            },
+        }
+    if error is not None:
+        report["error"] = error
     return report
 
 
-def write_report(run: Run, report: dict[str, Any]) -> None:
-    atomic_write_json(run.run_dir / "report.json", report)
-    render(report, run.run_dir)
+def arm_entry(arm: ArmResult) -> dict[str, Any]:
+    """One arm in report.json: the contract's keys, the per-seed results and the decision numbers."""
+    entry: dict[str, Any] = {
+        "n_samples": len(arm.chosen),
+        "sources": arm.sources,
+        "metrics": arm.metrics,
+        "score": arm.score,
+        "model_dir": str(arm.model_dir),
+        "per_seed": {str(r.seed): per_seed_entry(r) for r in arm.replicates},
+    }
+    if arm.estimate is not None:
+        entry["score_ci"] = None if arm.estimate.ci is None else list(arm.estimate.ci)
+        entry["score_interval"] = arm.estimate.interval
+    if arm.comparison is not None:
+        c = arm.comparison
+        entry["compare"] = finite(
+            {
+                "to": arm.compared_to,
+                "delta": c.delta,
+                "ci": None if c.ci is None else list(c.ci),
+                "p_better": c.p_better,
+                "interval": c.interval,
+                "distinguishable": c.distinguishable,
+                "benchmarks": {
+                    b: {
+                        "delta": x.delta,
+                        "ci": None if x.ci is None else list(x.ci),
+                        "p_better": x.p_better,
+                        "interval": x.interval,
+                        "mcnemar_p": x.mcnemar_p,
+                    }
+                    for b, x in c.benchmarks.items()
+                },
+            }
+        )
+    truth = ground_truth(arm.chosen, arm.pool)
+    if truth:
+        entry["ground_truth"] = truth
+    if arm.selection:
+        entry["selection"] = {k: v for k, v in arm.selection.items() if k != "individual_select"}
+    return entry
+
+
+def per_seed_entry(replicate: Replicate) -> dict[str, Any]:
+    """One seed's metrics and score (its model is in stages/, under the training's key)."""
+    return {"metrics": replicate.evaluation.metrics, "score": replicate.score}
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe numbers: NaN and infinities become null (recursively)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
+    """Write report.json, report.md and the plots; returns the report.
+
+    A failed run (``error`` given) never overwrites the report of an earlier finished run in the same folder: its
+    report goes to report-failed.json instead, and report.md is left alone.
+    """
+    report = build_report(result, error)
+    run_dir = result.run_dir
+    if error is not None and is_finished_report(run_dir / "report.json"):
+        atomic_write_json(run_dir / FAILED_REPORT, report)
+        return report
+    atomic_write_json(run_dir / "report.json", report)
+    (run_dir / FAILED_REPORT).unlink(missing_ok=True)
+    render(report, run_dir)
+    return report
+
+
+def is_finished_report(path: Path) -> bool:
+    """Whether path holds the report of a run that finished: no ``error`` and no failed stage."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(report, dict):
+        return False
+    return "error" not in report and all(s.get("status") != "failed" for s in report.get("stages", []))
 
 
 def render(report: dict[str, Any], run_dir: Path) -> None:

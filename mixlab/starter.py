@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mixlab.errors import UserError
+
 STARTER = """\
 # A mixlab recipe: two arms trained and compared on the same benchmarks.
 #   mixlab validate {name}     # every problem at once, with file:line
@@ -50,5 +54,27 @@ selector = "random_half"
 """
 
 
+def run_name(stem: str) -> str:
+    """A safe run name from a file stem: letters, digits, '-', '_' and '.', at most 100 characters."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")[:100]
+    return name or "run"
+
+
 def starter_recipe(file_name: str, stem: str) -> str:
-    return STARTER.format(name=file_name, stem=stem)
+    return STARTER.format(name=file_name, stem=run_name(stem))
+
+
+def write_starter(path: Path) -> None:
+    """Write the starter recipe to path; UserError if it exists or its folder cannot take it."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give the recipe file to write, e.g. mixlab init {path / 'recipe.toml'}.")
+    if path.exists():
+        raise UserError(f"{path} already exists; give another path (mixlab init other.toml).")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise UserError(f"the folder {folder} {what}: create it first (mkdir -p {folder}) or give another path.")
+    try:
+        path.write_text(starter_recipe(path.name, path.stem), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}): give a path in a folder you can write to.") from None

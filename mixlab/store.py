@@ -13,10 +13,14 @@ from typing import Any
 SAMPLES_FILE = "samples.parquet"
 
 
+def content_text(obj: Any) -> str:
+    """A canonical JSON rendering (keys sorted; paths and other objects as str)."""
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
 def content_hash(obj: Any) -> str:
-    """sha256 of a canonical JSON rendering (keys sorted; paths and other objects as str)."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    """sha256 of ``content_text(obj)``."""
+    return hashlib.sha256(content_text(obj).encode()).hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -68,6 +72,11 @@ class Store:
     def finish(stage_dir: Path, result: dict[str, Any]) -> None:
         atomic_write_json(stage_dir / "result.json", result)
         atomic_write_text(stage_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+    @staticmethod
+    def reopen(stage_dir: Path) -> None:
+        """Mark a finished stage unfinished before it is run again (a crash then leaves nothing to trust)."""
+        (stage_dir / "DONE").unlink(missing_ok=True)
 
     @staticmethod
     def result(stage_dir: Path) -> dict[str, Any]:

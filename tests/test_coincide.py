@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from pydantic import ValidationError
 from mixlab.errors import UserError
 from mixlab.plugins.selectors.coincide import CoincideSelector
 from mixlab.selection import coincide as C
+from mixlab.testing import StubContext
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -231,24 +230,17 @@ POOL = [{"id": f"s/{i}", "source": "s"} for i in range(150)]
 
 def plugin(scores, ctx=None, **options):
     return CoincideSelector(CoincideSelector.Options(**options), "sel").select(
-        POOL, scores, ctx or SimpleNamespace(seed=0)
+        POOL, scores, ctx or StubContext()
     )
 
 
 def test_plugin_selects_unique_ids_with_progress():
     x, _ = blobs(noise=0.2, seed=11)
     x = np.concatenate([x, x], axis=1) / math.sqrt(2)  # two [image, text] blocks
-    calls = []
-
-    @contextmanager
-    def progress(description, total):
-        calls.append(total)
-        yield lambda n=1: calls.append(-n)
-
-    ctx = SimpleNamespace(seed=0, progress=progress, log=lambda message: calls.append(message))
+    ctx = StubContext()
     sel = plugin({"embedding": x}, ctx, k=5, niter=10, layout_blocks=2)
     assert 25 <= len(sel.ids) <= 30 and len(set(sel.ids)) == len(sel.ids) and set(sel.ids) <= {s["id"] for s in POOL}
-    assert [c for c in calls if not isinstance(c, str)] == [10] + [-1] * 10
+    assert ctx.progress_totals == [10] and ctx.advanced == [1] * 10
     assert sel.info["text_columns"] == [[6, 12], [18, 24]] and sel.info["column"] == "embedding"
     json.dumps(sel.info)
     assert plugin({"embedding": x}, k=5, niter=10, layout_blocks=2).ids == sel.ids

@@ -68,6 +68,7 @@ def test_export_image_paths_relative_to_a_root(tmp_path, monkeypatch, capsys):
     assert code == 0 and json.loads(out.read_text())[0]["image"] == "1.png"
     code, _ = invoke(monkeypatch, capsys, "export", str(run_dir), "a", str(out))
     assert json.loads(out.read_text())[0]["image"] == str(images / "1.png")
+    (tmp_path / "o").mkdir()
     code, text = invoke(monkeypatch, capsys, "export", str(run_dir), "a", str(out), "--image-root", str(tmp_path / "o"))
     assert code == 2 and "is not under --image-root" in text
 
@@ -79,6 +80,9 @@ def test_report_rerenders_from_report_json(fake_recipe, monkeypatch, capsys, tmp
     code, text = invoke(monkeypatch, capsys, "report", str(run_dir))
     assert code == 0 and "curated" in (run_dir / "report.md").read_text() and "arms × benchmarks" in text
     code, text = invoke(monkeypatch, capsys, "report", str(tmp_path / "nowhere"))
+    assert code == 2 and "nowhere does not exist" in text
+    (tmp_path / "empty").mkdir()
+    code, text = invoke(monkeypatch, capsys, "report", str(tmp_path / "empty"))
     assert code == 2 and "report.json does not exist" in text
 
 

@@ -1,9 +1,11 @@
-"""The example third-party package (examples/mixlab-shortest), pip-installed, shows up and runs from a recipe."""
+"""The example third-party package (examples/mixlab-shortest): its own tests pass, and pip-installed, it shows up
+and runs from a recipe."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mixlab-shortest"
 
 DRIVER = """
 import sys
@@ -37,7 +40,7 @@ def installed(tmp_path_factory):
             "--no-deps",
             "--target",
             str(target),
-            str(ROOT / "examples" / "mixlab-shortest"),
+            str(EXAMPLE),
         ],
         check=True,
     )
@@ -46,6 +49,18 @@ def installed(tmp_path_factory):
 
 def mixlab(env, cwd, *args):
     return subprocess.run([sys.executable, "-c", DRIVER, *args], env=env, cwd=cwd, capture_output=True, text=True)
+
+
+def test_the_example_package_own_tests_pass():
+    """Its tests/ folder, run as its author runs it (the package's pyproject puts it on the path, no install)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"\b[1-9]\d* passed\b", proc.stdout) and " failed" not in proc.stdout, proc.stdout
 
 
 def test_listed_by_plugins_command(installed):

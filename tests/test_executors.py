@@ -4,11 +4,12 @@ the same selection, scores and cache as in-process training; worker failures are
 from __future__ import annotations
 
 import pytest
+from mixlab.engine.dispatch import worker_command
 
 from mixlab.errors import UserError
-from mixlab.executors import ExecutorSection, worker_command
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
+from mixlab.sections import ExecutorSection
 from tests import fakes
 from tests.test_individual_select import RECIPE
 from tests.test_pipeline import comparable
@@ -79,6 +80,6 @@ def test_executor_options_are_checked(fake_recipe, tmp_path):
 
 
 def test_worker_command_uses_torchrun_for_several_processes(tmp_path):
-    assert worker_command(tmp_path / "job.json", 1)[1:] == ["-m", "mixlab.worker", str(tmp_path / "job.json")]
+    assert worker_command(tmp_path / "job.json", 1)[1:] == ["-m", "mixlab.engine.worker", str(tmp_path / "job.json")]
     launch = worker_command(tmp_path / "job.json", 2)
     assert launch[1:3] == ["-m", "torch.distributed.run"] and launch[launch.index("--nproc_per_node") + 1] == "2"

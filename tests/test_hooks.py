@@ -13,7 +13,8 @@ from mixlab import hookimpl, hookspecs, registry
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+# every hook the plugin manager knows (not only the register_* ones): a new hook must be documented and tested
+HOOKS = sorted(name for name, caller in vars(registry.make_registry().pm.hook).items() if caller.spec is not None)
 
 
 def registered(kind: str, name: str) -> bool:
@@ -71,3 +72,41 @@ def test_plugin_hooks_have_tests():
     }
     missing = [h for h in HOOKS if f"test_hook_{h}" not in tested]
     assert not missing, f"hooks without a test_hook_<name> test: {missing}"
+
+
+def test_hook_implementation_may_take_fewer_arguments():
+    """pluggy's opt-in arguments: an implementation that names none of the hook's arguments still runs."""
+    calls = []
+
+    class NoArguments:
+        @hookimpl
+        def register_scorers(self):
+            calls.append("called")
+
+    registry.make_registry((NoArguments(),))
+    assert calls == ["called"]
+
+
+def test_hookimpl_options_are_honoured():
+    """Implementations are called through pluggy's hook caller, so tryfirst and hook wrappers apply."""
+    order = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def register_selectors(self, register):
+            order.append("first")
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_selectors(self, register):
+            order.append("before")
+            result = yield
+            order.append("after")
+            return result
+
+    registry.make_registry((Wrapper(), First()))
+    assert order[0] == "before" and order[1] == "first" and order[-1] == "after"
+
+
+def test_meta_tests_see_every_hookspec():
+    assert HOOKS == sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction))

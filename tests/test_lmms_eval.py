@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from mixlab.errors import UserError
+from mixlab.evaluation.lmms_requests import MixlabRequests, stop_strings, truncate_at
 from mixlab.models.predict import PromptItem, choose, continuation_logprobs, generate
 from mixlab.plugins.evaluators.lmms_eval import LmmsEval
-from mixlab.plugins.evaluators.lmms_requests import MixlabRequests, stop_strings, truncate_at
 from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples
 
 
@@ -219,7 +219,7 @@ def test_registered_with_lmms_eval():
     needs_lmms_eval()
     from lmms_eval.models import MODEL_REGISTRY_V2
 
-    from mixlab.plugins.evaluators.lmms_model import MixlabLmms
+    from mixlab.evaluation.lmms_model import MixlabLmms
 
     assert MODEL_REGISTRY_V2.get_model_class("mixlab") is MixlabLmms
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mixlab.data import Sample
+from mixlab.data import Sample, sample_to_row
+from mixlab.models.collator import VisionCollator, mask_preview
 from mixlab.models.templates import LLAVA15_TRAINING_TEMPLATE, TINY_CHAT_TEMPLATE, training_template
-from mixlab.training.collator import VisionCollator, mask_preview, sample_to_row
 from tests.tiny_vlm import COLOURS, QUESTION, build_test_model
 
 # llava-hf/llava-1.5-*-hf style: no {% generation %} markers

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixlab.data import Sample
+from mixlab.data import Sample, sample_to_row
+from mixlab.models.collator import VisionCollator
 from mixlab.models.predict import PromptItem, answer_nll, choose, generate
-from mixlab.training.collator import VisionCollator, sample_to_row
 from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,41 @@ def test_key_lines_tracks_tables_arrays_and_dotted_keys():
     assert lines[("b", 1, "y")] == 6
     assert lines[("c", "d e", "z", "w")] == 8
     assert ("c", "d e", "k") not in lines
+
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_with_strict_types(path, tmp_path, monkeypatch):
+    """Every built-in option as the shipped recipes write it passes the strict types; the toy-world recipes (whose
+    files mixlab writes itself) pass the path checks too, the real-checkpoint ones name /models and /data."""
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(path, check_paths=not path.name.startswith("llava15_"))
+    assert recipe.arms and recipe.evaluators
+
+
+def test_no_value_changes_type(tmp_path, fake_plugins):
+    text = fakes.RECIPE.replace('type = "fake_trainer"', 'type = "fake_trainer"\nsleep = 1')  # int for a float: fine
+    load_recipe(fakes.write_recipe(tmp_path, text))
+    for old, new, key in (
+        ("count = 10", 'count = "10"', "selectors.best.count"),
+        ("count = 10", "count = 10.0", "selectors.best.count"),
+        ("seed = 1", "seed = true", "run.seed"),
+        ("sleep = 1", 'sleep = "1"', "trainer.sleep"),
+    ):
+        with pytest.raises(RecipeError, match=rf"{key}: must be (an integer|a number), not"):
+            load_recipe(fakes.write_recipe(tmp_path, text.replace(old, new)))
+
+
+def test_plugin_check_problems_are_located(tmp_path, fake_plugins, monkeypatch):
+    """A plugin's check() returns (key path, message) pairs; the recipe locates each to file:line."""
+    monkeypatch.setattr(fakes.FakeSource, "check", lambda self: [(("quality",), "no such quality: use good")])
+    text = fakes.RECIPE
+    with pytest.raises(RecipeError) as info:
+        load_recipe(fakes.write_recipe(tmp_path, text))
+    rendered = "\n".join(info.value.lines_rendered)
+    line = line_containing(text, 'quality = "good"')
+    assert f"recipe.toml:{line}: sources.good.quality: no such quality: use good" in rendered
+    assert "unknown source" not in rendered  # the arms' references to the broken sources stay quiet
+    load_recipe(fakes.write_recipe(tmp_path, text), check_paths=False)  # without path checks, check() is not run

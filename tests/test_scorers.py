@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +16,13 @@ from mixlab.models.predict import default_layers
 from mixlab.models.templates import training_template
 from mixlab.plugins.scorers.activations import ActivationsScorer
 from mixlab.plugins.scorers.perplexity import PerplexityScorer
+from mixlab.testing import StubContext
 from tests.tiny_vlm import NAMES, build_test_model, colour_samples
 
 
-class FakeCtx:
-    """The parts of the run context that scorers use."""
-
-    def __init__(self, root: Path, base_model: Path):
-        self.root, self.base_model = root, base_model
-        self.logs: list[str] = []
-        self.advanced: list[int] = []
-
-    def cache_dir(self, kind: str, key) -> Path:
-        folder = self.root / kind / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    @contextmanager
-    def progress(self, description: str, total: int | None):
-        yield lambda n=1: self.advanced.append(n)
-
-    def log(self, message: str) -> None:
-        self.logs.append(message)
+def FakeCtx(root: Path, base_model: Path) -> StubContext:
+    """The run context scorers see: caches under root, the given base model."""
+    return StubContext(root, base_model=base_model)
 
 
 def _text_sample(i: int, turns: list[tuple[str, str]]) -> Sample:
@@ -182,13 +164,13 @@ def test_perplexity_row_alignment_and_cache(setup, tmp_path, monkeypatch):
     assert len(forwards) == math.ceil(len(samples[6:]) / 3)
 
     forwards.clear()
-    for cache_file in (tmp_path / "perplexity").rglob("nll.jsonl"):
+    for cache_file in (tmp_path / "cache" / "perplexity").rglob("nll.jsonl"):
         with open(cache_file, "a") as f:
             f.write('{"key": "cut by a cr')  # a crash mid-line is ignored on the next read
     again = scorer.score(samples, ctx)["nll"]  # everything cached: no forward pass at all
     assert forwards == []
     np.testing.assert_allclose(again, reversed_[::-1], atol=1e-12)
-    assert (tmp_path / "perplexity").exists()
+    assert (tmp_path / "cache" / "perplexity").exists()
 
 
 def test_perplexity_nan_without_trained_tokens_and_duplicates(setup, tmp_path):
@@ -198,13 +180,14 @@ def test_perplexity_nan_without_trained_tokens_and_duplicates(setup, tmp_path):
     out = _scorer(PerplexityScorer).score([samples[0], no_answer, samples[0]], ctx)
     assert np.isfinite(out["ppl"][0]) and np.isnan(out["ppl"][1]) and np.isnan(out["nll"][1])
     assert out["nll"][2] == out["nll"][0] and sum(ctx.advanced) == 3
-    lines = (next((tmp_path / "perplexity").iterdir()) / "nll.jsonl").read_text().splitlines()
+    lines = (next((tmp_path / "cache" / "perplexity").iterdir()) / "nll.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the repeated sample is scored once
 
 
 def test_perplexity_is_lower_for_correct_labels_after_training(setup, tmp_path):
     """A few optimiser steps on correctly labelled images: the true colour beats a wrong one for the same image."""
-    from mixlab.training.collator import VisionCollator, sample_to_row
+    from mixlab.data import sample_to_row
+    from mixlab.models.collator import VisionCollator
 
     _, base_dir, _, _, _ = setup
     model, processor = load_model(base_dir, for_training=True)
@@ -295,7 +278,7 @@ def test_activations_cache_hit_skips_the_model(setup, tmp_path, monkeypatch):
     assert calls == []
     np.testing.assert_array_equal(again, first[[4, 0]])
 
-    folder = next((tmp_path / "activations").iterdir())
+    folder = next((tmp_path / "cache" / "activations").iterdir())
     (folder / "part-999999-1.npz").write_bytes(b"cut by a crash")  # an unreadable part is skipped
     extra = colour_samples(2, tmp_path / "extra", seed=8, prefix="x")
     more = scorer.score([*extra, samples[1]], ctx)["embedding"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mixlab.errors import UserError
 from mixlab.evaluation.extract import extract_option, extract_yes_no
-from mixlab.evaluation.rules import score, score_mcq, score_mmbench, score_mme
+from mixlab.evaluation.rules import score
 from mixlab.evaluation.tsv import (
     build_prompt,
     decode_image,
@@ -55,7 +55,7 @@ COLOURS = {"A": "red", "B": "blue", "C": "green"}
         ("Blue.", "B"),  # text match is case-insensitive
         ("A or B", None),  # two letters: ambiguous
         ("red or blue", None),  # two option texts: ambiguous
-        ("Answer: B, not A", "B"),  # two letters, but an explicit "Answer: X"
+        ("Answer: B, not A", None),  # two letters and no "answer is X": VLMEvalKit cannot tell
         ("The correct answer is **C**, since A and B are wrong", "C"),
         ("B is right because the sky looks so very blue", None),  # letter too early, text too long
         ("Z", None),  # VLMEvalKit's "none of the options"
@@ -65,6 +65,7 @@ COLOURS = {"A": "red", "B": "blue", "C": "green"}
 )
 def test_extract_option(prediction: str, expected: str | None) -> None:
     assert extract_option(prediction, dict(COLOURS)) == expected
+    assert extract_option(prediction, dict(COLOURS), "vlmevalkit") == expected
 
 
 # ---- MME ----------------------------------------------------------------------------------
@@ -102,20 +103,20 @@ def _mme_rows(with_image_path: bool = True) -> list[dict]:
 @pytest.mark.parametrize("with_image_path", [True, False])
 def test_score_mme(with_image_path: bool) -> None:
     # Without image_path, consecutive index pairs (0,1), (2,3), ... form the images: same result.
-    m = score_mme(_mme_rows(with_image_path))
+    m = score("mme", _mme_rows(with_image_path))
     assert m["color/acc"] == 75.0 and m["color/acc+"] == 50.0 and m["color"] == 125.0
     assert m["code_reasoning/acc"] == 50.0 and m["code_reasoning/acc+"] == 50.0
     assert m["code_reasoning"] == 100.0
     assert (m["perception"], m["cognition"], m["total"]) == (125.0, 100.0, 225.0)
     assert m["score"] == pytest.approx(56.25)
-    assert score("mme", _mme_rows(with_image_path)) == m
+    assert "skipped_no_image" not in m  # no image column: nothing skipped
 
 
 def test_score_mme_perfect_is_100() -> None:
     rows = _mme_rows()
     for row in rows:
         row["prediction"] = row["answer"]
-    m = score_mme(rows)
+    m = score("mme", rows)
     assert (m["color"], m["total"], m["score"]) == (200.0, 400.0, 100.0)
 
 
@@ -158,17 +159,16 @@ def _mmbench_rows() -> list[dict]:
 
 
 def test_score_mmbench_circular() -> None:
-    m = score_mmbench(_mmbench_rows())
+    m = score("mmbench", _mmbench_rows())
     assert m["overall"] == 50.0 and m["score"] == 50.0
     assert m["vanilla"] == 100.0
     assert m["cat/animals"] == 100.0 and m["cat/colours"] == 0.0
-    assert score("mmbench", _mmbench_rows()) == m
 
 
 def test_score_mmbench_without_copies_equals_vanilla() -> None:
     originals = [r for r in _mmbench_rows() if r["index"] < 1_000_000]
     originals[1]["prediction"] = "blue or green"  # ambiguous text -> wrong
-    m = score_mmbench(originals)
+    m = score("mmbench", originals)
     assert m["overall"] == m["vanilla"] == 50.0
 
 
@@ -176,11 +176,12 @@ def test_score_mmbench_without_copies_equals_vanilla() -> None:
 
 
 def _mcq_rows() -> list[dict]:
-    """4 questions, 2 with an image.
+    """4 questions, 2 with an image; VLMEvalKit skips the 2 without.
 
     row 0 (image, "bio"):  right      row 1 (image, "bio"):  WRONG
     row 2 (no image, "phys"): right   row 3 (no image, "phys"): right ("green" names C)
-    overall = 3/4 = 75; img_accuracy = 1/2 = 50; cat/bio = 50, cat/phys = 100
+    scored: rows 0-1 -> overall = 1/2 = 50, cat/bio = 50, no cat/phys; skipped_no_image = 2
+    (before the skip, mixlab scored all four: 75)
     """
     base = {"question": "Which colour?", "A": "red", "B": "blue", "C": "green"}
     table = [
@@ -195,17 +196,18 @@ def _mcq_rows() -> list[dict]:
     ]
 
 
-def test_score_scienceqa() -> None:
+def test_score_scienceqa_skips_rows_without_image() -> None:
     m = score("scienceqa", _mcq_rows())
-    assert m["overall"] == m["score"] == 75.0
-    assert m["img_accuracy"] == 50.0
-    assert m["cat/bio"] == 50.0 and m["cat/phys"] == 100.0
+    assert m["overall"] == m["score"] == 50.0
+    assert m["skipped_no_image"] == 2.0
+    assert m["cat/bio"] == 50.0 and "cat/phys" not in m and "img_accuracy" not in m
 
 
-def test_score_seed_has_no_img_accuracy() -> None:
-    m = score("seed", _mcq_rows())
-    assert m["score"] == 75.0 and "img_accuracy" not in m
-    assert m == score_mcq(_mcq_rows())
+def test_score_single_pass_kinds_share_one_rule() -> None:
+    assert score("seed", _mcq_rows()) == score("scienceqa", _mcq_rows()) == score("mcq", _mcq_rows())
+    text_only = [{k: v for k, v in r.items() if k != "image"} for r in _mcq_rows()]
+    m = score("mcq", text_only)  # no image column (a text-only table): nothing is skipped
+    assert m["score"] == 75.0 and "skipped_no_image" not in m
 
 
 def test_score_rejects_bad_input() -> None:
@@ -215,6 +217,10 @@ def test_score_rejects_bad_input() -> None:
         score("seed", [])
     with pytest.raises(UserError, match="prediction"):
         score("seed", [{"index": 0, "answer": "A"}])
+    with pytest.raises(UserError, match="2 rows without an image"):
+        score("seed", _mcq_rows()[2:])
+    with pytest.raises(UserError, match="extraction"):
+        score("seed", _mcq_rows(), extraction="lenient")  # type: ignore[arg-type]
 
 
 # ---- TSV ----------------------------------------------------------------------------------
@@ -283,7 +289,8 @@ def test_detect_kind() -> None:
     assert detect_kind("SEEDBench_IMG", ["A", "B"]) == "seed"
     assert detect_kind("ScienceQA_TEST", ["A", "B"]) == "scienceqa"
     assert detect_kind("toy_mcq", ["index", "A", "B", "answer"]) == "mcq"
-    assert detect_kind("POPE", ["index", "answer"], ["Yes", "no"]) == "yorn"
+    assert detect_kind("POPE", ["index", "answer"], ["Yes", "no"]) == "pope"
+    assert detect_kind("HallusionBench", ["index", "answer"], ["Yes", "no"]) == "yorn"
     with pytest.raises(UserError):
         detect_kind("TextVQA", ["index", "answer"], ["a sign"])
 

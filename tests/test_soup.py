@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mixlab.errors import UserError
+from mixlab.testing import StubContext
 from tests.tiny_vlm import COLOURS, CORPUS, QUESTION, build_test_model
 
 PROBE = "language_model.lm_head.weight"  # a tensor the fake evaluator fingerprints (as transformers saves it)
@@ -64,27 +65,19 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {"base": base, **{n: _noisy(base, root / n, seed) for n, seed in (("a", 1), ("b", 2), ("c", 3))}}
 
 
-class FakeCtx:
+class FakeCtx(StubContext):
     """Scores come from a table keyed by tag; records what each evaluated folder held (a probe tensor)."""
 
     def __init__(self, scores: dict[str, float], base_model: Path | None = None):
+        super().__init__(base_model=base_model, evaluate=self._score)
         self.scores = scores
         self.seen: dict[str, object] = {}
-        self.logs: list[str] = []
-        if base_model is not None:
-            self.base_model = base_model
 
-    def evaluate(self, model_dir: Path, tag: str) -> dict[str, dict[str, float]]:
+    def _score(self, model_dir: Path, tag: str) -> dict[str, dict[str, float]]:
         from mixlab.merging import Checkpoint
 
         self.seen[tag] = Checkpoint.open(model_dir).read(PROBE)
         return {"dev_a": {"score": self.scores[tag]}, "dev_b": {"score": self.scores[tag]}}
-
-    def aggregate(self, metrics) -> float:
-        return sum(m["score"] for m in metrics.values()) / len(metrics)
-
-    def log(self, message: str) -> None:
-        self.logs.append(message)
 
 
 def _merger(tmp_path, **options):

@@ -20,8 +20,15 @@ from PIL import Image, UnidentifiedImageError
 
 from mixlab.errors import UserError
 
-KINDS = ("mme", "mmbench", "seed", "scienceqa", "mcq", "yorn")
+KINDS = ("mme", "pope", "mmbench", "seed", "scienceqa", "mcq", "yorn")
 MCQ_KINDS = ("mmbench", "seed", "scienceqa", "mcq")
+# VLMEvalKit evaluates a multiple-choice set circularly when its lower-cased name contains one of these.
+CIRCULAR_NAMES = ("mmbench", "ccbench", "circular", "mmcr")
+# Cells pandas' TSV reader (pandas 2) turns into NaN: VLMEvalKit treats them as empty (no image, no option).
+MISSING_CELLS = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA")
+    + ("NULL", "NaN", "None", "n/a", "nan", "null")
+)
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 SINGLE_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 _MAX_REF_LEN = 64  # VLMEvalKit: an image field this short names another row's index
@@ -34,16 +41,80 @@ def load_tsv(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: benchmark TSV not found; check the path in the recipe.")
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if not header:
-            raise UserError(f"{path}:1: empty file, expected a header row of column names.")
-        if "index" not in header:
-            raise UserError(f"{path}:1: no 'index' column in the header {header[:8]}.")
-        rows = [_parse_row(path, reader.line_num, header, cells) for cells in reader if cells]
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    line = 1
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t")
+            header = next(reader, None)
+            if not header:
+                raise UserError(f"{path}:1: empty file, expected a header row of column names; give a VLMEvalKit TSV.")
+            if "index" not in header:
+                raise UserError(f"{path}:1: no 'index' column in the header {header[:8]}; give a VLMEvalKit TSV.")
+            for cells in reader:
+                line = reader.line_num
+                if cells:
+                    rows.append(_parse_row(path, line, header, cells))
+                    lines.append(line)
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        start = _first_bad_byte(raw)
+        bad_line = raw[:start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{bad_line}: not UTF-8 text (byte 0x{raw[start]:02x}). Save the TSV as UTF-8."
+        ) from None
+    except csv.Error as e:
+        raise UserError(f"{path}:{line + 1}: not a readable TSV row ({e}). Fix the file at that line.") from None
+    _check_rows(path, header, rows, lines)
     _resolve_image_refs(rows)
     return rows
+
+
+def _first_bad_byte(raw: bytes) -> int:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return 0
+
+
+def _check_rows(path: Path, header: list[str], rows: list[dict[str, Any]], lines: list[int]) -> None:
+    """What scoring needs of each row, named by file and line: a unique index, a question, an image reference that
+    resolves, and an answer that is one of the row's options (multiple choice) or Yes/No (MME, POPE)."""
+    if "question" not in header:
+        raise UserError(f"{path}:1: no 'question' column in the header {header[:8]}; give a VLMEvalKit TSV.")
+    multiple_choice = "A" in header and "B" in header
+    yes_no = not multiple_choice and ("MME" in path.stem or "POPE" in path.stem)
+    first: dict[int, int] = {}
+    indexes = {str(r["index"]) for r in rows}
+    for row, line in zip(rows, lines, strict=True):
+        where = f"{path}:{line}: row index {row['index']}"
+        if row["index"] in first:
+            raise UserError(
+                f"{where} appears twice (also on line {first[row['index']]}): give every row its own index."
+            )
+        first[row["index"]] = line
+        if is_missing(row["question"]) or not str(row["question"]).strip():
+            raise UserError(f"{where}: no question. Fill in the question or remove the row.")
+        image = row.get("image", "")
+        if not is_missing(image) and len(image) <= _MAX_REF_LEN and image not in indexes:
+            raise UserError(
+                f"{where}: image {image!r} is neither a base64 image nor the index of another row. Fix the image cell."
+            )
+        if "answer" not in row:
+            continue
+        answer = str(row["answer"]).strip()
+        if is_missing(row["answer"]) or not answer:
+            raise UserError(f"{where}: no answer. Fill in the answer or remove the row.")
+        if multiple_choice and answer not in options(row):
+            letters = ", ".join(options(row)) or "none"
+            raise UserError(
+                f"{where}: answer {answer!r} is not one of the row's option letters ({letters}). Fix the answer or "
+                "the options."
+            )
+        if yes_no and answer.lower() not in ("yes", "no"):
+            raise UserError(f"{where}: answer {answer!r} is not Yes or No, as {path.stem} needs. Fix the answer.")
 
 
 def _parse_row(path: Path, line: int, header: list[str], cells: list[str]) -> dict[str, Any]:
@@ -51,13 +122,15 @@ def _parse_row(path: Path, line: int, header: list[str], cells: list[str]) -> di
     if len(cells) != len(header):
         raise UserError(
             f"{path}:{line}: {len(cells)} tab-separated fields, expected {len(header)} "
-            "(a field with a tab or newline must be quoted)."
+            "(a field with a tab or newline must be quoted): fix that row."
         )
     row: dict[str, Any] = dict(zip(header, cells, strict=True))
     try:
         row["index"] = int(row["index"])
     except ValueError:
-        raise UserError(f"{path}:{line}: index {row['index']!r} is not an integer.") from None
+        raise UserError(
+            f"{path}:{line}: index {row['index']!r} is not an integer: give each row an integer index."
+        ) from None
     return row
 
 
@@ -81,24 +154,30 @@ def decode_image(b64: str, index: int | str | None = None) -> Image.Image:
 
 
 def detect_kind(name: str, columns: list[str], answers: list[str] | None = None) -> str:
-    """Benchmark kind from the dataset name, else from its columns (and answers, if given)."""
-    lowered = name.lower()
-    for kind, keys in (
-        ("mmbench", ("mmbench", "ccbench", "circular")),
-        ("mme", ("mme",)),
-        ("seed", ("seed",)),
-        ("scienceqa", ("scienceqa",)),
-    ):
-        if any(k in lowered for k in keys):
-            return kind
+    """Benchmark kind from the columns and answers first, then the name as VLMEvalKit reads it.
+
+    Option columns A and B: multiple choice, circular ("mmbench") when the lower-cased name contains one of
+    ``CIRCULAR_NAMES``, labelled "seed"/"scienceqa" by name, else "mcq". Otherwise, when every answer is yes or no
+    (or no answers are given): "mme" when the name contains "MME", "pope" when it contains "POPE" (both
+    case-sensitive, as VLMEvalKit matches them), else "yorn".
+    """
     if "A" in columns and "B" in columns:
-        return "mcq"
+        return _mcq_kind(name.lower())
     if "answer" in columns and _all_yes_no(answers):
-        return "yorn"
+        return "mme" if "MME" in name else "pope" if "POPE" in name else "yorn"
     raise UserError(
         f"benchmark {name!r}: cannot tell its kind; expected option columns A and B "
         "(multiple choice) or yes/no answers."
     )
+
+
+def _mcq_kind(lowered: str) -> str:
+    """The multiple-choice kind of a lower-cased benchmark name."""
+    if any(k in lowered for k in CIRCULAR_NAMES):
+        return "mmbench"
+    if "seed" in lowered:
+        return "seed"
+    return "scienceqa" if "scienceqa" in lowered else "mcq"
 
 
 def _all_yes_no(answers: list[str] | None) -> bool:
@@ -106,9 +185,23 @@ def _all_yes_no(answers: list[str] | None) -> bool:
     return answers is None or all(a.strip().lower() in ("yes", "no") for a in answers)
 
 
+def is_missing(cell: Any) -> bool:
+    """True for a cell VLMEvalKit reads as empty: "" or a spelling of NaN such as "NA" or "None"."""
+    return cell is None or str(cell) in MISSING_CELLS
+
+
+def lacks_image(row: dict[str, Any]) -> bool:
+    """True for a row of a table with an ``image`` column whose image cell is empty (VLMEvalKit skips it)."""
+    return "image" in row and is_missing(row["image"])
+
+
 def options(row: dict[str, Any]) -> dict[str, str]:
-    """Option letters A, B, ... that carry non-empty text, in letter order."""
-    return {letter: str(row[letter]) for letter in string.ascii_uppercase if letter in row and str(row[letter]).strip()}
+    """Option letters A, B, ... that carry text (not blank, not a NaN spelling), in letter order."""
+    return {
+        letter: str(row[letter])
+        for letter in string.ascii_uppercase
+        if letter in row and str(row[letter]).strip() and not is_missing(row[letter])
+    }
 
 
 def build_prompt(row: dict[str, Any], kind: str) -> str:

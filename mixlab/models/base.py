@@ -10,7 +10,7 @@ from mixlab.errors import UserError
 
 if TYPE_CHECKING:
     from mixlab.data import Sample
-    from mixlab.recipe import ModelSection
+    from mixlab.sections import ModelSection
 
 
 def corpus_of(samples: list[Sample]) -> list[str]:

@@ -16,9 +16,27 @@ from mixlab import hookimpl
 @click.option("--n-bench", default=60, show_default=True, help="Questions per benchmark category.")
 def toyworld(directory: Path, seed: int, n_train: int, n_bench: int) -> None:
     """Write the toy world (LLaVA JSON sources + VLMEvalKit TSV benchmarks with known truth) to DIRECTORY."""
+    from mixlab.errors import UserError
     from mixlab.toyworld import generate
 
-    manifest = generate(directory, seed=seed, n_train=n_train, n_bench=n_bench)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} is a file: give a folder to write the toy world to (new or empty).")
+    blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot write the toy world to {directory}: {blocker} is a file, not a folder.")
+    if not 10 <= n_train <= 100_000 or not 4 <= n_bench <= 10_000:
+        raise UserError(
+            f"--n-train {n_train} / --n-bench {n_bench}: give --n-train from 10 to 100000 and --n-bench from 4 to "
+            "10000 (a toy world is meant to be small)."
+        )
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed} is out of range: give an integer from 0 to 2**32 - 1.")
+    try:
+        manifest = generate(directory, seed=seed, n_train=n_train, n_bench=n_bench)
+    except OSError as e:
+        raise UserError(
+            f"cannot write the toy world to {directory} ({e.strerror}): choose a folder you can write."
+        ) from None
     click.echo(f"{directory}: {len(manifest['sources'])} sources, {len(manifest['benchmarks'])} benchmarks")
 
 

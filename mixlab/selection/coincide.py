@@ -1,16 +1,16 @@
 """COINCIDE (Lee, Li, Hwang, EMNLP 2024): cluster, score clusters by transferability / density, allocate, pick MMD
 prototypes inside each cluster.
 
-Plain numpy + faiss; the formulas and defaults follow shared/design/algorithms.md §1, which restates the official
-code (G-JWLee/COINCIDE_code). The steps:
+Plain numpy + faiss; the formulas and defaults follow the authors' released code (G-JWLee/COINCIDE_code), and
+docs/coincide.md states them in full. The steps:
 
-1. spherical k-means (faiss, unit centroids), each row assigned to the centroid of largest inner product (§1.3);
+1. spherical k-means (faiss, unit centroids), each row assigned to the centroid of largest inner product;
 2. transferability T_i: mean cosine of centroid i to the other centroids, similarities > 0.9 (self included) masked
-   out, optionally on some columns only (the text half of each layer block, §1.4);
-3. density D_i: mean Gaussian kernel over all pairs of the cluster, diagonal included, float64 (§1.5);
+   out, optionally on some columns only (the text half of each layer block);
+3. density D_i: mean Gaussian kernel over all pairs of the cluster, diagonal included, float64;
 4. budgets: clusters in descending s = T/D; each takes round(R · softmax over the clusters not yet processed at
-   temperature τ), capped at its size; R is what is left of N = floor(fraction · n) (§1.6);
-5. inside a cluster that is not taken whole, greedy MMD-critic prototypes (§1.7).
+   temperature τ), capped at its size; R is what is left of N = floor(fraction · n);
+5. inside a cluster that is not taken whole, greedy MMD-critic prototypes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from mixlab.selection.budget import target_count
 
 SAMPLES_PER_CLUSTER = 66
-"""LLaVA-665K with 10,000 clusters: about 66 samples per cluster (algorithms.md §1.3)."""
+"""LLaVA-665K with 10,000 clusters in the official run: about 66 samples per cluster (docs/coincide.md)."""
 
 BLOCK_BYTES = 128 * 2**20
 """Largest kernel block held at once; bigger clusters are handled row block by row block (exact, just slower)."""

@@ -16,6 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from mixlab.errors import UserError
+
 
 def png_bytes(img: Image.Image) -> bytes:
     """PNG bytes without metadata, so equal images give equal bytes."""
@@ -65,8 +67,11 @@ def write_lines(lines: Iterable[str], path: Path) -> None:
 @contextmanager
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a fresh temp folder next to out_dir; on success it replaces out_dir in one rename."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise UserError(f"cannot create {out_dir} ({e.strerror or e}): choose a folder you can write to.") from None
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700

@@ -156,9 +156,83 @@ def build_dataset(samples: list[Sample]) -> Any:
     """A datasets.Dataset of TRL vision rows; images stay paths and are opened by the collator."""
     import datasets
 
-    from mixlab.training.collator import sample_to_row
+    from mixlab.data import sample_to_row
 
     return datasets.Dataset.from_list([sample_to_row(s) for s in samples])
+
+
+# ---- the pre-training check: every image is there, no sequence is longer than the model can take -----------------
+TURN_OVERHEAD = 8
+"""Tokens the chat template adds per turn (role markers, end of turn), in the length estimate."""
+
+
+def sequence_lengths(samples: list[Sample], processor: Any, image_tokens: int) -> list[int]:
+    """Estimated tokens per sample: the turns' text, the image's tokens and the template's per-turn overhead."""
+    from mixlab.data import IMAGE_TOKEN
+
+    texts = ["\n".join(t["value"].replace(IMAGE_TOKEN, "") for t in s["conversations"]) for s in samples]
+    ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [
+        len(tokens) + (image_tokens if s.get("image") else 0) + TURN_OVERHEAD * len(s["conversations"])
+        for s, tokens in zip(samples, ids, strict=True)
+    ]
+
+
+def check_before_training(samples: list[Sample], processor: Any, max_length: int | None, context: int | None) -> None:
+    """UserError naming the sample (source/record id) whose image is gone or whose sequence is too long to train on.
+
+    Without ``max_length`` a sequence longer than the model's context (``max_position_embeddings``) would be
+    trained whole (a 50,000-token sample asks for tens of GB); with it, sequences are truncated to max_length.
+    A token covers at least half a byte's worth of bound (2 × UTF-8 bytes, SentencePiece word markers included),
+    so only the samples whose bound passes the context are tokenized.
+    """
+    from pathlib import Path
+
+    from mixlab.data import IMAGE_TOKEN
+
+    for s in samples:
+        if s.get("image") and not Path(s["image"]).is_file():
+            raise UserError(
+                f"sample {s['id']!r}: image file {s['image']} does not exist (the source was loaded without "
+                'checking images?). Restore the file, or load the source with check_images = "open" and '
+                'on_error = "skip" to leave such records out.'
+            )
+    if max_length is not None:
+        if context and max_length > context:
+            raise UserError(
+                f"[trainer] max_length = {max_length} is more than the model's context of {context} tokens: set "
+                f"max_length to at most {context}."
+            )
+        return
+    if not context:
+        return
+    texts = ["\n".join(t["value"].replace(IMAGE_TOKEN, "") for t in s["conversations"]) for s in samples]
+    bound = [2 * len(t.encode()) + TURN_OVERHEAD * len(s["conversations"]) for s, t in zip(samples, texts, strict=True)]
+    image_tokens = 0
+    first = next((s for s in samples if s.get("image")), None)
+    if first is not None:
+        from mixlab.models.predict import image_token_count
+
+        try:
+            image_tokens = image_token_count(processor, [first])
+        except Exception as exc:  # PIL raises many kinds for a file that is there but does not decode
+            raise UserError(
+                f"sample {first['id']!r}: image file {first['image']} is not a readable image ({type(exc).__name__}: "
+                f'{exc}). Load the source with check_images = "open" (the default) to find and skip such records.'
+            ) from None
+    suspects = [i for i, b in enumerate(bound) if b + image_tokens > context]
+    if not suspects:
+        return
+    lengths = sequence_lengths([samples[i] for i in suspects], processor, image_tokens)
+    too_long = [(samples[i], n) for i, n in zip(suspects, lengths, strict=True) if n > context]
+    if too_long:
+        sample, n = max(too_long, key=lambda sn: sn[1])
+        more = f" ({len(too_long)} samples are; this is the longest)" if len(too_long) > 1 else ""
+        raise UserError(
+            f"sample {sample['id']!r} is about {n} tokens long{more}, more than the model's context of {context} "
+            f"tokens. Set max_length = {context} (or less) in [trainer] to truncate long samples, or drop them from "
+            "the data (`mixlab data inspect RECIPE` shows the lengths)."
+        )
 
 
 def make_trainer(
@@ -173,9 +247,9 @@ def make_trainer(
         raise UserError("no samples to train on: the selection is empty")
     from trl import SFTConfig
 
+    from mixlab.models.collator import VisionCollator
     from mixlab.models.loading import device_kind, load_model
     from mixlab.models.templates import training_template
-    from mixlab.training.collator import VisionCollator
 
     deepspeed = _setup_deepspeed(settings.deepspeed) if settings.deepspeed else None
     on_cuda = device_kind() == "cuda"
@@ -186,6 +260,9 @@ def make_trainer(
         device="cuda" if on_cuda else "cpu",
     )
     processor.chat_template = training_template(processor)
+    check_before_training(
+        samples, processor, settings.max_length, getattr(model.config.get_text_config(), "max_position_embeddings", 0)
+    )
     tokenizer = processor.tokenizer
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -4,7 +4,6 @@ answered by option likelihood or greedy generation, scored by VLMEvalKit's rules
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -12,9 +11,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, Metrics, Options
+from mixlab.caches import JsonlCache, checkpoint_hash
+from mixlab.components import Evaluation, Evaluator, Metrics, Options
 from mixlab.errors import UserError
-from mixlab.plugins.sources.toyworld import ToyWorldParams
+from mixlab.toyworld.params import ToyWorldParams
 
 
 class BenchmarksOptions(Options):
@@ -39,42 +39,12 @@ class BenchmarksOptions(Options):
     max_new_tokens: int = Field(16, ge=1, description="Greedy decoding length (mode = generate).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N rows of each benchmark.")
     only: list[str] | None = Field(None, description="Keep only these benchmarks (file stems, e.g. SEED_toy).")
-
-
-def checkpoint_hash(model_dir: Path) -> str:
-    """Content hash of a checkpoint: small files whole, large weight files by size + first and last 4 MiB."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(model_dir)}:{f.stat().st_size}".encode())
-        with open(f, "rb") as fh:
-            if f.stat().st_size <= 64 << 20:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(4 << 20))
-                fh.seek(-(4 << 20), 2)
-                h.update(fh.read())
-    return h.hexdigest()
-
-
-class PredictionCache:
-    """Per-sample predictions in a JSON-lines file keyed by sample index; appended as they come (resumable)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.items: dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a crash
-                    continue
-                self.items[str(record["index"])] = record["prediction"]
-
-    def add(self, pairs: list[tuple[Any, str]]) -> None:
-        with open(self.path, "a") as f:
-            for index, prediction in pairs:
-                self.items[str(index)] = prediction
-                f.write(json.dumps({"index": index, "prediction": prediction}) + "\n")
+    extraction: Literal["vlmevalkit", "extended"] = Field(
+        "vlmevalkit",
+        description='Reading answers out of generated text. "vlmevalkit": exactly VLMEvalKit\'s exact matching; '
+        '"extended": mixlab\'s more lenient reading ("Answer: X", "(X)", any option letter), whose scores are not '
+        "comparable with VLMEvalKit's.",
+    )
 
 
 class Benchmarks(Evaluator):
@@ -104,9 +74,10 @@ class Benchmarks(Evaluator):
             raise UserError(f"evaluator {self.label!r}: no benchmarks. Set `paths` or `toyworld`.")
         return files
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Metrics:
-        from mixlab.evaluation.rules import score
-        from mixlab.evaluation.tsv import detect_kind, load_tsv
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Evaluation:
+        from mixlab.evaluation.rules import rate
+        from mixlab.evaluation.tsv import detect_kind, lacks_image, load_tsv
+        from mixlab.outcomes import ItemOutcomes
 
         files = self.tsv_files(ctx)
         model_hash = checkpoint_hash(model_dir)
@@ -114,28 +85,31 @@ class Benchmarks(Evaluator):
         settings = {"mode": o.mode, "max_new_tokens": o.max_new_tokens, "options_as": o.options_as}
         loaded: tuple[Any, Any] | None = None
         metrics: Metrics = {}
+        outcomes: dict[str, ItemOutcomes] = {}
         for tsv in files:
             rows = load_tsv(tsv)[: self.options.limit]
             kind = detect_kind(tsv.stem, list(rows[0]) if rows else [], [str(r.get("answer", "")) for r in rows])
+            asked = [r for r in rows if not lacks_image(r)]  # VLMEvalKit skips rows without an image
             key = {"model": model_hash, "benchmark": tsv.name, "size": tsv.stat().st_size, **settings}
-            cache = PredictionCache(ctx.cache_dir("predictions", key) / "predictions.jsonl")
-            todo = [r for r in rows if str(r["index"]) not in cache.items]
+            cache = JsonlCache(ctx.cache_dir("predictions", key) / "predictions.jsonl")
+            todo = [r for r in asked if str(r["index"]) not in cache.items]
             if todo:
                 if loaded is None:
                     from mixlab.models.loading import load_model
 
                     loaded = load_model(model_dir)
                 self.predict(loaded, kind, todo, cache, ctx, tsv.stem)
-            for r in rows:
+            for r in asked:
                 r["prediction"] = cache.items[str(r["index"])]
-            metrics[tsv.stem] = score(kind, rows)
+            scored = rate(kind, rows, extraction=o.extraction)
+            metrics[tsv.stem], outcomes[tsv.stem] = scored.metrics, scored.outcomes
             with open(work_dir / f"{tsv.stem}.jsonl", "w") as f:
-                for r in rows:
+                for r in asked:
                     f.write(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n")
-        return metrics
+        return Evaluation(metrics, outcomes)
 
     def predict(
-        self, loaded: tuple[Any, Any], kind: str, rows: list[dict[str, Any]], cache: PredictionCache, ctx, name: str
+        self, loaded: tuple[Any, Any], kind: str, rows: list[dict[str, Any]], cache: JsonlCache, ctx, name: str
     ) -> None:
         from mixlab.evaluation.tsv import MCQ_KINDS, build_cloze_prompt, build_prompt, decode_image, options
         from mixlab.models.predict import PromptItem, choose, generate
@@ -164,8 +138,46 @@ class Benchmarks(Evaluator):
                     choices = [list(options(r).values()) for r in part] if by_text else letters
                     picked = choose(model, processor, items, choices, batch_size=self.options.batch_size)
                     answers = [c[i] for c, i in zip(letters, picked, strict=True)]
-                cache.add([(r["index"], a) for r, a in zip(part, answers, strict=True)])
+                cache.add([(str(r["index"]), a) for r, a in zip(part, answers, strict=True)])
                 advance(len(part))
+
+    def check(self) -> list[tuple[tuple, str]]:
+        """Every `paths` pattern matches TSV files; `only` names benchmarks that exist."""
+        from mixlab.evaluation.tsv import load_tsv
+        from mixlab.registry import did_you_mean
+
+        o, problems, stems = self.options, [], []
+        complete = True
+        for i, pattern in enumerate(o.paths):
+            matched = sorted(Path(p) for p in glob.glob(str(self.resolve(pattern))))
+            if not matched:
+                problems.append((("paths", i), f"no file matches {pattern!r} (relative to the recipe): fix the path."))
+                complete = False
+            for path in matched:
+                if path.is_dir():
+                    problems.append((("paths", i), f"{path} is a folder: give the .tsv files, e.g. '{path}/*.tsv'."))
+                elif path.suffix.lower() != ".tsv":
+                    problems.append((("paths", i), f"{path} is not a .tsv file: give VLMEvalKit TSV benchmarks."))
+                else:
+                    try:  # every row scoring needs, checked before any training
+                        load_tsv(path)
+                    except UserError as e:
+                        problems.append((("paths", i), str(e)))
+                stems.append(path.stem)
+        if o.toyworld is not None:
+            stems += ["MME_toy", "MMBench_toy", "SEED_toy", "ScienceQA_toy"]
+            if o.toyworld.dir and Path(o.toyworld.dir).expanduser().is_file():
+                problems.append((("toyworld", "dir"), f"{o.toyworld.dir} is a file: give a folder for the toy world."))
+        elif not o.paths:
+            problems.append(((), "no benchmarks: set `paths` (VLMEvalKit TSVs) or `toyworld`."))
+        if o.only is not None and not o.only:
+            problems.append((("only",), "is empty: name the benchmarks to keep, or drop `only` to keep them all."))
+        for i, name in enumerate(o.only or []):
+            if complete and name not in stems:
+                problems.append(
+                    (("only", i), f"no benchmark named {name!r}.{did_you_mean(name, stems)} Benchmarks are file stems.")
+                )
+        return problems
 
 
 @hookimpl

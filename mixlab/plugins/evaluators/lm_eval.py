@@ -76,6 +76,12 @@ class LmEval(Evaluator):
         (work_dir / "lm_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
         return harness_metrics(out["results"], "lm_eval")
 
+    def check(self) -> list[tuple[tuple, str]]:
+        include = self.options.include_path
+        if include is not None and not self.resolve(include).is_dir():
+            return [(("include_path",), f"{self.resolve(include)} is not a folder: give the folder of task YAMLs.")]
+        return []
+
 
 @hookimpl
 def register_evaluators(register):

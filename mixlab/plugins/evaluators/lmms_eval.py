@@ -38,7 +38,7 @@ def lmms_eval_modules() -> tuple[Any, Any, Any]:
         from lmms_eval.evaluator import simple_evaluate
         from lmms_eval.tasks import TaskManager
 
-        from mixlab.plugins.evaluators.lmms_model import MixlabLmms
+        from mixlab.evaluation.lmms_model import MixlabLmms
     except ImportError as e:
         raise UserError(f"the lmms_eval evaluator needs lmms-eval ({e}): {INSTALL}") from None
     except RuntimeError as e:  # torchvision built for another torch: "operator torchvision::nms does not exist"
@@ -71,6 +71,12 @@ class LmmsEval(Evaluator):
             )
         (work_dir / "lmms_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
         return harness_metrics(out["results"], "lmms_eval", score_metric=o.score_metric, scale=o.score_scale)
+
+    def check(self) -> list[tuple[tuple, str]]:
+        include = self.options.include_path
+        if include is not None and not self.resolve(include).is_dir():
+            return [(("include_path",), f"{self.resolve(include)} is not a folder: give the folder of task YAMLs.")]
+        return []
 
 
 @hookimpl

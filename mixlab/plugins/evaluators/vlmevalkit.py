@@ -124,6 +124,18 @@ class VLMEvalKit(Evaluator):
             )
         return {f"vlmevalkit/{name}": dataset_metrics(out, name) for name in self.options.datasets}
 
+    def check(self) -> list[tuple[tuple, str]]:
+        import shutil
+
+        problems = []
+        if not (self.resolve(self.options.checkout) / "run.py").is_file():
+            checkout = self.resolve(self.options.checkout)
+            problems.append((("checkout",), f"no VLMEvalKit checkout at {checkout} (no run.py): {INSTALL}."))
+        python = self.options.python
+        if python is not None and not (self.resolve(python).is_file() if "/" in python else shutil.which(python)):
+            problems.append((("python",), f"Python {python!r} not found: give the path of VLMEvalKit's python."))
+        return problems
+
 
 @hookimpl
 def register_evaluators(register):

@@ -13,7 +13,6 @@ there is one). Averaging streams one tensor at a time (``mixlab.merging``).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Merger, MergeResult, Options
+from mixlab.components import Merger, MergeResult, Options, RunContext
 from mixlab.errors import UserError
 
 
@@ -50,7 +49,7 @@ class SoupMerger(Merger):
     name = "soup"
     Options = SoupOptions
 
-    def merge(self, ingredients: dict[str, Path], work_dir: Path, ctx: Any) -> MergeResult:
+    def merge(self, ingredients: dict[str, Path], work_dir: Path, ctx: RunContext) -> MergeResult:
         from mixlab.merging import soup as core
 
         o = self.options
@@ -66,7 +65,7 @@ class SoupMerger(Merger):
         info: dict[str, Any] = {"method": o.method, "lowest_cosine": round(min(cosines), 4) if cosines else None}
         if o.method == "uniform":
             total = len(core.Checkpoint.open(next(iter(resolved.values()))).tensors)
-            with _progress(ctx, f"soup {self.label}: averaging {len(resolved)} models", total) as advance:
+            with ctx.progress(f"soup {self.label}: averaging {len(resolved)} models", total) as advance:
                 core.average(list(resolved.values()), model_dir, on_tensor=advance)
             kept = list(resolved)
             info["order"] = kept
@@ -81,7 +80,7 @@ class SoupMerger(Merger):
                 info["uniform"] = {"score": round(float(ctx.aggregate(metrics)), 3), "metrics": metrics}
         _remove(work_dir / "candidates")
         _remove(work_dir / "lora_merged")
-        _log(ctx, f"soup {self.label}: kept {len(kept)} of {len(resolved)}: {', '.join(kept)}")
+        ctx.log(f"soup {self.label}: kept {len(kept)} of {len(resolved)}: {', '.join(kept)}")
         return MergeResult(model_dir=model_dir, kept=kept, info=info)
 
     def _resolve(self, ingredients: dict[str, Path], work_dir: Path) -> dict[str, Path]:
@@ -100,17 +99,17 @@ class SoupMerger(Merger):
         return resolved
 
     def _greedy(
-        self, resolved: dict[str, Path], work_dir: Path, model_dir: Path, ctx: Any
+        self, resolved: dict[str, Path], work_dir: Path, model_dir: Path, ctx: RunContext
     ) -> tuple[list[str], dict[str, Any]]:
         from mixlab.merging import soup as core
 
         o = self.options
         scores: dict[str, float] = {}
         steps: list[dict[str, Any]] = []
-        with _progress(ctx, f"soup {self.label}: greedy", 2 * len(resolved) - 1) as advance:
+        with ctx.progress(f"soup {self.label}: greedy", 2 * len(resolved) - 1) as advance:
             for name, path in resolved.items():
                 scores[name] = float(ctx.aggregate(ctx.evaluate(path, f"{self.label}/{name}")))
-                _log(ctx, f"soup {self.label}: ingredient {name} scores {scores[name]:.3f}")
+                ctx.log(f"soup {self.label}: ingredient {name} scores {scores[name]:.3f}")
                 advance()
             order = sorted(resolved, key=lambda n: (-scores[n], n))
             kept, best = [order[0]], scores[order[0]]
@@ -125,8 +124,7 @@ class SoupMerger(Merger):
                 score = float(ctx.aggregate(ctx.evaluate(candidate, f"{self.label}/try{i}")))
                 accepted = score > best if o.strict else score >= best
                 steps.append({"ingredient": name, "score": score, "accepted": accepted})
-                _log(
-                    ctx,
+                ctx.log(
                     f"soup {self.label}: + {name} scores {score:.3f} vs {best:.3f}: "
                     f"{'kept' if accepted else 'dropped'}",
                 )
@@ -153,29 +151,16 @@ class SoupMerger(Merger):
         return kept, info
 
 
-def _base_model(ctx: Any) -> Path | None:
+def _base_model(ctx: RunContext) -> Path | None:
     """The recipe's base model when the context has one with safetensors weights, else None."""
     from mixlab.merging.soup import weight_files
 
     try:
         base = Path(ctx.base_model)
         weight_files(base)
-    except (AttributeError, RuntimeError, TypeError, UserError):
+    except (RuntimeError, UserError):  # no base model yet, or one without safetensors weights
         return None
     return base if (base / "config.json").is_file() else None
-
-
-def _progress(ctx: Any, description: str, total: int) -> contextlib.AbstractContextManager[Any]:
-    progress = getattr(ctx, "progress", None)
-    if progress is None:
-        return contextlib.nullcontext(lambda n=1: None)
-    return progress(description, total)
-
-
-def _log(ctx: Any, message: str) -> None:
-    log = getattr(ctx, "log", None)
-    if log is not None:
-        log(message)
 
 
 def _remove(path: Path) -> None:

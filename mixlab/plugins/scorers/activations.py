@@ -1,4 +1,4 @@
-"""``activations``: COINCIDE's per-sample embedding from a reference model's attention outputs (algorithms.md §1.2).
+"""``activations``: COINCIDE's per-sample embedding from a reference model's attention outputs (docs/scorers.md).
 
 For each chosen decoder layer, the self-attention ``o_proj`` output is averaged over the image tokens and over the
 text tokens separately (text = every non-padding, non-image token of the templated conversation: system, user and
@@ -15,9 +15,10 @@ import numpy as np
 from pydantic import Field
 
 from mixlab import hookimpl
+from mixlab.caches import ArrayCache, sample_key
+from mixlab.components import RunContext
 from mixlab.data import Sample
-from mixlab.plugins.scorers.cache import ArrayCache, model_settings, sample_key
-from mixlab.plugins.scorers.perplexity import ModelScorer, ModelScorerOptions
+from mixlab.models.scorer import ModelScorer, ModelScorerOptions, model_settings
 
 
 class ActivationsOptions(ModelScorerOptions):
@@ -58,7 +59,7 @@ class ActivationsScorer(ModelScorer):
     name = "activations"
     Options = ActivationsOptions
 
-    def score(self, samples: list[Sample], ctx: Any) -> dict[str, np.ndarray]:
+    def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
         from mixlab.models.predict import pooled_activations
 
         o = self.options

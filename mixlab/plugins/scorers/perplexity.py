@@ -1,46 +1,20 @@
-"""``perplexity``: image-conditioned perplexity of each sample's answer tokens under a reference model (POINTS §2.1).
+"""``perplexity``: image-conditioned perplexity of each sample's answer tokens under a reference model (POINTS).
 
 The scored tokens are exactly the trained ones: every assistant answer plus its end-of-turn token, under the
-training chat template and masks (``mixlab.training.collator``), conditioned on the image and all earlier turns.
+training chat template and masks (``mixlab.models.collator``), conditioned on the image and all earlier turns.
 ``nll`` is their mean negative log-likelihood and ``ppl = exp(nll)``; both are NaN for a sample without trained
 tokens. Batches group samples of similar length; results are cached per sample and reused across runs.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Options, Scorer
+from mixlab.caches import JsonlCache, sample_key
+from mixlab.components import RunContext
 from mixlab.data import Sample
-from mixlab.plugins.scorers.cache import JsonlCache, model_settings, sample_key
-
-
-class ModelScorerOptions(Options):
-    model: str | None = Field(
-        None,
-        description="Reference checkpoint: a local HF model dir, relative to the recipe. Default: the base model.",
-    )
-    batch_size: int = Field(16, ge=1, description="Samples per forward pass (neighbours in length order).")
-
-
-class ModelScorer(Scorer):
-    """Base of the scorers that run a reference model: model resolution, bucketed batches, lazy loading."""
-
-    def model_dir(self, ctx: Any) -> Path:
-        return self.resolve(self.options.model) if self.options.model else Path(ctx.base_model)
-
-    def batches(self, processor: Any, samples: list[Sample]) -> list[list[int]]:
-        """Index lists of `batch_size` neighbours in estimated-length order."""
-        from mixlab.models.predict import length_order
-
-        order = length_order(processor, samples)
-        size = self.options.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+from mixlab.models.scorer import ModelScorer, ModelScorerOptions, model_settings
 
 
 class PerplexityOptions(ModelScorerOptions):
@@ -53,7 +27,7 @@ class PerplexityScorer(ModelScorer):
     name = "perplexity"
     Options = PerplexityOptions
 
-    def score(self, samples: list[Sample], ctx: Any) -> dict[str, np.ndarray]:
+    def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
         model_dir = self.model_dir(ctx)
         cache = JsonlCache(
             ctx.cache_dir("perplexity", {"scorer": "perplexity", **model_settings(model_dir)}) / "nll.jsonl"

@@ -1,12 +1,10 @@
 """``coincide``: COINCIDE (EMNLP 2024) cluster-then-prototype selection on an embedding column.
 
-The math lives in ``mixlab.selection.coincide``; formulas and defaults follow shared/design/algorithms.md §1. Rows are
+The math lives in ``mixlab.selection.coincide``; docs/coincide.md gives the formulas and defaults. Rows are
 taken as given: the scorer that made the embeddings decides how text-only samples are embedded.
 """
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -83,14 +81,11 @@ class CoincideSelector(Selector):
             raise UserError(f"{where}: {e}; fix `layout_blocks` or `text_slices`.") from e
 
         k = min(len(x), o.k if o.k is not None else coincide.default_k(len(x)))
-        log = getattr(ctx, "log", None)
         coincide.prefer_native_blas()
-        if log and (hint := coincide.faiss_blas_hint()):
-            log(f"{where}: {hint}")
-        progress = getattr(ctx, "progress", None)
-        bar = progress("coincide: clusters", 2 * k) if progress else nullcontext(None)
+        if hint := coincide.faiss_blas_hint():
+            ctx.log(f"{where}: {hint}")
         try:
-            with bar as advance:
+            with ctx.progress("coincide: clusters", 2 * k) as advance:
                 rows, info = coincide.select(
                     x, o.fraction, k, o.niter, o.seed, o.temperature, o.sigma, slices, advance=advance
                 )
@@ -98,6 +93,12 @@ class CoincideSelector(Selector):
             raise UserError(f"{where}: {e}") from e
         info["column"] = o.column
         return Selection(ids=[samples[i]["id"] for i in rows], info=info)
+
+    def check(self) -> list[tuple[tuple, str]]:
+        seed = self.options.seed
+        if seed is not None and not 0 <= seed < 2**32:
+            return [(("seed",), f"seed {seed} is out of range: use an integer from 0 to 2**32 - 1.")]
+        return []
 
 
 @hookimpl

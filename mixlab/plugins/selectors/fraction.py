@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 from mixlab import hookimpl
 from mixlab.components import Options, Selection, Selector
 from mixlab.errors import UserError
-from mixlab.plugins.selectors.strata import strata
 from mixlab.selection.budget import target_count
+from mixlab.selection.strata import strata
 
 
 class FractionOptions(Options):

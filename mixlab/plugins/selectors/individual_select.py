@@ -1,20 +1,23 @@
-"""``individual_select``: dataset-level selection by fine-tuning ("Rethinking Overlooked Aspects in VLMs", §3 of
-algorithms.md). Category by category, each candidate source is added alone to the current baseline mix, trained and
-evaluated; it is kept if its score is not below the baseline's minus a tolerance; the kept ones join the baseline,
-which is retrained before the next category. Every training goes through the run context, so it is cached, resumable
-and shared with arms that train on the same samples; every candidate checkpoint stays available for a soup.
+"""``individual_select``: dataset-level selection by fine-tuning ("Rethinking Overlooked Aspects in VLMs"; see
+docs/individual_select.md). Category by category, each candidate source is added alone to the current baseline mix,
+trained and evaluated; it is kept if its score is not below the baseline's minus a tolerance; the kept ones join the
+baseline, which is retrained before the next category. Every training goes through the run context, so it is cached,
+resumable and shared with arms that train on the same samples; every candidate checkpoint stays available for a soup.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Options, Selection, Selector
+from mixlab.components import Options, RunContext, Selection, Selector, Trial
+from mixlab.data import Sample
 from mixlab.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class IndividualSelectOptions(Options):
@@ -22,20 +25,30 @@ class IndividualSelectOptions(Options):
     categories: list[str] | None = Field(
         None, description="Category order (default: the order in which the candidates' categories first appear)."
     )
+    rule: Literal["tolerance", "ci"] = Field(
+        "tolerance",
+        description="\"tolerance\" (the paper's rule): keep a candidate whose score is at least the baseline's minus "
+        '`tolerance`. "ci": keep it unless the upper end of the 95% interval of its difference to the baseline is '
+        "below -tolerance (it is kept when it cannot be told apart from the baseline, rejected when it is clearly "
+        "worse); the interval covers the seeds of [run] seeds and the benchmark items.",
+    )
     tolerance: float = Field(
         0.0,
         ge=0,
-        description="Keep a candidate whose score is at least the baseline's minus this (points on the 0-100 "
-        "average). The paper's value is unknown; about the baseline's seed-to-seed spread is a sensible choice.",
+        description="Points on the 0-100 average: how much worse than the baseline a candidate may be and stay.",
     )
 
 
 class IndividualSelect(Selector):
+    """Add each candidate source to the baseline mix, train (once per seed), evaluate, keep it if not worse."""
+
     name = "individual_select"
     Options = IndividualSelectOptions
+    trains_models = True
+    options: IndividualSelectOptions
 
-    def select(self, samples, scores, ctx) -> Selection:
-        by_source: dict[str, list[dict[str, Any]]] = {}
+    def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
+        by_source: dict[str, list[Sample]] = {}
         for s in samples:
             by_source.setdefault(s["source"], []).append(s)
         missing = [b for b in self.options.baseline if b not in by_source]
@@ -44,56 +57,60 @@ class IndividualSelect(Selector):
                 f"selector {self.label!r}: baseline sources {missing} are not in the arm's sources "
                 f"({', '.join(by_source)}). Add them to the arm or fix `baseline`."
             )
-        plan = self._plan(by_source)
         current = list(self.options.baseline)
 
-        def mix(sources: list[str]) -> list[dict[str, Any]]:
+        def mix(sources: list[str]) -> list[Sample]:
             return [s for src in sources for s in by_source[src]]
 
-        def scored(model_dir: Path, tag: str) -> tuple[Path, float, dict[str, float]]:
-            metrics = ctx.evaluate(model_dir, f"{self.label}/{tag}")
-            return model_dir, ctx.aggregate(metrics), {b: m["score"] for b, m in metrics.items() if "score" in m}
-
-        def run(sources: list[str], tag: str) -> tuple[Path, float, dict[str, float]]:
-            return scored(ctx.train(mix(sources), f"{self.label}/{tag}"), tag)
-
-        def rel(path: Path) -> str:
-            path = Path(path).resolve()
-            return str(path.relative_to(ctx.run_dir)) if path.is_relative_to(ctx.run_dir) else str(path)
-
-        model_dir, score, metrics = run(current, "baseline")
-        rounds: list[dict[str, Any]] = [self._round("baseline", [], current, score, metrics, rel(model_dir))]
-        for category, candidates in plan.items():
+        baseline = ctx.trials([(mix(current), f"{self.label}/baseline")])[0]
+        rounds: list[dict[str, Any]] = [self._round("baseline", [], current, baseline)]
+        for category, candidates in self._plan(by_source).items():
             # the round's candidates are independent: trained at once where [run.executor] allows
-            tags = [f"{category}/+{source}" for source in candidates]
-            dirs = ctx.train_many(
-                [(mix([*current, c]), f"{self.label}/{t}") for c, t in zip(candidates, tags, strict=True)]
-            )
-            results = []
-            for source, tag, trained in zip(candidates, tags, dirs, strict=True):
-                cand_dir, cand_score, cand_metrics = scored(trained, tag)
-                kept = cand_score >= score - self.options.tolerance
-                results.append(
-                    {
-                        "source": source,
-                        "score": round(cand_score, 3),
-                        "delta": round(cand_score - score, 3),
-                        "kept": kept,
-                        "metrics": cand_metrics,
-                        "model_dir": rel(cand_dir),
-                    }
-                )
-                if hasattr(ctx, "log"):
-                    verdict = "kept" if kept else "rejected"
-                    ctx.log(f"individual_select {category}: +{source} {cand_score:.2f} vs {score:.2f} → {verdict}")
+            jobs = [(mix([*current, c]), f"{self.label}/{category}/+{c}") for c in candidates]
+            results = [
+                self._judge(category, source, trial, baseline, ctx)
+                for source, trial in zip(candidates, ctx.trials(jobs), strict=True)
+            ]
             added = [r["source"] for r in results if r["kept"]]
             if added:
                 current += added
-                model_dir, score, metrics = run(current, f"{category}/baseline")
-            rounds.append(self._round(category, results, current, score, metrics, rel(model_dir)))
+                baseline = ctx.trials([(mix(current), f"{self.label}/{category}/baseline")])[0]
+            rounds.append(self._round(category, results, current, baseline))
         keep = set(current)
-        block = {"rounds": rounds, "selected_sources": current, "tolerance": self.options.tolerance}
+        block = {
+            "rule": self.options.rule,
+            "tolerance": self.options.tolerance,
+            "rounds": rounds,
+            "selected_sources": current,
+        }
         return Selection(ids=[s["id"] for s in samples if s["source"] in keep], info={"individual_select": block})
+
+    def _judge(self, category: str, source: str, trial: Trial, baseline: Trial, ctx: RunContext) -> dict[str, Any]:
+        """A candidate's verdict against the round's baseline, with its difference and interval."""
+        comparison = ctx.compare(trial, baseline)
+        tolerance = self.options.tolerance
+        if self.options.rule == "ci" and comparison.ci is not None:
+            kept = comparison.ci[1] >= -tolerance
+        else:
+            kept = trial.score >= baseline.score - tolerance
+        verdict = "kept" if kept else "rejected"
+        interval = "" if comparison.ci is None else f" [{comparison.ci[0]:+.2f}, {comparison.ci[1]:+.2f}]"
+        ctx.log(
+            f"individual_select {category}: +{source} {trial.score:.2f} vs {baseline.score:.2f}{interval} → {verdict}"
+        )
+        first = next(iter(trial.model_dirs.values()))
+        return {
+            "source": source,
+            "score": round(trial.score, 3),
+            "delta": round(trial.score - baseline.score, 3),
+            "ci": None if comparison.ci is None else [round(x, 3) for x in comparison.ci],
+            "p_better": None if comparison.p_better is None else round(comparison.p_better, 4),
+            "interval": comparison.interval,
+            "kept": kept,
+            "metrics": {b: m["score"] for b, m in trial.metrics.items()},
+            "model_dir": first,
+            "model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
+        }
 
     def _plan(self, by_source: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
         """Category → candidate sources (those not in the baseline), in the configured or first-seen order."""
@@ -115,21 +132,15 @@ class IndividualSelect(Selector):
         return {c: plan[c] for c in self.options.categories}
 
     @staticmethod
-    def _round(
-        category: str,
-        candidates: list[dict[str, Any]],
-        baseline: list[str],
-        score: float,
-        metrics: dict[str, float],
-        model_dir: str,
-    ) -> dict[str, Any]:
+    def _round(category: str, candidates: list[dict[str, Any]], baseline: list[str], trial: Trial) -> dict[str, Any]:
         return {
             "category": category,
             "candidates": candidates,
             "baseline_sources": list(baseline),
-            "baseline_score": round(score, 3),
-            "baseline_metrics": metrics,
-            "baseline_model_dir": model_dir,
+            "baseline_score": round(trial.score, 3),
+            "baseline_metrics": {b: m["score"] for b, m in trial.metrics.items()},
+            "baseline_model_dir": next(iter(trial.model_dirs.values())),
+            "baseline_model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
         }
 
 

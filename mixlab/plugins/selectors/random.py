@@ -7,8 +7,8 @@ from pydantic import Field, model_validator
 
 from mixlab import hookimpl
 from mixlab.components import Options, Selection, Selector
-from mixlab.plugins.selectors.strata import strata
 from mixlab.selection.budget import target_count
+from mixlab.selection.strata import strata
 
 
 class RandomOptions(Options):
@@ -41,6 +41,12 @@ class RandomSelector(Selector):
         for rows in strata(samples, o.per_source):
             keep += rng.choice(rows, size=budget(len(rows), share, None), replace=False).tolist()
         return Selection(ids=[samples[i]["id"] for i in sorted(keep)], info={"kept": len(keep)})
+
+    def check(self) -> list[tuple[tuple, str]]:
+        seed = self.options.seed
+        if seed is not None and not 0 <= seed < 2**32:
+            return [(("seed",), f"seed {seed} is out of range: use an integer from 0 to 2**32 - 1.")]
+        return []
 
 
 @hookimpl

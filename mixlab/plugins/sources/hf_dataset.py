@@ -13,9 +13,20 @@ from mixlab import hookimpl
 from mixlab.components import Options, Source
 from mixlab.data import IMAGE_TOKEN, Sample
 from mixlab.errors import UserError
-from mixlab.plugins.sources.records import BadRecord, ImageCheck, OnError, collect
+from mixlab.plugins.sources.llava_json import read_records
+from mixlab.plugins.sources.records import (
+    BadRecord,
+    ImageCheck,
+    OnError,
+    collect,
+    image_path,
+    nothing_loaded,
+    path_problem,
+    root_problem,
+)
 
 ROLE_TO_LLAVA = {"user": "human", "assistant": "gpt", "system": None}
+SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 class HfDatasetOptions(Options):
@@ -23,28 +34,45 @@ class HfDatasetOptions(Options):
     split: str = Field("train", description="Split to read when the folder is a DatasetDict.")
     image_root: str | None = Field(None, description="Folder that string image paths are relative to.")
     on_error: OnError = Field("raise", description='"raise": stop at a bad record; "skip": skip and count it.')
-    check_images: ImageCheck = Field("open", description='"open" (read each header), "exists", or "none".')
+    check_images: ImageCheck = Field(
+        "open", description='"open": decode every image at load; "exists": only check the files are there; "none".'
+    )
     limit: int | None = Field(None, ge=1, description="Keep only the first N rows.")
 
 
-def _load(path: Path, split: str):
-    import datasets
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
+
+def _load(path: Path, split: str) -> Any:
+    """The rows: a datasets.Dataset (save_to_disk folder, parquet) or a list of dicts (JSON lines, JSON list)."""
     if not path.exists():
         raise UserError(f"dataset {path} not found. Check `path` in the recipe.")
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise UserError(f"dataset {path} has no split {split!r} (it has {', '.join(ds)}). Set `split`.")
-            ds = ds[split]
-        return ds
-    kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}.get(path.suffix)
-    if kind is None:
+    if not path.is_dir() and path.suffix not in SUFFIXES:
         raise UserError(
             f"{path}: unsupported file type {path.suffix!r}; use a save_to_disk folder, .parquet or .jsonl."
         )
-    return datasets.load_dataset(kind, data_files=str(path), split="train")
+    if path.suffix in (".jsonl", ".json") and not path.is_dir():
+        return read_records(path)
+    import datasets
+
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            import pyarrow.parquet as pq
+
+            pq.ParquetFile(str(path)).close()  # a bad footer fails here, before datasets logs its own errors
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    except Exception as exc:  # datasets and Arrow raise many kinds; the user needs the file and what it is not
+        what = "a dataset folder written by `Dataset.save_to_disk`" if path.is_dir() else "a readable parquet file"
+        raise UserError(f"{path} is not {what} ({_first_line(exc)}). Check `path`, or rewrite the data.") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise UserError(f"dataset {path} has no split {split!r} (it has {', '.join(ds)}). Set `split`.")
+        ds = ds[split]
+    return ds
 
 
 def _text(content: Any) -> tuple[str, int]:
@@ -60,7 +88,10 @@ def _text(content: Any) -> tuple[str, int]:
             parts.append(IMAGE_TOKEN)
             images += 1
         elif kind == "text":
-            parts.append(part.get("text") or "")
+            text = part.get("text") or ""
+            if not isinstance(text, str):
+                raise BadRecord(f"a text part's `text` must be a string, got {text!r:.60}")
+            parts.append(text)
         else:
             raise BadRecord(f"unknown content part {part!r:.60}")
     return "\n".join(p for p in parts if p), images
@@ -81,64 +112,119 @@ class HfDataset(Source):
             "".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()).encode()
         ).hexdigest()
 
+    def check(self) -> list[tuple[tuple, str]]:
+        path = self.resolve(self.options.path)
+        found = path_problem(path, SUFFIXES, folder_ok=True)
+        if not found and path.is_dir():
+            markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+            if not any((path / m).is_file() for m in markers):
+                found = f"{path} is a folder but not a saved dataset (no {' or '.join(markers)}): give a folder " + (
+                    "written by `Dataset.save_to_disk`, or a .parquet or .jsonl file"
+                )
+        if found:
+            return [(("path",), found)]
+        if self.options.image_root is not None and (found := root_problem(self.resolve(self.options.image_root), True)):
+            return [(("image_root",), found)]
+        return []
+
     def load(self, ctx) -> list[Sample]:
         path = self.resolve(self.options.path)
         ds = _load(path, self.options.split)
-        missing = {"messages"} - set(ds.column_names)
-        if missing:
+        columns = list(ds.column_names) if hasattr(ds, "column_names") else sorted({k for r in ds[:1000] for k in r})
+        if len(ds) == 0:
+            raise nothing_loaded(path, self.label, 0, [])
+        if isinstance(ds, list):
+            bad = next((i for i, r in enumerate(ds) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise UserError(
+                    f"{path}: row {bad} is not a JSON object: give each row as an object with `messages` (and "
+                    "`images`)."
+                )
+        if "messages" not in columns:
             raise UserError(
-                f"{path}: no `messages` column (columns: {', '.join(ds.column_names)}). "
-                "mixlab reads TRL's vision format: `messages` + `images`."
+                f"{path}: no `messages` column (columns: {', '.join(columns) or 'none'}). "
+                "mixlab reads TRL's vision format: give rows with `messages` (and `images`)."
             )
         if self.options.limit:
-            ds = ds.select(range(min(self.options.limit, len(ds))))
+            ds = (
+                ds.select(range(min(self.options.limit, len(ds))))
+                if hasattr(ds, "select")
+                else ds[: self.options.limit]
+            )
         image_dir = ctx.cache_dir("hf_images", {"source": self.label, "fingerprint": self.fingerprint()})
         root = self.resolve(self.options.image_root) if self.options.image_root else path.parent
-        records = [self._record(row, i, image_dir, root) for i, row in enumerate(ds)]
+        if self.options.image_root is not None and (found := root_problem(root, True)):
+            raise UserError(f"[sources.{self.label}]: {found}.")
+        records = []
+        rows = iter(ds)
+        for i in range(len(ds)):
+            try:
+                row = next(rows)
+            except Exception as exc:  # a row Arrow cannot decode: the rest of the file cannot be trusted either
+                raise UserError(
+                    f"{path}: row {i} cannot be read ({_first_line(exc)}). Check or rewrite the data."
+                ) from None
+            records.append(self._record(row, i, image_dir, root))
         samples, skipped = collect(
             records, path, image_dir, self.options.check_images, self.options.on_error, self.label
         )
+        if not samples:
+            raise nothing_loaded(path, self.label, len(records), skipped)
         if skipped:
             ctx.record(skipped=len(skipped))
             ctx.log(f"{self.label}: skipped {len(skipped)} bad rows, e.g. {skipped[0]}")
         return samples
 
     def _record(self, row: dict[str, Any], index: int, image_dir: Path, root: Path) -> Any:
+        rid = row.get("id", index) if isinstance(row.get("id", index), (str, int)) else index
         try:
+            messages = row.get("messages")
+            if not isinstance(messages, list):
+                raise BadRecord(f"`messages` must be a list of {{role, content}} messages, got {messages!r:.60}")
             turns, n_images = [], 0
-            for message in row["messages"] or []:
-                role = ROLE_TO_LLAVA.get(message.get("role"), "?")
+            for message in messages:
+                if not isinstance(message, dict):
+                    raise BadRecord(f"a message must be an object with `role` and `content`, got {message!r:.60}")
+                role = ROLE_TO_LLAVA.get(message.get("role"), "?") if isinstance(message.get("role"), str) else "?"
                 if role is None:
                     continue
                 if role == "?":
-                    raise BadRecord(f"unknown role {message.get('role')!r}")
+                    raise BadRecord(f"unknown role {message.get('role')!r:.40} (use user, assistant or system)")
                 text, count = _text(message.get("content"))
                 n_images += count
                 turns.append({"from": role, "value": text})
             images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+            if not isinstance(images, list):
+                raise BadRecord(f"`images` must be a list of images, got {type(images).__name__}")
             if len(images) > 1:
                 raise BadRecord("more than one image per sample is not supported")
-            record: dict[str, Any] = {"id": str(row.get("id", index)), "conversations": turns}
+            record: dict[str, Any] = {"id": str(rid), "conversations": turns}
             if images:
                 record["image"] = str(self._image_path(images[0], index, image_dir, root))
             if n_images and not images:
                 raise BadRecord("a message has an image part but the row has no image")
             return record
         except BadRecord as exc:
-            return {"id": row.get("id", index), "conversations": None, "_error": str(exc)}
+            return {"id": rid, "conversations": None, "_error": str(exc)}
 
     @staticmethod
     def _image_path(image: Any, index: int, image_dir: Path, root: Path) -> Path:
         if isinstance(image, str):
-            return (root / image).resolve()
+            return image_path(image, root)
         if isinstance(image, dict) and image.get("path") and not image.get("bytes"):
-            return (root / image["path"]).resolve()
+            return image_path(str(image["path"]), root)
+        if not (hasattr(image, "save") or (isinstance(image, dict) and isinstance(image.get("bytes"), bytes))):
+            raise BadRecord(f"an image must be a path, {{bytes, path}} or a PIL image, got {type(image).__name__}")
         out = image_dir / f"{index}.png"
         if not out.exists():
             from PIL import Image
 
-            pil = image if hasattr(image, "save") else Image.open(io.BytesIO(image["bytes"]))
-            pil.convert("RGB").save(out)
+            try:
+                pil = image if hasattr(image, "save") else Image.open(io.BytesIO(image["bytes"]))
+                pil.convert("RGB").save(out)
+            except Exception as exc:  # PIL raises many kinds for bad bytes
+                out.unlink(missing_ok=True)
+                raise BadRecord(f"the image bytes are not a readable image ({_first_line(exc)})") from None
         return out
 
 

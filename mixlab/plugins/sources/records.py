@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,18 +18,40 @@ class BadRecord(Exception):
 
 
 def check_image(path: Path, how: ImageCheck) -> None:
+    """ "exists": the file is there; "open": it also decodes (every pixel, so truncated or corrupt data is caught)."""
     if how == "none":
         return
+    if path.is_dir():
+        raise BadRecord(f"image {path} is a folder, not an image file")
     if not path.is_file():
         raise BadRecord(f"image file {path} does not exist")
     if how == "open":
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
             with Image.open(path) as img:
-                img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise BadRecord(f"image file {path} is not a readable image ({exc})") from None
+                img.load()
+                if img.width < 1 or img.height < 1:
+                    raise ValueError("it has no pixels")
+        except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError, DecompressionBomb...)
+            raise BadRecord(f"image file {path} is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def image_path(image: str, image_root: Path) -> Path:
+    """An image path of a record, resolved against the image root; BadRecord if a relative one leaves the root."""
+    if "\0" in image:
+        raise BadRecord("`image` holds a NUL character")
+    path = Path(image).expanduser()
+    if path.is_absolute():
+        return path
+    root = Path(os.path.normpath(image_root.absolute()))
+    full = Path(os.path.normpath(root / path))
+    if not full.is_relative_to(root):
+        raise BadRecord(
+            f"image path {image!r} leaves the image root {root} (it climbs out with '..'): give a path inside "
+            "the image root, or set `image_root` to a folder that holds every image"
+        )
+    return full.resolve()
 
 
 def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sample:
@@ -37,6 +60,8 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sam
         raise BadRecord(f"expected an object, got {type(record).__name__}")
     if "_error" in record:  # a converter upstream already found the problem
         raise BadRecord(record["_error"])
+    if "id" in record and (isinstance(record["id"], bool) or not isinstance(record["id"], (str, int))):
+        raise BadRecord(f"`id` must be a string or an integer, got {record['id']!r:.60}")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise BadRecord("`conversations` must be a non-empty list of {from, value} turns")
@@ -54,7 +79,7 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sam
     if image:
         if not isinstance(image, str):
             raise BadRecord("`image` must be a relative path string (one image per record)")
-        path = (image_root / image).resolve()
+        path = image_path(image, image_root)
         check_image(path, how)
         if not has_token:  # the LLaVA convention: the image goes before the first question
             turns = [{"from": turns[0]["from"], "value": f"{IMAGE_TOKEN}\n{turns[0]['value']}"}, *turns[1:]]
@@ -75,18 +100,59 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sam
 def collect(
     records: list[Any], file: Path, image_root: Path, how: ImageCheck, on_error: OnError, source: str
 ) -> tuple[list[Sample], list[str]]:
-    """Convert every record; raise on the first bad one, or skip bad ones and return their messages."""
+    """Convert every record; raise on the first bad one, or skip bad ones and return their messages.
+
+    A record whose id repeats an earlier one's is bad too (ids name samples in selections and reports).
+    """
     samples, skipped = [], []
+    first_of: dict[str, int] = {}
     for index, record in enumerate(records):
+        rid = record.get("id", "?") if isinstance(record, dict) else "?"
         try:
             sample = to_sample(record, index, image_root, how)
+            if sample["id"] in first_of:
+                raise BadRecord(
+                    f"duplicate id {sample['id']!r} (record {first_of[sample['id']]} has it too): give every record "
+                    "its own id"
+                )
         except BadRecord as exc:
-            rid = record.get("id", "?") if isinstance(record, dict) else "?"
             message = f"{file}: record {index} (id {rid!r}): {exc}"
             if on_error == "raise":
                 raise UserError(f'{message}. Fix the record, or set on_error = "skip" in [sources.{source}].') from None
             skipped.append(message)
             continue
+        first_of[sample["id"]] = index
         sample["source"] = source
         samples.append(sample)
     return samples, skipped
+
+
+def nothing_loaded(file: Path, source: str, total: int, skipped: list[str]) -> UserError:
+    """The error for a source that yields no sample: an empty file, or every record skipped."""
+    if total == 0:
+        return UserError(f"{file}: no records, so [sources.{source}] has nothing to train on. Give a file with data.")
+    return UserError(
+        f"{file}: all {total} records were skipped as bad, so [sources.{source}] has nothing to train on. Fix the "
+        f"records; the first: {skipped[0]}"
+    )
+
+
+def root_problem(root: Path, explicit: bool) -> str | None:
+    """What is wrong with an image root folder, or None."""
+    what = "`image_root`" if explicit else "the image root (the data file's folder)"
+    if not root.exists():
+        return f"{what} {root} does not exist: set `image_root` to the folder that holds the images"
+    if not root.is_dir():
+        return f"{what} {root} is a file, not a folder: set `image_root` to the folder that holds the images"
+    return None
+
+
+def path_problem(path: Path, suffixes: tuple[str, ...] | None, folder_ok: bool = False) -> str | None:
+    """What is wrong with a data path (missing, a folder, an unsupported kind of file), or None."""
+    if not path.exists():
+        return f"{path} does not exist: check `path` (relative to the recipe's folder)"
+    if path.is_dir() and not folder_ok:
+        return f"{path} is a folder: give the data file itself"
+    if path.is_file() and suffixes and path.suffix.lower() not in suffixes:
+        return f"{path} has the unsupported suffix {path.suffix!r}: give a {' or '.join(suffixes)} file"
+    return None

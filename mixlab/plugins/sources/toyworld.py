@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Options, Source
+from mixlab.components import Source
 from mixlab.data import Sample
 from mixlab.errors import UserError
 from mixlab.plugins.sources.llava_json import read_records
 from mixlab.plugins.sources.records import collect
-
-
-class ToyWorldParams(Options):
-    """Which toy world: the same parameters give the same files (generated once, then reused)."""
-
-    seed: int = Field(0, ge=0, description="World seed (independent of the run's seed).")
-    n_train: int = Field(400, ge=10, description="Samples per training source.")
-    n_bench: int = Field(60, ge=4, description="Questions per benchmark category.")
-    image_size: int = Field(64, ge=32, le=1024, description="Image side in pixels.")
-    dir: str | None = Field(None, description="Where to write it (default: <run dir>/toyworld/<params>).")
-
-    def folder(self, ctx: Any) -> Path:
-        if self.dir:
-            return Path(self.dir).expanduser().resolve()
-        return ctx.run_dir / "toyworld" / f"s{self.seed}-t{self.n_train}-b{self.n_bench}-i{self.image_size}"
-
-    def ensure(self, ctx: Any) -> dict[str, Any]:
-        """Generate (or reuse) the world; the manifest gets its folder under ``_dir``."""
-        from mixlab.toyworld import generate
-
-        folder = self.folder(ctx)
-        manifest = generate(
-            folder, seed=self.seed, n_train=self.n_train, n_bench=self.n_bench, image_size=self.image_size
-        )
-        return {**manifest, "_dir": str(folder)}
+from mixlab.registry import did_you_mean
+from mixlab.toyworld.params import ToyWorldParams
 
 
 def all_source_names() -> list[str]:
@@ -63,6 +39,25 @@ class ToyWorld(Source):
         if unknown:
             raise UserError(f"[sources.{self.label}]: unknown toy-world sources {unknown}; known: {', '.join(known)}.")
         return list(wanted)
+
+    def check(self) -> list[tuple[tuple, str]]:
+        known = all_source_names()
+        problems: list[tuple[tuple, str]] = []
+        wanted = self.options.sources
+        if wanted is not None and not wanted:
+            problems.append((("sources",), "is empty: name the toy sources to provide, or drop `sources` for all."))
+        for i, name in enumerate(wanted or []):
+            if name not in known:
+                problems.append((("sources", i), f"no toy-world source named {name!r}.{did_you_mean(name, known)}"))
+        if self.options.dir and Path(self.options.dir).expanduser().is_file():
+            problems.append((("dir",), f"{self.options.dir} is a file: give a folder for the toy world."))
+        return problems
+
+    def categories(self) -> dict[str, str]:
+        """Each provided source's category, known without generating the world."""
+        from mixlab.toyworld.sources import SOURCES
+
+        return {spec.name: spec.category for spec in SOURCES}
 
     def fingerprint(self) -> str:
         from mixlab.toyworld.world import GENERATOR_VERSION

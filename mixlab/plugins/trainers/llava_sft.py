@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mixlab import hookimpl
-from mixlab.components import Trainer, TrainResult
+from mixlab.components import RunContext, Trainer, TrainResult
+from mixlab.data import Sample
 from mixlab.training.sft import SFTSettings
 
 
@@ -23,10 +24,19 @@ class LlavaSft(Trainer):
             settings.deepspeed = str(self.resolve(settings.deepspeed))
         return settings
 
-    def train(self, samples, base_model: Path, work_dir: Path, ctx, overrides=None) -> TrainResult:
+    def train(
+        self,
+        samples: list[Sample],
+        base_model: Path,
+        work_dir: Path,
+        ctx: RunContext,
+        overrides: dict[str, Any] | None = None,
+    ) -> TrainResult:
+        """Train with seed ``options.seed + ctx.seed``: each training replicate of a run gets its own seed."""
         from mixlab.training.sft import train_llava
 
         settings = self.settings(overrides)
+        settings.seed = (settings.seed + ctx.seed) % 2**32
         with ExitStack() as stack:
             bar: list[Any] = []
 
@@ -37,6 +47,41 @@ class LlavaSft(Trainer):
 
             stats = train_llava(samples, base_model, work_dir, settings, progress)
         return TrainResult(work_dir / "model", stats)
+
+    def check(self) -> list[tuple[tuple, str]]:
+        """The DeepSpeed config is a readable JSON file; seed and sizes are within bounds."""
+        import json
+
+        o, problems = self.options, []
+        if not 0 <= o.seed < 2**32:
+            problems.append((("seed",), f"seed {o.seed} is out of range: use an integer from 0 to 2**32 - 1."))
+        for key, top in (("batch_size", 4096), ("grad_accum", 4096), ("max_length", 1 << 20), ("epochs", 1000)):
+            value = getattr(o, key)
+            if value is not None and value > top:
+                problems.append(((key,), f"{key} = {value} is larger than {top}: check the value."))
+        if o.lora is not None and not o.lora.target_modules:
+            problems.append((("lora", "target_modules"), "is empty: name the linear layers to adapt, or drop it."))
+        if o.deepspeed:
+            path = self.resolve(o.deepspeed)
+            if not path.exists():
+                found = "does not exist"
+            elif path.is_dir():
+                found = "is a folder, not a DeepSpeed JSON config file"
+            else:
+                try:
+                    config = json.loads(path.read_text(encoding="utf-8"))
+                    found = None if isinstance(config, dict) else "is not a JSON object ({...})"
+                except UnicodeDecodeError:
+                    found = "is not UTF-8 text"
+                except json.JSONDecodeError as e:
+                    found = f"is not valid JSON (line {e.lineno}: {e.msg})"
+                except OSError as e:
+                    found = f"cannot be read ({e.strerror})"
+            if found:
+                problems.append(
+                    (("deepspeed",), f"DeepSpeed config {path} {found}: give a JSON file (relative to the recipe).")
+                )
+        return problems
 
 
 @hookimpl

@@ -9,37 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixlab.data import IMAGE_TOKEN, Sample, to_messages
+from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
 from mixlab.models.templates import training_template
 
 IGNORE = -100
-
-
-def _fix_image_parts(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
-    """Make the count of {"type": "image"} parts n_images (0 or 1): add one to the first user turn or drop extras."""
-    seen = 0
-    fixed = []
-    for m in messages:
-        content = []
-        for part in m["content"]:
-            if part.get("type") == "image":
-                seen += 1
-                if seen > n_images:
-                    continue
-            content.append(part)
-        fixed.append({**m, "content": content})
-    if n_images and seen == 0:
-        for m in fixed:
-            if m["role"] == "user":
-                m["content"] = [{"type": "image"}, *m["content"]]
-                break
-    return fixed
-
-
-def sample_to_row(sample: Sample) -> dict[str, Any]:
-    """A Sample as a TRL vision row: {"messages": typed chat messages, "images": [image path] or []}."""
-    images = [sample["image"]] if sample.get("image") else []
-    return {"messages": _fix_image_parts(to_messages(sample), len(images)), "images": images}
 
 
 def load_image(image: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Shared pieces of the model-based scorers: which model to score with, per-sample cache keys, resumable caches."""
+"""Reusable work that outlives a stage: content identities of samples and checkpoints, and resumable per-item
+caches (JSON lines for small values, .npz parts for vectors) that scorers and evaluators append to as they go."""
 
 from __future__ import annotations
 
@@ -22,17 +23,24 @@ def sample_key(sample: Sample) -> str:
     return f"{sample['id']}#{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
-def model_settings(model_dir: Path) -> dict[str, Any]:
-    """Cache-key material for scores from a checkpoint: its content hash and the device kind (bf16 on CUDA, fp32 on
-    CPU give slightly different numbers)."""
-    from mixlab.models.loading import device_kind
-    from mixlab.plugins.evaluators.benchmarks import checkpoint_hash
-
-    return {"model": checkpoint_hash(model_dir), "device": device_kind()}
+def checkpoint_hash(model_dir: Path) -> str:
+    """Content hash of a checkpoint: small files whole, large weight files by size + first and last 4 MiB."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(model_dir)}:{f.stat().st_size}".encode())
+        with open(f, "rb") as fh:
+            if f.stat().st_size <= 64 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(4 << 20))
+                fh.seek(-(4 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()
 
 
 class JsonlCache:
-    """Per-sample values in a JSON-lines file ({"key", "value"}), appended per batch; a cut line is ignored."""
+    """Per-item values in a JSON-lines file ({"key", "value"}), appended per batch and fsynced: a crash loses at most
+    the batch being written, and a line it cut is ignored on reading."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -43,7 +51,8 @@ class JsonlCache:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a crash
                     continue
-                self.items[record["key"]] = record["value"]
+                if isinstance(record, dict) and "key" in record:
+                    self.items[record["key"]] = record.get("value")
 
     def add(self, pairs: Iterable[tuple[str, Any]]) -> None:
         with open(self.path, "a") as f:

@@ -13,8 +13,8 @@ from lmms_eval.api import instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
+from mixlab.evaluation.lmms_requests import MixlabRequests
 from mixlab.models.loading import load_model
-from mixlab.plugins.evaluators.lmms_requests import MixlabRequests
 
 MODEL_ID = "mixlab"
 

@@ -1,0 +1,103 @@
+"""The run's rules for turning evaluations into decisions: which items a decision may look at (dev) and which a
+report shows (test), how benchmarks are averaged, and estimates and comparisons over training seeds.
+
+``select_on = "dev"`` splits every benchmark's item clusters by hash (``dev_fraction`` of them to dev): selectors and
+mergers see dev-part scores, the report shows test-part scores, so no reported number was tuned on itself. A
+benchmark without per-item outcomes cannot be split and is used whole (``Views.unsplit`` names them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mixlab.components import Evaluation, Metrics
+from mixlab.outcomes import ItemOutcomes
+from mixlab.sections import RunSection
+from mixlab.stats import Comparison, Estimate, compare, estimate, headline, restrict
+
+Part = Literal["all", "dev", "test"]
+N_DRAWS = 2000
+
+
+class Decisions:
+    """Views of evaluations on a part, weighted averages, and intervals, as the recipe's [run] section asks."""
+
+    def __init__(self, run: RunSection):
+        self.select_on = run.select_on
+        self.dev_fraction = run.dev_fraction
+        self.weights = dict(run.weights)
+        self.exclude = tuple(run.exclude)
+        self.unsplit: set[str] = set()  # benchmarks used whole because they have no per-item outcomes
+
+    @property
+    def decide_on(self) -> Part:
+        return "dev" if self.select_on == "dev" else "all"
+
+    @property
+    def report_on(self) -> Part:
+        return "test" if self.select_on == "dev" else "all"
+
+    def view(self, evaluation: Evaluation, part: Part) -> Evaluation:
+        """The evaluation restricted to one part: per-item outcomes restricted, each split benchmark's metrics
+        reduced to its headline ``score`` on that part (and its item count)."""
+        if part == "all":
+            return evaluation
+        metrics: Metrics = {}
+        outcomes: dict[str, ItemOutcomes] = {}
+        for bench, values in evaluation.metrics.items():
+            items = evaluation.outcomes.get(bench)
+            if items is None:
+                self.unsplit.add(bench)
+                metrics[bench] = values
+                continue
+            kept = restrict(items, part, bench, self.dev_fraction)
+            outcomes[bench] = kept
+            metrics[bench] = {"score": float(headline(kept)), "items": float(len(kept))}
+        return Evaluation(metrics, outcomes)
+
+    def aggregate(self, metrics: Metrics) -> float:
+        """The weighted mean of the benchmarks' 0-100 ``score`` (``weights``, default 1; ``exclude`` left out)."""
+        total = weight = 0.0
+        for bench, values in metrics.items():
+            if "score" not in values or bench in self.exclude:
+                continue
+            w = self.weights.get(bench, 1.0)
+            total += w * values["score"]
+            weight += w
+        return total / weight if weight else 0.0
+
+    def mean_metrics(self, per_seed: list[Metrics]) -> Metrics:
+        """Each metric's mean over seeds (metrics present in every seed)."""
+        if len(per_seed) == 1:
+            return per_seed[0]
+        out: Metrics = {}
+        for bench, values in per_seed[0].items():
+            shared = [m[bench] for m in per_seed if bench in m]
+            out[bench] = {
+                k: sum(float(m[k]) for m in shared) / len(shared) for k in values if all(k in m for m in shared)
+            }
+        return out
+
+    def entries(self, evaluations: list[Evaluation]) -> list[dict[str, ItemOutcomes | float]]:
+        """Per seed: benchmark → per-item outcomes where the evaluator gave them, else its score."""
+        out = []
+        for ev in evaluations:
+            entry: dict[str, ItemOutcomes | float] = {}
+            for bench, values in ev.metrics.items():
+                if bench in ev.outcomes:
+                    entry[bench] = ev.outcomes[bench]
+                elif "score" in values:
+                    entry[bench] = float(values["score"])
+            out.append(entry)
+        return out
+
+    def estimate(self, evaluations: list[Evaluation], seed: int = 0) -> Estimate:
+        return estimate(
+            self.entries(evaluations), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
+        )
+
+    def compare(self, a: list[Evaluation], b: list[Evaluation], seed: int = 0) -> Comparison:
+        """A − B over paired seeds (the same seeds, the same items)."""
+        return compare(
+            self.entries(a), self.entries(b), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
+        )

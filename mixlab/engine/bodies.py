@@ -1,0 +1,58 @@
+"""Stage bodies that run the same in the pipeline's process or in a worker: a training, a scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mixlab.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mixlab.components import RunContext, Trainer
+    from mixlab.data import Sample
+    from mixlab.recipe import Section
+
+SCORES_FILE = "scores.npz"
+IDS_COLUMN = "__ids__"
+
+
+def train_body(
+    trainer: Trainer,
+    samples: list[Sample],
+    base_model: Path,
+    stage_dir: Path,
+    ctx: RunContext,
+    overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Train and describe the result as a training stage's result.json does."""
+    result = trainer.train(samples, base_model, stage_dir, ctx, overrides)
+    ctx.record(**{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))})
+    return {"model_dir": str(Path(result.model_dir).relative_to(stage_dir)), "stats": result.stats}
+
+
+def score_body(
+    section: Section, samples: list[Sample], reference_dir: Path | None, ctx: RunContext
+) -> dict[str, np.ndarray]:
+    """Run a scorer section on samples (an arm's model as its reference model, if given); columns checked."""
+    scorer = section.build()
+    if reference_dir is not None:
+        if "model" not in type(scorer.options).model_fields:
+            raise UserError(f"scorer {section.label!r} ({section.type}) has no model option: drop reference_arm.")
+        scorer.options = scorer.options.model_copy(update={"model": str(reference_dir)})
+    columns = scorer.score(samples, ctx)
+    for col, values in columns.items():
+        if len(values) != len(samples):
+            raise RuntimeError(
+                f"scorer {section.type!r} returned {len(values)} rows for column {col!r}, expected {len(samples)}"
+            )
+    return columns
+
+
+def save_scores(path: Path, ids: list[str] | None, columns: dict[str, np.ndarray]) -> None:
+    """A scorer's columns as one .npz (with the sample ids in ``__ids__`` when given)."""
+    import numpy as np
+
+    extra = {IDS_COLUMN: np.array(ids)} if ids is not None else {}
+    np.savez(path, **extra, **columns)

@@ -1,0 +1,67 @@
+"""The one key function: a stage's content key from its material, mixlab's version and the code of its plugins."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mixlab import __version__
+from mixlab.store import content_hash
+
+CODE_VERSION = f"mixlab-{__version__}"
+
+
+def stage_key(ident: str, material: Any) -> str:
+    """The content key of a stage: what it is (``ident``), what it is made of, and mixlab's version."""
+    return content_hash({"stage": ident, "material": material, "code": CODE_VERSION})
+
+
+def cache_key(key: Any) -> str:
+    """The key of a reusable cache folder (shared across stages), from a plugin's own key material."""
+    return content_hash({"key": key, "code": CODE_VERSION})
+
+
+@functools.cache
+def plugin_code(cls: type) -> str:
+    """What identifies a plugin class's code in a stage key.
+
+    ``name==version`` of the distribution it comes from when that is installed, versioned and not editable;
+    otherwise (a local module, an editable install) ``module@<hash of the module's source>``, so editing the plugin
+    reruns the stages that use it.
+    """
+    module = cls.__module__
+    dist = _distribution(module.split(".")[0])
+    if dist is not None and dist.version and not _editable(dist):
+        return f"{dist.metadata['Name']}=={dist.version}"
+    try:
+        source = Path(inspect.getsourcefile(sys.modules[module]) or "")
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    except (KeyError, OSError, TypeError):
+        digest = "unknown"
+    return f"{module}@{digest}"
+
+
+def _distribution(top_level: str) -> metadata.Distribution | None:
+    names = metadata.packages_distributions().get(top_level, [])
+    for name in names:
+        try:
+            return metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _editable(dist: metadata.Distribution) -> bool:
+    text = dist.read_text("direct_url.json")
+    if not text:
+        return False
+    try:
+        return bool(json.loads(text).get("dir_info", {}).get("editable"))
+    except json.JSONDecodeError:
+        return False

@@ -1,0 +1,45 @@
+"""The base of scorers that run a reference model: which model, its cache identity, length-bucketed batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mixlab.caches import checkpoint_hash
+from mixlab.components import Options, RunContext, Scorer
+from mixlab.data import Sample
+
+
+class ModelScorerOptions(Options):
+    model: str | None = Field(
+        None,
+        description="Reference checkpoint: a local HF model dir, relative to the recipe. Default: the base model.",
+    )
+    batch_size: int = Field(16, ge=1, description="Samples per forward pass (neighbours in length order).")
+
+
+class ModelScorer(Scorer):
+    """Base of the scorers that run a reference model: model resolution, bucketed batches, lazy loading."""
+
+    options: ModelScorerOptions
+
+    def model_dir(self, ctx: RunContext) -> Path:
+        return self.resolve(self.options.model) if self.options.model else Path(ctx.base_model)
+
+    def batches(self, processor: Any, samples: list[Sample]) -> list[list[int]]:
+        """Index lists of `batch_size` neighbours in estimated-length order."""
+        from mixlab.models.predict import length_order
+
+        order = length_order(processor, samples)
+        size = self.options.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def model_settings(model_dir: Path) -> dict[str, Any]:
+    """Cache-key material for scores from a checkpoint: its content hash and the device kind (bf16 on CUDA, fp32 on
+    CPU give slightly different numbers)."""
+    from mixlab.models.loading import device_kind
+
+    return {"model": checkpoint_hash(model_dir), "device": device_kind()}

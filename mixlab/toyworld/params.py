@@ -1,0 +1,38 @@
+"""Which toy world a source or an evaluator uses: its parameters, its folder, and generating it once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from mixlab.components import Options
+
+if TYPE_CHECKING:
+    from mixlab.components import RunContext
+
+
+class ToyWorldParams(Options):
+    """Which toy world: the same parameters give the same files (generated once, then reused)."""
+
+    seed: int = Field(0, ge=0, description="World seed (independent of the run's seed).")
+    n_train: int = Field(400, ge=10, description="Samples per training source.")
+    n_bench: int = Field(60, ge=4, description="Questions per benchmark category.")
+    image_size: int = Field(64, ge=32, le=1024, description="Image side in pixels.")
+    dir: str | None = Field(None, description="Where to write it (default: <run dir>/toyworld/<params>).")
+
+    def folder(self, ctx: RunContext) -> Path:
+        if self.dir:
+            return Path(self.dir).expanduser().resolve()
+        return ctx.run_dir / "toyworld" / f"s{self.seed}-t{self.n_train}-b{self.n_bench}-i{self.image_size}"
+
+    def ensure(self, ctx: RunContext) -> dict[str, Any]:
+        """Generate (or reuse) the world; the manifest gets its folder under ``_dir``."""
+        from mixlab.toyworld import generate
+
+        folder = self.folder(ctx)
+        manifest = generate(
+            folder, seed=self.seed, n_train=self.n_train, n_bench=self.n_bench, image_size=self.image_size
+        )
+        return {**manifest, "_dir": str(folder)}

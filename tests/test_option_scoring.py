@@ -1,0 +1,152 @@
+"""Shared-prefix option scoring equals the per-option reference path (log-likelihoods, greedy flags and picks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mixlab.models.predict as predict
+from mixlab.models.predict import PromptItem, choose, continuation_logprobs
+from mixlab.models.templates import LLAVA15_TRAINING_TEMPLATE
+from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples
+
+LETTERS = ["A", "B", "C", "D"]
+YES_NO = ["Yes", "No"]
+TEXTS = ["red", "blue green", "There is a small object", "one two three four five", ""]
+
+
+def _mcq(question: str, options: list[str]) -> str:
+    lines = [f"{letter}. {text}" for letter, text in zip(LETTERS, options, strict=False)]
+    return "\n".join([question, *lines, "Answer with the option's letter from the given choices directly."])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mixlab.models.loading import load_model
+
+    root = tmp_path_factory.mktemp("options")
+    model_dir = build_test_model(root / "model", seed=3)
+    model, processor = load_model(model_dir)
+    images = [Image.open(s["image"]).convert("RGB") for s in colour_samples(5, root / "img", seed=5)]
+    items, options = [], []
+    for i, image in enumerate(images):  # several questions on one image, prompts of different lengths
+        items.append(PromptItem(f"<image>\n{_mcq(QUESTION, NAMES[i : i + 4])}", image))
+        options.append(LETTERS)
+        items.append(PromptItem(f"Is the square {NAMES[i]}? Please answer yes or no.", image))
+        options.append(YES_NO)
+        if i % 2:
+            items.append(PromptItem(QUESTION + " Answer the question using a single word or phrase.", image))
+            options.append(TEXTS[: 2 + i])
+    for i in range(4):  # text-only questions of several lengths, interleaved with the image ones
+        at = 3 * i + 1
+        items.insert(at, PromptItem("Describe the picture." + " Please." * i))
+        options.insert(at, [TEXTS[i], TEXTS[i + 1]] if i % 2 else YES_NO)
+    items.append(PromptItem("How many objects are there?", images[0]))  # a lone question on its image
+    options.append(["one", "two", "three"])
+    return model, processor, items, options, model_dir
+
+
+def _reference(model, processor, items, options, batch_size=8):
+    pairs = [(item, opt) for item, opts in zip(items, options, strict=True) for opt in opts]
+    return continuation_logprobs(
+        model, processor, [p[0] for p in pairs], [p[1] for p in pairs], batch_size=batch_size, shared_prefix=False
+    )
+
+
+def _shared(model, processor, items, options, batch_size):
+    pairs = [(item, opt) for item, opts in zip(items, options, strict=True) for opt in opts]
+    return continuation_logprobs(model, processor, [p[0] for p in pairs], [p[1] for p in pairs], batch_size=batch_size)
+
+
+def _assert_same(got, expected):
+    assert len(got) == len(expected)
+    np.testing.assert_allclose([lp for lp, _ in got], [lp for lp, _ in expected], rtol=1e-5, atol=0)
+    assert [g for _, g in got] == [g for _, g in expected]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_shared_prefix_equals_reference(setup, batch_size):
+    model, processor, items, options, _ = setup
+    reference = _reference(model, processor, items, options)
+    _assert_same(_shared(model, processor, items, options, batch_size), reference)
+    picks = choose(model, processor, items, options, batch_size=batch_size)
+    assert picks == choose(model, processor, items, options, batch_size=8, shared_prefix=False)
+
+
+def test_the_shared_path_really_shares(setup, monkeypatch):
+    """The fast path runs (no fallback to the reference), one image pass per distinct image in a chunk."""
+    model, processor, items, options, _ = setup
+    monkeypatch.setattr(predict, "_reference_logprobs", lambda *a, **k: pytest.fail("fell back to the reference"))
+    rows = []
+    real = predict._Images.inputs
+    monkeypatch.setattr(predict._Images, "inputs", lambda self, images: rows.append(len(images)) or real(self, images))
+    choose(model, processor, items, options, batch_size=64)
+    assert rows == [5]
+
+
+def test_padding_side_and_template(setup):
+    """The tokenizer's padding side does not matter (padding is explicit); nor does the template (LLaVA-1.5: the
+    answer follows "ASSISTANT: " and its first token takes the space)."""
+    from transformers import AutoProcessor
+
+    model, _, items, options, model_dir = setup
+    left = AutoProcessor.from_pretrained(model_dir)
+    left.tokenizer.padding_side = "left"
+    _assert_same(_shared(model, left, items, options, 7), _reference(model, left, items, options))
+    other = AutoProcessor.from_pretrained(model_dir)
+    other.chat_template = LLAVA15_TRAINING_TEMPLATE
+    other.tokenizer.chat_template = LLAVA15_TRAINING_TEMPLATE
+    _assert_same(_shared(model, other, items, options, 5), _reference(model, other, items, options))
+
+
+def test_equal_items_are_grouped_by_content(setup):
+    """lmms-eval style: one request per (document, option), each with its own copy of the image, in any order."""
+    model, processor, items, options, _ = setup
+    pairs = [(item, opt) for item, opts in zip(items, options, strict=True) for opt in opts]
+    order = np.random.default_rng(0).permutation(len(pairs))
+    copies = [
+        PromptItem(pairs[i][0].text, pairs[i][0].image.copy() if pairs[i][0].image is not None else None) for i in order
+    ]
+    continuations = [pairs[i][1] for i in order]
+    calls = []
+    got = continuation_logprobs(
+        model, processor, copies, continuations, batch_size=4, progress=lambda d, t: calls.append((d, t))
+    )
+    reference = _reference(model, processor, items, options)
+    _assert_same(got, [reference[i] for i in order])
+    assert calls[-1] == (len(pairs), len(pairs)) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_fallback_to_reference(setup, monkeypatch):
+    """A processor whose tokenization the encoding does not reproduce is scored by the reference path."""
+    model, processor, items, options, _ = setup
+    monkeypatch.setattr(predict, "_matches_reference", lambda *a, **k: False)
+    calls = []
+    real = predict._reference_logprobs
+    monkeypatch.setattr(predict, "_reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _assert_same(_shared(model, processor, items, options, 8), _reference(model, processor, items, options))
+    assert calls
+
+
+def test_edge_cases(setup):
+    model, processor, items, _, _ = setup
+    assert choose(model, processor, [], []) == []
+    assert continuation_logprobs(model, processor, [], []) == []
+    assert choose(model, processor, items[:2], [[], ["Yes"]]) == [-1, 0]
+    one = continuation_logprobs(model, processor, items[:1], ["A"])
+    assert one == pytest.approx(continuation_logprobs(model, processor, items[:1], ["A"], shared_prefix=False))
+    with pytest.raises(ValueError):
+        choose(model, processor, items[:2], [["A"]])
+
+
+def test_plan_groups_questions_by_image():
+    q = predict._Question
+    questions = [
+        q([1, 2, 9, 5, 6], [[7]], [[7]], 2),
+        q([1, 2, 9, 5, 8, 8], [[7]], [[7]], 2),
+        q([1, 3, 4], [[7]], [[7]], None),
+        q([1, 2, 9, 5, 6, 6], [[7]], [[7]], 2),
+    ]
+    chunks = predict._plan(questions, ["img", "img", None, "other"], batch_size=2)
+    assert chunks == [[(4, [0, 1])], [(2, [2]), (5, [3])]]
