@@ -47,8 +47,7 @@ class BenchCtx:
 
 def toy_samples(root: Path, n: int, seed: int) -> list[Sample]:
     """n samples drawn (seeded) from every source of a toy world generated under root."""
-    from mixlab.plugins.sources.llava_json import read_records
-    from mixlab.plugins.sources.records import collect
+    from mixlab.records import collect, read_records
     from mixlab.toyworld import generate
 
     world = root / "world"

@@ -37,8 +37,10 @@ def run(recipe: Path, output_dir: Path | None, no_progress: bool, fresh: tuple[s
     plugin code) are unchanged."""
     from mixlab.pipeline import Run
     from mixlab.progress import quiet_libraries
-    from mixlab.recipe import load_recipe
+    from mixlab.recipe import load_recipe, run_dir_problem
 
+    if output_dir is not None and (problem := run_dir_problem(output_dir)):
+        raise UserError(f"--output-dir {output_dir}: {problem}")
     loaded = load_recipe(recipe)
     quiet_libraries()
     patterns = tuple(p.strip() for value in fresh for p in value.split(",") if p.strip())

@@ -40,14 +40,15 @@ def _recipe_samples(path: Path) -> tuple[list[Sample], Any, int, int | None]:
 
 
 def _json_samples(path: Path, image_root: Path | None) -> list[Sample]:
-    from mixlab.plugins.sources.llava_json import read_records
-    from mixlab.plugins.sources.records import collect
+    from mixlab.records import collect, read_records
 
     samples, skipped = collect(read_records(path), path, image_root or path.parent, "open", "skip", path.stem)
     for message in skipped[:10]:
         console.print(f"[red]bad record[/] {message}", highlight=False)
     if skipped:
-        console.print(f"[red]{len(skipped)} bad records[/] (missing or corrupt images, malformed conversations)")
+        console.print(
+            f"[red]{len(skipped)} bad records[/] (missing or corrupt images, malformed conversations, repeated ids)"
+        )
     return samples
 
 

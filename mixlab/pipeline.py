@@ -47,7 +47,7 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         """Run every stage, then write report.json / report.md; returns the report."""
-        from mixlab.report import write_report
+        from mixlab.report import is_finished_report, write_report
 
         self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__)
         failed: BaseException | None = None
@@ -55,7 +55,7 @@ class Run:
             try:
                 self.load_sources()
                 self.build_model()
-                for arm in self.reference_arms():  # arms whose model a scorer uses go first
+                for arm in reference_arms(self.recipe):  # arms whose model a scorer uses go first
                     self.run_arm(arm, {})
                 scores = self.score()
                 for arm in self.recipe.arms:
@@ -66,8 +66,9 @@ class Run:
                 analyse(self.result, self.ctx.decisions, self.recipe.run.compare_to or next(iter(self.recipe.arms)))
             except BaseException as exc:  # keep what is finished; write a report of the failure
                 failed = exc
+        keep_earlier = failed is not None and is_finished_report(self.run_dir / "report.json")
         report = write_report(self.result, None if failed is None else f"{type(failed).__name__}: {failed}")
-        if failed is None:
+        if not keep_earlier:  # a failed rerun leaves an earlier finished run's recipe copy (and report) alone
             shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
         if failed is not None:
             raise failed
@@ -130,25 +131,10 @@ class Run:
         return self.ctx.base_model
 
     # ---- scores ---------------------------------------------------------------------------------------------
-    def reference_arms(self) -> list[str]:
-        """Arms named by a scorer's ``reference_arm``: their trained model is the scorer's reference model."""
-        refs = [s.core["reference_arm"] for s in self.recipe.scorers.values() if "reference_arm" in s.core]
-        for arm in refs:
-            selector = self.recipe.arms[arm].selector
-            if selector and self.recipe.selectors[selector].core.get("scorers"):
-                raise UserError(f"arm {arm!r} is a scorer's reference_arm, so it cannot itself use scores.")
-        return list(dict.fromkeys(refs))
-
     def score(self) -> dict[str, Path]:
         """Run each scorer that a used selector names, over the sources of the arms that need it."""
-        needed: dict[str, list[str]] = {}
-        for arm in self.recipe.arms.values():
-            if arm.selector:
-                for scorer in self.recipe.selectors[arm.selector].core.get("scorers", []):
-                    needed.setdefault(scorer, [])
-                    needed[scorer] += [s for s in arm.sources if s not in needed[scorer]]
         folders: dict[str, Path] = {}
-        for label, arm_sources in needed.items():
+        for label, arm_sources in scorers_needed(self.recipe).items():
             section = self.recipe.scorers[label]
             names = section.core.get("sources") or arm_sources
             samples = self.samples_of(names)
@@ -212,8 +198,9 @@ class Run:
         pool = self.samples_of(arm.sources)
         chosen, info = self.select(arm_name, pool, score_dirs)
         save_samples(self.store.selection_file(arm_name), chosen)  # what `mixlab export` writes out
-        models = self.ctx.replicates([(chosen, arm_name)], arm.trainer)[0]
-        replicates = [self.replicate(arm_name, seed, path) for seed, path in models.items()]
+        with self.engine.downstream_of(f"select:{arm_name}"):
+            models = self.ctx.replicates([(chosen, arm_name)], arm.trainer)[0]
+            replicates = [self.replicate(arm_name, seed, path) for seed, path in models.items()]
         metrics, score = self.means(replicates)
         self.result.arms[arm_name] = ArmResult(arm_name, pool, chosen, replicates, metrics, score, info)
 
@@ -229,35 +216,17 @@ class Run:
         return metrics, round(sum(r.score for r in replicates) / len(replicates), 3)
 
     # ---- the soup -------------------------------------------------------------------------------------------
-    def soup_ingredients(self, section: Section, seed: int) -> dict[str, Path]:
-        """Name → one seed's model dir: the arms the section names (all arms by default) and, with
-        ``candidates = "<arm>"``, that Individual Select arm's model and the checkpoint of every candidate it kept."""
-        arms = self.result.arms
-        names = section.core.get("arms") or ([] if section.core.get("candidates") else list(arms))
-        ingredients = {n: arms[n].model_of(seed) for n in names}
-        arm = section.core.get("candidates")
-        if arm:
-            block = arms[arm].selection.get("individual_select")
-            if block is None:
-                raise UserError(f"[soup] candidates = {arm!r}: that arm does not use an individual_select selector.")
-            ingredients[arm] = arms[arm].model_of(seed)
-            for r in block["rounds"]:
-                for c in r["candidates"]:
-                    if c["kept"]:
-                        ingredients[c["source"]] = self.run_dir / c.get("model_dirs", {}).get(str(seed), c["model_dir"])
-        return ingredients
-
     def run_soup(self, section: Section) -> None:
         """One soup per seed, of that seed's ingredients; each merged model evaluated like an arm's."""
         replicates, per_seed = [], {}
         for seed in self.ctx.seeds:
-            ingredients = self.soup_ingredients(section, seed)
+            ingredients = soup_ingredients(section, seed, self.result.arms, self.run_dir)
             material = {
                 "section": section.raw,
                 "code": plugin_code(section.cls),
                 "ingredients": {n: self.ctx.model_key(p) for n, p in ingredients.items()},
             }
-            body = partial(self.merge, section, ingredients, self.ctx.with_seed(seed))
+            body = partial(merge_body, section, ingredients, self.ctx.with_seed(seed))
             result, stage_dir = self.engine.stage(self.ctx.seed_tag(f"merge:{section.label}", seed), material, body)
             replicates.append(self.replicate(section.label, seed, stage_dir / result["model_dir"]))
             per_seed[seed] = {"ingredients": list(ingredients), "kept": result["kept"], "info": result["info"]}
@@ -268,15 +237,51 @@ class Run:
             method, first["ingredients"], first["kept"], metrics, score, first["info"], replicates, per_seed
         )
 
-    @staticmethod
-    def merge(section: Section, ingredients: dict[str, Path], ctx: RunContext, stage_dir: Path) -> dict[str, Any]:
-        """A merge stage's body: the merger's model folder, what it kept and its info."""
-        merged = section.build().merge(ingredients, stage_dir, ctx)
-        return {
-            "model_dir": str(Path(merged.model_dir).relative_to(stage_dir)),
-            "kept": merged.kept,
-            "info": merged.info,
-        }
+
+def reference_arms(recipe: Recipe) -> list[str]:
+    """Arms named by a scorer's ``reference_arm``: their trained model is the scorer's reference model."""
+    refs = [s.core["reference_arm"] for s in recipe.scorers.values() if "reference_arm" in s.core]
+    for arm in refs:
+        selector = recipe.arms[arm].selector
+        if selector and recipe.selectors[selector].core.get("scorers"):
+            raise UserError(f"arm {arm!r} is a scorer's reference_arm, so it cannot itself use scores.")
+    return list(dict.fromkeys(refs))
+
+
+def scorers_needed(recipe: Recipe) -> dict[str, list[str]]:
+    """Each scorer a used selector names → the sources of the arms that need it."""
+    needed: dict[str, list[str]] = {}
+    for arm in recipe.arms.values():
+        if arm.selector:
+            for scorer in recipe.selectors[arm.selector].core.get("scorers", []):
+                needed.setdefault(scorer, [])
+                needed[scorer] += [s for s in arm.sources if s not in needed[scorer]]
+    return needed
+
+
+def soup_ingredients(section: Section, seed: int, arms: dict[str, ArmResult], run_dir: Path) -> dict[str, Path]:
+    """Name → one seed's model dir: the arms the section names (all arms by default) and, with ``candidates = "<arm>"``,
+    that Individual Select arm's model and the checkpoint of every candidate it kept."""
+    names = section.core.get("arms") or ([] if section.core.get("candidates") else list(arms))
+    ingredients = {n: arms[n].model_of(seed) for n in names}
+    arm = section.core.get("candidates")
+    if arm:
+        block = arms[arm].selection.get("individual_select")
+        if block is None:
+            raise UserError(f"[soup] candidates = {arm!r}: that arm does not use an individual_select selector.")
+        ingredients[arm] = arms[arm].model_of(seed)
+        for r in block["rounds"]:
+            for c in r["candidates"]:
+                if c["kept"]:
+                    ingredients[c["source"]] = run_dir / c.get("model_dirs", {}).get(str(seed), c["model_dir"])
+    return ingredients
+
+
+def merge_body(section: Section, ingredients: dict[str, Path], ctx: RunContext, stage_dir: Path) -> dict[str, Any]:
+    """A merge stage's body: the merger's model folder, what it kept and its info."""
+    merged = section.build().merge(ingredients, stage_dir, ctx)
+    model_dir = str(Path(merged.model_dir).relative_to(stage_dir))
+    return {"model_dir": model_dir, "kept": merged.kept, "info": merged.info}
 
 
 def count_sources(samples: list[Sample]) -> dict[str, int]:

@@ -104,6 +104,7 @@ class FakeTrainer(Trainer):
         model = work_dir / "model"
         model.mkdir(exist_ok=True)
         (model / "ids.json").write_text(json.dumps(sorted(s["id"] for s in samples)))
+        (model / "seed.json").write_text(json.dumps(ctx.seed))
         return TrainResult(model, {"samples": len(samples)})
 
 
@@ -116,6 +117,47 @@ class FakeEvaluator(Evaluator):
         return {"fakebench": {"acc": 100 * good, "score": 100 * good}}
 
 
+class NoisyBenchOptions(Options):
+    items: int = 400
+    seed_sd: float = 0.03  # training-seed noise of the success probability
+    bad_penalty: float = 0.5  # success probability lost per share of "bad" samples
+
+
+class NoisyBench(Evaluator):
+    """A benchmark of known noise: per-item outcomes (clusters of two) whose success probability is 0.6 minus a
+    penalty for "bad" training samples, shifted per training seed; the same model and seed give the same items."""
+
+    name = "fake_noisy_bench"
+    Options = NoisyBenchOptions
+
+    def evaluate(self, model_dir, work_dir, ctx):
+        import hashlib
+
+        import numpy as np
+
+        from mixlab.components import Evaluation
+        from mixlab.outcomes import ItemOutcomes
+
+        o = self.options
+        ids = json.loads((Path(model_dir) / "ids.json").read_text())
+        seed = json.loads((Path(model_dir) / "seed.json").read_text())
+        bad = sum(1 for i in ids if "bad" in i.split("/")[0]) / max(1, len(ids))
+        seed_effect = np.random.default_rng(1000 + seed).normal(0.0, o.seed_sd)
+        p = 0.6 - o.bad_penalty * bad + seed_effect
+        digest = hashlib.sha256(json.dumps([ids, seed]).encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        correct = rng.random(o.items) < p
+        outcomes = ItemOutcomes(
+            rule="mean",
+            items=[str(i) for i in range(o.items)],
+            clusters=[str(i // 2) for i in range(o.items)],
+            correct=correct,
+            chance=np.full(o.items, 0.25),
+        )
+        score = 100.0 * float(correct.mean())
+        return Evaluation({"noisybench": {"acc": score, "score": score}}, {"noisybench": outcomes})
+
+
 class FakeMerger(Merger):
     name = "fake_soup"
 
@@ -124,6 +166,7 @@ class FakeMerger(Merger):
         model = work_dir / "model"
         model.mkdir(exist_ok=True)
         (model / "ids.json").write_text(json.dumps(ids))
+        (model / "seed.json").write_text(json.dumps(ctx.seed))
         return MergeResult(model, kept=list(ingredients), info={"method": "union"})
 
 
@@ -150,6 +193,7 @@ def register_trainers(register):
 @hookimpl
 def register_evaluators(register):
     register(FakeEvaluator)
+    register(NoisyBench)
 
 
 @hookimpl

@@ -1305,7 +1305,7 @@ def test_broken_data(case: D, world, monkeypatch, capsys):
 
 
 def test_duplicate_ids_are_skipped_with_on_error_skip(world, monkeypatch, capsys):
-    from mixlab.plugins.sources.records import collect
+    from mixlab.records import collect
 
     records = [GOOD, TEXT, record(conversations=TURNS)]
     samples, skipped = collect(records, world / "data.json", world, "open", "skip", "data")

@@ -28,7 +28,7 @@ def blobs(sizes=(50, 50, 50), dim=12, noise=0.1, seed=0) -> tuple[np.ndarray, np
     return np.concatenate(x).astype(np.float32), labels
 
 
-# --- naive references, straight from algorithms.md §1.4-§1.7 ---
+# --- naive references, straight from the formulas in docs/coincide.md ---
 
 
 def naive_transferability(c: np.ndarray, cols=None) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mixlab import __version__, cli
-from mixlab.plugins.sources.records import collect
+from mixlab.records import collect
 from mixlab.store import Store, save_samples
 from tests.test_pipeline import run_recipe
 

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,38 @@ def test_the_example_package_own_tests_pass():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"\b[1-9]\d* passed\b", proc.stdout) and " failed" not in proc.stdout, proc.stdout
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", (ROOT / "docs" / "plugins.md").read_text(), re.M | re.S)
+
+
+def test_the_plugin_docs_code_runs_as_shown(tmp_path):
+    """docs/plugins.md: each Python block runs on its own, its test files pass, and the blocks that show the example
+    package's files show them as they are."""
+    files = {}
+    for i, block in enumerate(code_blocks("python")):
+        named = re.fullmatch(r"# ([\w/]+\.py)", block.split("\n", 1)[0])
+        path = named.group(1) if named else f"snippet_{i}.py"
+        files[path] = block
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(block)
+    for path in ("mixlab_shortest/plugin.py", "tests/test_shortest.py"):
+        shown = files[path].split("\n", 1)[1]
+        assert shown == (EXAMPLE / path).read_text(), f"docs/plugins.md shows an outdated {path}: copy it again"
+    modules = [p for p in files if not p.startswith("tests/")]
+    run = "import runpy, sys\nfor path in sys.argv[1:]:\n    runpy.run_path(path)"
+    proc = subprocess.run([sys.executable, "-c", run, *modules], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for block in code_blocks("toml"):
+        tomllib.loads(block)
 
 
 def test_listed_by_plugins_command(installed):

@@ -4,8 +4,8 @@ the same selection, scores and cache as in-process training; worker failures are
 from __future__ import annotations
 
 import pytest
-from mixlab.engine.dispatch import worker_command
 
+from mixlab.engine.dispatch import worker_command
 from mixlab.errors import UserError
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe

@@ -38,7 +38,7 @@ def test_three_mistakes_three_located_errors(tmp_path, fake_plugins):
     assert any(f":{line_containing(text, 'count = ')}: selectors.best.count: " in x and "integer" in x for x in lines)
     assert any(
         f":{line_containing(text, 'fake_bnch')}: evaluators.bench.type: no evaluator plugin named 'fake_bnch'."
-        " Did you mean 'fake_bench'?" in x
+        " Did you mean 'fake_bench'" in x
         for x in lines
     )
 

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 from mixlab.components import Evaluation, Metrics, Trial
 from mixlab.decisions import Decisions
 from mixlab.engine.bodies import SCORES_FILE, save_scores, score_body, train_body
-from mixlab.engine.dispatch import run_jobs
-from mixlab.engine.jobs import Job, JobSpec, write_job
 from mixlab.engine.keys import cache_key, plugin_code
+from mixlab.engine.remote import Remote
 from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
 from mixlab.metrics import aggregate
@@ -23,8 +22,6 @@ from mixlab.progress import ProgressBoard
 from mixlab.store import Store, content_hash
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from mixlab.data import Sample
     from mixlab.recipe import Recipe, Section
     from mixlab.stats import Comparison
@@ -48,6 +45,7 @@ class PipelineContext:
         self._base_key = ""
         self._trainer = recipe.trainer.build()
         self._evaluators = {label: s.build() for label, s in recipe.evaluators.items()}
+        self.remote = Remote(recipe, run_dir, engine, board)
 
     # ---- the base model ------------------------------------------------------------------------------------
     @property
@@ -147,7 +145,7 @@ class PipelineContext:
             self._training(samples, self.seed_tag(tag, s), overrides, s) for samples, tag, seeds in jobs for s in seeds
         ]
         if self.executor.remote:
-            self._train_elsewhere(specs, overrides)
+            self.remote.train(specs, overrides, self.base_model, self.seeds)
         paths: dict[str, Path] = {}
         for ordered, tag, material in specs:
             body = self._train_body(ordered, overrides, material["seed"])
@@ -219,76 +217,13 @@ class PipelineContext:
 
         return body
 
-    # ---- dispatch to workers -------------------------------------------------------------------------------
-    def _job_spec(self, kind: str, stage_dir: Path, seed: int, **fields: Any) -> JobSpec:
-        from mixlab.registry import extra_plugin_modules
-
-        return JobSpec(
-            kind=kind,  # type: ignore[arg-type]
-            recipe=str(self.recipe.path.resolve()),
-            run_dir=str(self.run_dir),
-            stage_dir=str(stage_dir),
-            base_model=str(self.base_model),
-            seed=seed,
-            seeds=self.seeds,
-            plugins=extra_plugin_modules(),
-            **fields,
-        )
-
-    def _train_elsewhere(
-        self, specs: list[tuple[list[Sample], str, dict[str, Any]]], overrides: dict[str, Any] | None
-    ) -> None:
-        """Hand the unfinished trainings to the executor; each worker finishes its own stage folder."""
-        jobs = []
-        for ordered, tag, material in specs:
-            _, stage_dir = self.engine.folder("train", material)
-            if self.engine.reusable(f"train:{tag}", material, stage_dir):
-                continue
-            job = Job(f"training {tag}", stage_dir)
-            write_job(job, self._job_spec("train", stage_dir, material["seed"], overrides=overrides), ordered)
-            self.store.event(event="submit", stage=f"train:{tag}", executor=self.executor.type)
-            jobs.append(job)
-        if not jobs:
-            return
-        with self.progress(f"trainings ({self.executor.type}, {self.executor.workers} at once)", len(jobs)) as advance:
-
-            def done(job: Job) -> None:
-                self.engine.finished_elsewhere(job.stage_dir)
-                advance()
-
-            run_jobs(jobs, self.executor, self.run_dir, done)
-
     def score(self, section: Section, samples: list[Sample], reference_dir: Path | None, stage_dir: Path) -> list[str]:
         """Run a scorer into ``stage_dir/scores.npz`` (in shards of worker processes with ``processes > 1``)."""
         if self.executor.processes > 1:
-            columns = self._score_in_shards(section, samples, reference_dir, stage_dir)
+            columns = self.remote.score_in_shards(
+                section, samples, reference_dir, stage_dir, self.base_model, self.seeds
+            )
         else:
             columns = score_body(section, samples, reference_dir, self)
         save_scores(stage_dir / SCORES_FILE, [s["id"] for s in samples], columns)
         return sorted(columns)
-
-    def _score_in_shards(
-        self, section: Section, samples: list[Sample], reference_dir: Path | None, stage_dir: Path
-    ) -> dict[str, np.ndarray]:
-        """Data-parallel scoring: shard i scores samples i, i+n, … in a worker of its own; rows merged back in order."""
-        import numpy as np
-
-        n = self.executor.processes
-        shards = [Job(f"score:{section.label} shard {i + 1}/{n}", stage_dir / f"shard-{i}") for i in range(n)]
-        todo = [job for job in shards if not self.store.is_done(job.stage_dir)]  # finished shards are kept
-        reference = str(reference_dir) if reference_dir else None
-        for i, job in enumerate(shards):
-            if job in todo:
-                spec = self._job_spec("score", job.stage_dir, self.seed, scorer=section.label, reference=reference)
-                write_job(job, spec, samples[i::n])
-        with self.progress(f"score:{section.label} ({n} shards)", len(todo)) as advance:
-            run_jobs(todo, self.executor.for_shards(), self.run_dir, lambda job: advance())
-        columns: dict[str, np.ndarray] = {}
-        for i, job in enumerate(shards):
-            with np.load(job.stage_dir / SCORES_FILE) as part:
-                for col in part.files:
-                    if col not in columns:
-                        columns[col] = np.zeros((len(samples), *part[col].shape[1:]), dtype=part[col].dtype)
-                    columns[col][i::n] = part[col]
-        self.record(shards=n)
-        return columns

@@ -37,6 +37,7 @@ class Engine:
         self._refreshed: set[str] = set()  # short keys of the stages run again because of `fresh`
         self._by_worker: set[str] = set()  # short keys of the stages a worker finished in this run
         self._current: StageEntry | None = None
+        self._upstream: list[str] = []  # short keys of stages whose output the stages being asked for are made from
 
     def folder(self, ident: str, material: Any) -> tuple[str, Path]:
         """The key and folder of a stage (the only place both are computed)."""
@@ -51,7 +52,7 @@ class Engine:
             return True
         if not self._refreshed:
             return False
-        text = content_text(material)
+        text = content_text(material) + " ".join(self._upstream)
         return any(key in text for key in self._refreshed)
 
     def reusable(self, name: str, material: Any, stage_dir: Path) -> bool:
@@ -112,6 +113,16 @@ class Engine:
         self._by_worker.add(stage_dir.name[-12:])
         if self.fresh:
             self._refreshed.add(stage_dir.name[-12:])
+
+    @contextmanager
+    def downstream_of(self, name: str) -> Iterator[None]:
+        """Stages asked for inside are made from stage ``name``'s output even where their key does not say so (a
+        training keyed by its samples, which a selection chose): ``fresh`` on ``name`` reaches them too."""
+        self._upstream.append(self.keys.get(name, "")[:12])
+        try:
+            yield
+        finally:
+            self._upstream.pop()
 
     @contextmanager
     def _within(self, entry: StageEntry) -> Iterator[None]:

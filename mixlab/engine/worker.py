@@ -98,7 +98,7 @@ def run_job(job_file: Path) -> None:
         for module in spec.plugins:
             registry.register_plugin(importlib.import_module(module))
         quiet_libraries()
-        recipe = load_recipe(Path(spec.recipe))
+        recipe = load_recipe(Path(spec.recipe), check_paths=False)
         ctx = WorkerContext(spec)
         samples = load_samples(stage_dir / SAMPLES_FILE)
         if spec.kind == "score":

@@ -10,19 +10,26 @@ from __future__ import annotations
 from typing import Any
 
 from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
+from mixlab.errors import UserError
 from mixlab.models.templates import training_template
 
 IGNORE = -100
 
 
 def load_image(image: Any) -> Any:
-    """A PIL image in RGB from a PIL image or a path."""
+    """A PIL image in RGB from a PIL image or a path; an unreadable file is a UserError naming it."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
-    with Image.open(image) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(
+            f"image {image} cannot be read ({type(e).__name__}: {e}). Fix or remove the file, or load the source "
+            'with check_images = "open" (the default) so bad images are found before training.'
+        ) from None
 
 
 def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

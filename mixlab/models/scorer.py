@@ -28,6 +28,16 @@ class ModelScorer(Scorer):
     def model_dir(self, ctx: RunContext) -> Path:
         return self.resolve(self.options.model) if self.options.model else Path(ctx.base_model)
 
+    def check(self) -> list[tuple[tuple, str]]:
+        """The reference checkpoint, when named, is a model folder."""
+        if self.options.model is None:
+            return []
+        path = self.resolve(self.options.model)
+        if not (path / "config.json").is_file():
+            found = "does not exist" if not path.exists() else "is not a model folder (no config.json)"
+            return [(("model",), f"{path} {found}: give a local llava-hf format checkpoint folder.")]
+        return []
+
     def batches(self, processor: Any, samples: list[Sample]) -> list[list[int]]:
         """Index lists of `batch_size` neighbours in estimated-length order."""
         from mixlab.models.predict import length_order

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from mixlab import hookimpl
 from mixlab.caches import JsonlCache, checkpoint_hash
-from mixlab.components import Evaluation, Evaluator, Metrics, Options
+from mixlab.components import Evaluation, Evaluator, Metrics, Options, RunContext
 from mixlab.errors import UserError
 from mixlab.toyworld.params import ToyWorldParams
 
@@ -50,8 +50,9 @@ class BenchmarksOptions(Options):
 class Benchmarks(Evaluator):
     name = "benchmarks"
     Options = BenchmarksOptions
+    options: BenchmarksOptions
 
-    def tsv_files(self, ctx) -> list[Path]:
+    def tsv_files(self, ctx: RunContext) -> list[Path]:
         files: list[Path] = []
         for pattern in self.options.paths:
             matched = sorted(Path(p) for p in glob.glob(str(self.resolve(pattern))))
@@ -74,7 +75,7 @@ class Benchmarks(Evaluator):
             raise UserError(f"evaluator {self.label!r}: no benchmarks. Set `paths` or `toyworld`.")
         return files
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Evaluation:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         from mixlab.evaluation.rules import rate
         from mixlab.evaluation.tsv import detect_kind, lacks_image, load_tsv
         from mixlab.outcomes import ItemOutcomes

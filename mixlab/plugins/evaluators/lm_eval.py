@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, Metrics
+from mixlab.components import Evaluator, Metrics, RunContext
 from mixlab.errors import UserError
 from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
 
@@ -42,6 +42,7 @@ def language_model(model_dir: Path) -> tuple[Any, Any]:
 class LmEval(Evaluator):
     name = "lm_eval"
     Options = LmEvalOptions
+    options: LmEvalOptions
 
     def task_manager(self) -> Any:
         from lm_eval.tasks import TaskManager
@@ -49,7 +50,7 @@ class LmEval(Evaluator):
         include = self.resolve(self.options.include_path) if self.options.include_path else None
         return checked_task_manager(TaskManager, self.options.tasks, include, self.label, "lm-eval")
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Metrics:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
         try:
             import lm_eval
             from lm_eval.models.huggingface import HFLM

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, Metrics
+from mixlab.components import Evaluator, Metrics, RunContext
 from mixlab.errors import UserError
 from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
 
@@ -51,8 +51,9 @@ def lmms_eval_modules() -> tuple[Any, Any, Any]:
 class LmmsEval(Evaluator):
     name = "lmms_eval"
     Options = LmmsEvalOptions
+    options: LmmsEvalOptions
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Metrics:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
         simple_evaluate, task_manager_class, model_class = lmms_eval_modules()
         os.environ.update(OFFLINE)
         o = self.options

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, Metrics, Options
+from mixlab.components import Evaluator, Metrics, Options, RunContext
 from mixlab.errors import UserError
 
 MODEL_NAME = "mixlab_checkpoint"
@@ -97,6 +97,7 @@ def dataset_metrics(work_dir: Path, dataset: str) -> dict[str, float]:
 class VLMEvalKit(Evaluator):
     name = "vlmevalkit"
     Options = VLMEvalKitOptions
+    options: VLMEvalKitOptions
 
     def run_py(self) -> Path:
         checkout = self.resolve(self.options.checkout)
@@ -105,7 +106,7 @@ class VLMEvalKit(Evaluator):
             raise UserError(f"evaluator {self.label!r}: no VLMEvalKit checkout at {checkout} (no run.py). {INSTALL}.")
         return run_py
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx) -> Metrics:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
         run_py = self.run_py()
         out = work_dir / "vlmevalkit"
         out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ class SoupOptions(Options):
 class SoupMerger(Merger):
     name = "soup"
     Options = SoupOptions
+    options: SoupOptions
 
     def merge(self, ingredients: dict[str, Path], work_dir: Path, ctx: RunContext) -> MergeResult:
         from mixlab.merging import soup as core

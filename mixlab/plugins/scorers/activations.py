@@ -58,6 +58,7 @@ class ActivationsScorer(ModelScorer):
 
     name = "activations"
     Options = ActivationsOptions
+    options: ActivationsOptions
 
     def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
         from mixlab.models.predict import pooled_activations

@@ -26,6 +26,7 @@ class PerplexityScorer(ModelScorer):
 
     name = "perplexity"
     Options = PerplexityOptions
+    options: PerplexityOptions
 
     def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
         model_dir = self.model_dir(ctx)

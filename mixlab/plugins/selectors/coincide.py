@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mixlab import hookimpl
-from mixlab.components import Options, Selection, Selector
+from mixlab.components import Options, RunContext, Selection, Selector
 from mixlab.errors import UserError
 from mixlab.selection import coincide
 
@@ -51,8 +51,9 @@ class CoincideOptions(Options):
 class CoincideSelector(Selector):
     name = "coincide"
     Options = CoincideOptions
+    options: CoincideOptions
 
-    def select(self, samples, scores, ctx) -> Selection:
+    def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
         o = self.options
         where = f"selector {self.label!r}"
         if o.column not in scores:

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mixlab import hookimpl
-from mixlab.components import Options, Selection, Selector
+from mixlab.components import Options, RunContext, Selection, Selector
 from mixlab.errors import UserError
 from mixlab.selection.budget import target_count
 from mixlab.selection.strata import strata
@@ -31,8 +31,9 @@ class FractionOptions(Options):
 class FractionSelector(Selector):
     name = "fraction"
     Options = FractionOptions
+    options: FractionOptions
 
-    def select(self, samples, scores, ctx) -> Selection:
+    def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
         o = self.options
         if o.column not in scores:
             raise UserError(

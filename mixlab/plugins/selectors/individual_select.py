@@ -44,6 +44,7 @@ class IndividualSelect(Selector):
 
     name = "individual_select"
     Options = IndividualSelectOptions
+    options: IndividualSelectOptions
     trains_models = True
     options: IndividualSelectOptions
 

@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mixlab import hookimpl
-from mixlab.components import Options, Selection, Selector
+from mixlab.components import Options, RunContext, Selection, Selector
 from mixlab.selection.budget import target_count
 from mixlab.selection.strata import strata
 
@@ -32,8 +32,9 @@ def budget(n: int, fraction: float | None, count: int | None) -> int:
 class RandomSelector(Selector):
     name = "random"
     Options = RandomOptions
+    options: RandomOptions
 
-    def select(self, samples, scores, ctx) -> Selection:
+    def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
         o = self.options
         rng = np.random.default_rng(ctx.seed if o.seed is None else o.seed)
         share = budget(len(samples), o.fraction, o.count) / max(1, len(samples))

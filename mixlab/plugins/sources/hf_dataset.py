@@ -10,11 +10,10 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Options, Source
+from mixlab.components import Options, RunContext, Source
 from mixlab.data import IMAGE_TOKEN, Sample
 from mixlab.errors import UserError
-from mixlab.plugins.sources.llava_json import read_records
-from mixlab.plugins.sources.records import (
+from mixlab.records import (
     BadRecord,
     ImageCheck,
     OnError,
@@ -22,6 +21,7 @@ from mixlab.plugins.sources.records import (
     image_path,
     nothing_loaded,
     path_problem,
+    read_records,
     root_problem,
 )
 
@@ -102,6 +102,7 @@ class HfDataset(Source):
 
     name = "hf_dataset"
     Options = HfDatasetOptions
+    options: HfDatasetOptions
 
     def fingerprint(self) -> str:
         path = self.resolve(self.options.path)
@@ -127,7 +128,7 @@ class HfDataset(Source):
             return [(("image_root",), found)]
         return []
 
-    def load(self, ctx) -> list[Sample]:
+    def load(self, ctx: RunContext) -> list[Sample]:
         path = self.resolve(self.options.path)
         ds = _load(path, self.options.split)
         columns = list(ds.column_names) if hasattr(ds, "column_names") else sorted({k for r in ds[:1000] for k in r})

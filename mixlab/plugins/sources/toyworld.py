@@ -7,11 +7,10 @@ from pathlib import Path
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Source
+from mixlab.components import RunContext, Source
 from mixlab.data import Sample
 from mixlab.errors import UserError
-from mixlab.plugins.sources.llava_json import read_records
-from mixlab.plugins.sources.records import collect
+from mixlab.records import collect, read_records
 from mixlab.registry import did_you_mean
 from mixlab.toyworld.params import ToyWorldParams
 
@@ -31,6 +30,7 @@ class ToyWorld(Source):
 
     name = "toyworld"
     Options = ToyWorldOptions
+    options: ToyWorldOptions
 
     def provides(self) -> list[str]:
         known = all_source_names()
@@ -64,7 +64,7 @@ class ToyWorld(Source):
 
         return f"toyworld-v{GENERATOR_VERSION}"
 
-    def load(self, ctx) -> list[Sample]:
+    def load(self, ctx: RunContext) -> list[Sample]:
         manifest = self.options.ensure(ctx)
         root = Path(manifest["_dir"])
         samples: list[Sample] = []

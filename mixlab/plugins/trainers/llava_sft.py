@@ -17,6 +17,7 @@ class LlavaSft(Trainer):
 
     name = "llava_sft"
     Options = SFTSettings
+    options: SFTSettings
 
     def settings(self, overrides: dict[str, Any] | None) -> SFTSettings:
         settings = SFTSettings.model_validate({**self.options.model_dump(exclude_unset=True), **(overrides or {})})

@@ -1,7 +1,9 @@
-"""Checking LLaVA-style records: one clear message per bad record, or skip-and-count."""
+"""Raw data records to checked samples: reading LLaVA JSON/JSONL (UTF-8, located syntax errors) and turning each
+record into a Sample with one clear message per bad record, or skip-and-count."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -156,3 +158,50 @@ def path_problem(path: Path, suffixes: tuple[str, ...] | None, folder_ok: bool =
     if path.is_file() and suffixes and path.suffix.lower() not in suffixes:
         return f"{path} has the unsupported suffix {path.suffix!r}: give a {' or '.join(suffixes)} file"
     return None
+
+
+def read_text(path: Path) -> str:
+    """A data file's text as UTF-8, or a UserError naming the file and the line of the first bad byte."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a data file. Check `path` in the recipe.")
+    if not path.is_file():
+        raise UserError(f"data file {path} not found. Check `path` in the recipe.")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the data file ({e.strerror}). Check its permissions.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}). JSON data must be UTF-8: convert the file "
+            "(e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
+
+
+def read_records(path: Path) -> list:
+    """A JSON list or JSON lines, with a located message on a syntax error."""
+    text = read_text(path)
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{number}: invalid JSON ({e.msg}). Fix that line.") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " (one JSON object per line? then name the file .jsonl)" if e.msg == "Extra data" else ""
+        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}){hint}. Fix the file at that line.") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read. Check the file.") from None
+    if not isinstance(data, list):
+        raise UserError(
+            f'{path}: expected a JSON list of LLaVA records ([{{"id": ..., "conversations": [...]}}, ...]), '
+            f"got a JSON {type(data).__name__}."
+        )
+    return data

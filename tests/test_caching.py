@@ -1,0 +1,100 @@
+"""What reruns a stage: a local plugin's source code, --fresh, and a clash of score columns."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from mixlab import registry
+from mixlab.cli import main
+from mixlab.errors import UserError
+from mixlab.pipeline import Run
+from mixlab.recipe import load_recipe
+from tests import fakes
+
+PLUGIN = """
+import numpy as np
+from mixlab import hookimpl
+from mixlab.components import Scorer
+
+
+class LengthScorer(Scorer):
+    name = "local_length"
+
+    def score(self, samples, ctx):
+        return {"badness": np.array([{weight} * len(s["id"]) for s in samples], dtype=float)}
+
+
+@hookimpl
+def register_scorers(register):
+    register(LengthScorer)
+"""
+
+
+@pytest.fixture
+def local_plugin(tmp_path, fake_plugins, monkeypatch):
+    """A plugin module that is not an installed distribution: its code identity is a hash of its source."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "local_scorer.py").write_text(PLUGIN.replace("{weight}", "1.0"))
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module("local_scorer")
+    registry.register_plugin(module)
+    yield folder / "local_scorer.py"
+    registry.unregister_plugin(module)
+    sys.modules.pop("local_scorer", None)
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in report["stages"]}
+
+
+def run(recipe, fresh: tuple[str, ...] = ()) -> dict:
+    return Run(load_recipe(recipe), recipe.parent / "run", show_progress=False, fresh=fresh).execute()
+
+
+def test_editing_a_local_plugin_reruns_exactly_the_stages_that_use_it(local_plugin, tmp_path):
+    recipe = fakes.write_recipe(tmp_path, fakes.RECIPE.replace('type = "fake_quality"', 'type = "local_length"'))
+    first = run(recipe)
+    assert set(statuses(first).values()) == {"done"}
+    local_plugin.write_text(PLUGIN.replace("{weight}", "2.0"))  # same selection, different code
+    registry.unregister_plugin(sys.modules["local_scorer"])
+    registry.register_plugin(importlib.reload(sys.modules["local_scorer"]))
+    second = statuses(run(recipe))
+    rerun = {name for name, status in second.items() if status == "done"}
+    assert rerun == {"score:quality", "select:curated"}  # the scorer's stage and the one reading its scores
+    assert second["train:curated"] == "cached"  # the selection came out the same, so its training is reused
+
+
+def test_fresh_reruns_everything_or_a_stage_and_what_depends_on_it(fake_recipe):
+    first = run(fake_recipe)
+    everything = statuses(run(fake_recipe, fresh=("*",)))
+    assert set(everything.values()) == {"done"} and everything.keys() == statuses(first).keys()
+    some = statuses(run(fake_recipe, fresh=("score:*",)))
+    assert some["score:quality"] == some["select:curated"] == some["train:curated"] == some["eval:curated"] == "done"
+    assert some["source:good"] == some["train:full"] == some["eval:full"] == "cached"
+
+
+def test_fresh_on_the_command_line(fake_recipe, monkeypatch, capsys):
+    out = fake_recipe.parent / "cli-run"
+    for argv in (["run", str(fake_recipe)], ["run", str(fake_recipe), "--fresh", "train:full,score:quality"]):
+        monkeypatch.setattr(sys, "argv", ["mixlab", *argv, "--output-dir", str(out), "--no-progress"])
+        main()
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    status = statuses(report)
+    assert status["train:full"] == status["eval:full"] == status["score:quality"] == "done"
+    assert status["source:good"] == status["model"] == "cached"
+
+
+def test_two_scorers_writing_one_column_is_an_error_naming_both(fake_recipe):
+    text = (
+        fake_recipe.read_text().replace('scorers = ["quality"]', 'scorers = ["quality", "quality_again"]')
+        + '\n[scorers.quality_again]\ntype = "fake_quality"\n'
+    )
+    fake_recipe.write_text(text)
+    with pytest.raises(UserError, match=r"'quality' and 'quality_again' both write a column named 'badness'"):
+        run(fake_recipe)

@@ -1,0 +1,143 @@
+"""Decisions under noise on fake plugins: seed replicates, intervals in report.json, Individual Select's rules,
+the dev/test split."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixlab.pipeline import Run
+from mixlab.recipe import load_recipe
+from tests import fakes
+
+NOISY = fakes.RECIPE.replace('type = "fake_bench"', 'type = "fake_noisy_bench"')
+
+
+def run(folder, text: str) -> dict:
+    return Run(load_recipe(fakes.write_recipe(folder, text)), folder / "run", show_progress=False).execute()
+
+
+def with_run_keys(text: str, keys: str) -> str:
+    return text.replace("seed = 1\n", f"seed = 1\n{keys}\n", 1)
+
+
+def test_seeds_replicate_every_training_and_report_means_and_intervals(fake_plugins, tmp_path):
+    report = run(tmp_path, with_run_keys(NOISY, "seeds = [0, 1, 2]"))
+    assert report["seeds"] == [0, 1, 2]
+    names = {s["name"] for s in report["stages"]}
+    assert {"train:full@seed0", "train:full@seed1", "train:full@seed2", "merge:soup@seed2"} <= names
+    full, curated = report["arms"]["full"], report["arms"]["curated"]
+    assert sorted(full["per_seed"]) == ["0", "1", "2"]
+    scores = [full["per_seed"][s]["score"] for s in ("0", "1", "2")]
+    assert len(set(scores)) == 3  # the seeds really differ
+    assert full["score"] == pytest.approx(sum(scores) / 3, abs=1e-3)
+    lo, hi = full["score_ci"]
+    assert lo < full["score"] < hi and full["score_interval"] == "seeds+items"
+    compare = curated["compare"]
+    assert compare["to"] == "full" and "compare" not in full
+    assert compare["delta"] == pytest.approx(curated["score"] - full["score"], abs=1e-6)
+    assert compare["ci"][0] > 0  # curated drops every bad sample: clearly better than full
+    assert compare["distinguishable"] is True and compare["p_better"] > 0.97
+    health = report["benchmarks"]["noisybench"]
+    assert health["chance"] == pytest.approx(25.0) and health["at_chance"] == []
+    assert health["noise"] > 0 and health["signal"] > 0 and health["mdd"] > 0
+
+
+def test_adding_a_seed_reuses_the_others(fake_plugins, tmp_path):
+    run(tmp_path, with_run_keys(NOISY, "seeds = [0, 1]"))
+    again = run(tmp_path, with_run_keys(NOISY, "seeds = [0, 1, 2]"))
+    status = {s["name"]: s["status"] for s in again["stages"]}
+    assert status["train:full@seed0"] == status["train:full@seed1"] == "cached"
+    assert status["train:full@seed2"] == "done"
+
+
+def test_one_seed_keeps_the_old_stage_names_and_gives_item_intervals(fake_plugins, tmp_path):
+    report = run(tmp_path, NOISY)
+    assert report["seeds"] == [1]
+    assert "train:full" in {s["name"] for s in report["stages"]}
+    assert report["arms"]["full"]["score_interval"] == "items"
+    assert report["arms"]["curated"]["compare"]["interval"] == "items"
+    assert report["arms"]["curated"]["compare"]["benchmarks"]["noisybench"]["mcnemar_p"] < 0.05
+
+
+ISEL = """\
+[run]
+name = "isel"
+seed = 0
+{run_keys}
+
+[model]
+path = "base"
+
+[sources.base]
+type = "fake_source"
+n = 40
+
+[sources.equal]
+type = "fake_source"
+category = "x"
+n = 40
+
+[sources.bad_worse]
+type = "fake_source"
+quality = "bad"
+category = "x"
+n = 40
+
+[selectors.isel]
+type = "individual_select"
+baseline = ["base"]
+{options}
+
+[trainer]
+type = "fake_trainer"
+
+[evaluators.bench]
+type = "fake_noisy_bench"
+items = 300
+seed_sd = 0.04
+
+[arms.curated]
+sources = ["base", "equal", "bad_worse"]
+selector = "isel"
+"""
+
+
+def verdicts(folder, seeds: list[int], options: str) -> dict[str, bool]:
+    text = ISEL.format(run_keys=f"seeds = {seeds}", options=options)
+    report = run(folder, text)
+    return {c["source"]: c["kept"] for r in report["individual_select"]["rounds"] for c in r["candidates"]}
+
+
+def test_individual_select_ci_rule_keeps_an_equal_candidate_where_the_tolerance_rule_flips(fake_plugins, tmp_path):
+    seed_sets = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13, 14], [15, 16, 17]]
+    tolerance = [
+        verdicts(tmp_path / f"t{i}", s, 'rule = "tolerance"\ntolerance = 0.5') for i, s in enumerate(seed_sets)
+    ]
+    ci = [verdicts(tmp_path / f"c{i}", s, 'rule = "ci"\ntolerance = 0.5') for i, s in enumerate(seed_sets)]
+    assert {v["equal"] for v in tolerance} == {True, False}  # the point rule flips with the seeds
+    assert all(v["equal"] for v in ci)  # the interval rule keeps the equal candidate every time
+    assert not any(v["bad_worse"] for v in ci + tolerance)  # and both reject the clearly worse one
+
+
+def test_individual_select_reports_intervals(fake_plugins, tmp_path):
+    report = run(tmp_path, ISEL.format(run_keys="seeds = [0, 1]", options='rule = "ci"'))
+    block = report["individual_select"]
+    assert block["rule"] == "ci"
+    candidate = block["rounds"][1]["candidates"][0]
+    assert set(candidate) >= {"source", "score", "delta", "ci", "p_better", "kept", "model_dirs"}
+    assert candidate["ci"][0] <= candidate["delta"] <= candidate["ci"][1]
+    assert sorted(candidate["model_dirs"]) == ["0", "1"]
+
+
+def test_select_on_dev_reports_the_test_part(fake_plugins, tmp_path):
+    report = run(tmp_path, with_run_keys(NOISY, 'select_on = "dev"\ndev_fraction = 0.5'))
+    assert report["select_on"] == "dev"
+    metrics = report["arms"]["full"]["metrics"]["noisybench"]
+    assert set(metrics) == {"score", "items"} and 120 < metrics["items"] < 280  # the test part only
+    assert report["arms"]["full"]["score"] == pytest.approx(metrics["score"], abs=1e-3)
+
+
+def test_compare_to_picks_the_reference_arm(fake_plugins, tmp_path):
+    report = run(tmp_path, with_run_keys(NOISY, 'compare_to = "curated"'))
+    assert "compare" not in report["arms"]["curated"]
+    assert report["arms"]["full"]["compare"]["to"] == "curated" and report["arms"]["full"]["compare"]["delta"] < 0

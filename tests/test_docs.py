@@ -1,0 +1,67 @@
+"""The project's docs and code are self-contained: they never send a reader to a file outside the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKED = ["mixlab", "docs", "recipes", "README.md", "scripts", "bench"]
+
+OUTSIDE = re.compile(
+    r"(?<![\w./-])(?:\.\./)*shared/"  # a sibling folder of the checkout: shared/design/..., ../shared/...
+    r"|\b(?:algorithms|feasibility|ARCHITECTURE|ecosystem)\.md\b"  # design notes that are not in the repository
+)
+DOC_LINK = re.compile(r"\bdocs/[\w.-]+\.md\b")
+
+
+def checked_files() -> list[Path]:
+    """Tracked files and new ones not yet added (but not ignored) under the checked paths."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *CHECKED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [ROOT / name for name in sorted(set(listed)) if (ROOT / name).is_file()]
+
+
+def lines_matching(pattern: re.Pattern[str]) -> list[tuple[str, int, str]]:
+    found = []
+    for path in checked_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # images, archives
+        for number, line in enumerate(text.splitlines(), start=1):
+            for match in pattern.finditer(line):
+                found.append((str(path.relative_to(ROOT)), number, match.group(0)))
+    return found
+
+
+def test_the_checked_files_are_found():
+    names = {str(p.relative_to(ROOT)) for p in checked_files()}
+    assert {"README.md", "docs/plugins.md", "mixlab/components.py"} <= names
+
+
+def test_no_reference_to_files_outside_the_repository():
+    found = lines_matching(OUTSIDE)
+    assert not found, "say what the reader needs in the repository's own docs instead of pointing at:\n" + "\n".join(
+        f"  {path}:{number}: {text}" for path, number, text in found
+    )
+
+
+def test_the_outside_pattern():
+    for text in ("see shared/design/algorithms.md §1", "`../shared/papers`", "ARCHITECTURE.md §3", "feasibility.md"):
+        assert OUTSIDE.search(text), text
+    for text in ("docs/coincide.md", "runs/shared/x", "a shared cache", "shared_dir/", "my_algorithms.md"):
+        assert not OUTSIDE.search(text), text
+
+
+def test_every_named_doc_exists():
+    missing = [(path, number, name) for path, number, name in lines_matching(DOC_LINK) if not (ROOT / name).is_file()]
+    assert not missing, "these name a docs page that does not exist:\n" + "\n".join(
+        f"  {path}:{number}: {name}" for path, number, name in missing
+    )
