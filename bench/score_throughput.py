@@ -120,7 +120,7 @@ def main() -> None:
     from mixlab.models.predict import answer_nll, length_order
     from mixlab.models.tiny import build_tiny_llava
     from mixlab.plugins.scorers.perplexity import PerplexityScorer
-    from mixlab.recipe import TinyModel
+    from mixlab.sections import TinyModel
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -19,8 +19,9 @@ from mixlab.engine.keys import plugin_code
 from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
 from mixlab.progress import ProgressBoard
-from mixlab.recipe import Recipe, Section
+from mixlab.recipe import Recipe
 from mixlab.results import ArmResult, Replicate, RunResult, SoupResult
+from mixlab.sections import Section
 from mixlab.store import SAMPLES_FILE, Store, load_samples, save_samples
 
 
@@ -173,7 +174,7 @@ class Run:
             "scores": {s: self.engine.keys[f"score:{s}"] for s in used},
             "base": self.ctx.base_key,
         }
-        if section.cls.trains_models:  # its result depends on the trainer and the evaluators too
+        if getattr(section.cls, "trains_models", False):  # its result depends on the trainer and the evaluators too
             material["trainer"] = {"section": self.recipe.trainer.raw, "code": plugin_code(self.recipe.trainer.cls)}
             material["evaluators"] = {
                 k: {"section": s.raw, "code": plugin_code(s.cls)} for k, s in self.recipe.evaluators.items()
@@ -293,7 +294,8 @@ def count_sources(samples: list[Sample]) -> dict[str, int]:
 
 def normalise(samples: list[Sample], section: Section, provides: list[str]) -> list[Sample]:
     """Prefix ids with their source, apply the recipe's category, and check sources are the ones provided."""
-    out, seen = [], set()
+    out: list[Sample] = []
+    seen: set[str] = set()
     category = section.core.get("category")
     for s in samples:
         source = s.get("source") or section.label

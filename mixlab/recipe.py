@@ -1,59 +1,30 @@
-"""TOML recipes: parsed with tomllib, validated with pydantic (core sections and each plugin's own options).
-
-Validation collects every problem at once; each is located to file:line with the key path and a hint.
-"""
+"""TOML recipes: read (UTF-8, located syntax errors), parsed with tomllib, validated (mixlab.validation) into a
+``Recipe``; every problem at once, each located to file:line with the key path and a hint."""
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
-from mixlab.components import Component
 from mixlab.errors import UserError
 from mixlab.locate import key_lines, line_of
 from mixlab.registry import Registry, did_you_mean, get_registry
-from mixlab.sections import ArmSection, ModelSection, RunSection
-
-CORE_KEYS: dict[str, dict[str, Any]] = {
-    # section → core keys the pipeline reads (everything else is the plugin's own options)
-    "sources": {"type": str, "category": str},
-    "scorers": {"type": str, "sources": list, "reference_arm": str},
-    "selectors": {"type": str, "scorers": list},
-    "trainer": {"type": str},
-    "evaluators": {"type": str},
-    "soup": {"type": str, "arms": list, "candidates": str},
-}
-KIND_OF_SECTION = {
-    "sources": "source",
-    "scorers": "scorer",
-    "selectors": "selector",
-    "trainer": "trainer",
-    "evaluators": "evaluator",
-    "soup": "merger",
-}
-TOP_LEVEL = ("run", "model", "sources", "scorers", "selectors", "arms", "trainer", "evaluators", "soup")
-
-
-@dataclass
-class Section:
-    """A validated plugin section: its label, plugin class, options and core keys."""
-
-    label: str
-    type: str
-    cls: type[Component]
-    options: BaseModel
-    core: dict[str, Any]
-    raw: dict[str, Any]
-    base_dir: Path
-
-    def build(self) -> Any:
-        return self.cls(self.options, self.label, self.base_dir)
+from mixlab.sections import ArmSection, ModelSection, RunSection, Section
+from mixlab.textfiles import read_text
+from mixlab.validation import (
+    TOP_LEVEL,
+    Problem,
+    Validator,
+    check_model_path,
+    check_output_dir,
+    check_overrides,
+    cross_references,
+    provided_sources,
+    unique_problems,
+)
 
 
 @dataclass
@@ -77,12 +48,6 @@ class Recipe:
         return Path(self.run.output_dir) if self.run.output_dir else Path("runs") / self.run.name
 
 
-@dataclass
-class Problem:
-    path: tuple
-    message: str
-
-
 class RecipeError(UserError):
     """All the problems of one recipe, each located."""
 
@@ -99,297 +64,14 @@ class RecipeError(UserError):
         super().__init__(f"{count} in recipe {file}:\n" + "\n".join("  " + r for r in rendered))
 
 
-def _nested_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the options table at ``loc`` inside ``model`` ([] where it is not a pydantic model)."""
-    current: Any = model
-    for key in loc:
-        field = current.model_fields.get(str(key)) if current else None
-        candidates = (field.annotation, *get_args(field.annotation)) if field else ()
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return list(current.model_fields) if current else []
-
-
-def _pydantic_problems(
-    prefix: tuple,
-    error: ValidationError,
-    allowed: list[str],
-    model: type[BaseModel] | None = None,
-    value: Any = None,
-) -> list[Problem]:
-    """One problem per key: the errors of a union's members (``seeds``: a list or an int) are said together."""
-    problems: list[Problem] = []
-    merged: dict[tuple, list[str]] = {}
-    for e in error.errors():
-        loc = tuple(x for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            choices = allowed if len(loc) == 1 else _nested_fields(model, loc[:-1]) if model else []
-            hint = did_you_mean(str(loc[-1]), choices) if choices else ""
-            problems.append(Problem(prefix + loc, f"unknown key.{hint or ''} Remove it or fix its spelling."))
-        elif e["type"] == "missing":
-            problems.append(Problem(prefix + loc, "required key is missing: add it (docs/recipes.md lists every key)."))
-        else:
-            at = _data_loc(value, loc) if isinstance(value, dict) and loc and loc[0] in value else loc
-            given = e.get("input")
-            shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
-            message = f"{e['msg'].removeprefix('Value error, ')}{shown}{_hint(e['type'])}"
-            if at not in merged:
-                merged[at] = []
-                problems.append(Problem(prefix + at, ""))
-            merged[at].append(message)
-    for at in list(merged):  # a union's members fail at different depths: say it once, at the shallowest key
-        outer = next((o for o in merged if o != at and at[: len(o)] == o), None)
-        if outer is not None:
-            merged[outer] += merged.pop(at)
-    problems = [p for p in problems if p.message or p.path[len(prefix) :] in merged]
-    for p in problems:
-        if not p.message:
-            p.message = " Or: ".join(dict.fromkeys(merged[p.path[len(prefix) :]]))
-    return problems
-
-
-_HINTS = {
-    "string_type": 'write text in quotes, e.g. "name"',
-    "int_type": "write a whole number without quotes",
-    "int_parsing": "write a whole number without quotes",
-    "int_from_float": "write a whole number",
-    "float_type": "write a number without quotes",
-    "float_parsing": "write a number without quotes",
-    "bool_type": "write true or false",
-    "bool_parsing": "write true or false",
-    "list_type": 'write a list in brackets, e.g. ["a", "b"]',
-    "tuple_type": "write a list in brackets",
-    "dict_type": "write a table, e.g. { key = 1 }",
-    "model_type": "write a table, e.g. { key = 1 }",
-    "model_attributes_type": "write a table, e.g. { key = 1 }",
-    "literal_error": "use one of those values",
-    "enum": "use one of those values",
-    "too_short": "add entries",
-    "too_long": "remove entries",
-}
-
-
-def _hint(error_type: str) -> str:
-    """What to do about a pydantic error: ': <hint>.' (value errors carry their own hint)."""
-    if error_type in _HINTS:
-        return f": {_HINTS[error_type]}."
-    if error_type.startswith(("greater_than", "less_than", "multiple_of")):
-        return ": change the value."
-    return "." if error_type == "value_error" else ": fix the value."
-
-
-SCALAR_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "text"}
-
-
-def _data_loc(value: Any, loc: tuple) -> tuple:
-    """The longest prefix of a pydantic error location that exists in the raw data (drops union member tags)."""
-    out: list[Any] = []
-    for key in loc:
-        if isinstance(value, dict) and key in value:
-            value = value[key]
-        elif isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value):
-            value = value[key]
-        elif isinstance(key, str) and not isinstance(value, dict):
-            continue  # a union member's tag ("list[int]"), not a key of the data
-        else:
-            break
-        out.append(key)
-    return tuple(out)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{type(value).__name__} {value!r}"
-
-
-def _strict_problems(
-    prefix: tuple, model: type[BaseModel], value: dict[str, Any], reported: set[tuple]
-) -> list[Problem]:
-    """Values that validate only by changing type ("8" for an int, 8.0 for an int, true for a number): no coercion."""
-    try:
-        model.model_validate(value, strict=True)
-        return []
-    except ValidationError as e:
-        errors = e.errors()
-    found: dict[tuple, tuple[list[str], Any]] = {}
-    for err in errors:
-        given = err.get("input")
-        if err["type"] not in SCALAR_TYPES or isinstance(given, (dict, list, tuple)):
-            continue
-        loc = _data_loc(value, tuple(err["loc"]))
-        if not loc or any(prefix + loc[:k] in reported for k in range(1, len(loc) + 1)):
-            continue
-        wanted = found.setdefault(loc, ([], given))[0]
-        if SCALAR_TYPES[err["type"]] not in wanted:
-            wanted.append(SCALAR_TYPES[err["type"]])
-    return [
-        Problem(
-            prefix + loc,
-            f"must be {' or '.join(wanted)}, not {_describe(given)}: values keep their TOML type (write numbers "
-            "without quotes, e.g. batch_size = 8).",
-        )
-        for loc, (wanted, given) in found.items()
-    ]
-
-
-def validate_options(prefix: tuple, model: type[BaseModel], value: dict[str, Any], allowed: list[str]) -> tuple:
-    """(validated model or None, problems): lists are accepted for tuples, but no scalar changes type."""
-    try:
-        validated, problems = model.model_validate(value, strict=False), []
-    except ValidationError as e:
-        validated, problems = None, _pydantic_problems(prefix, e, allowed, model, value)
-    reported = {p.path for p in problems}
-    problems += _strict_problems(prefix, model, value, reported)
-    return (validated if not problems else None), problems
-
-
-SCORER_COLUMNS: dict[str, dict[str, int]] = {"perplexity": {"ppl": 1, "nll": 1}, "activations": {"embedding": 2}}
-"""Built-in scorer type → the columns it writes and their dimensions (a scorer class may declare ``columns``)."""
-SELECTOR_COLUMN_NDIM: dict[str, int] = {"fraction": 1, "coincide": 2}
-"""Built-in selector type → the dimension of the score column its `column` option names (or ``column_ndim``)."""
-SECTION_KINDS = ("sources", "scorers", "selectors", "evaluators", "arms")
-
-
-class _Validator:
-    def __init__(self, data: dict[str, Any], registry: Registry, base_dir: Path, check_paths: bool = True):
-        self.base_dir = base_dir
-        self.check_paths = check_paths
-        self.data = data
-        self.registry = registry
-        self.problems: list[Problem] = []
-        # labels of sections already reported, per section kind, so references to them stay quiet
-        self.broken: dict[str, set[str]] = {kind: set() for kind in (*SECTION_KINDS, "trainer", "soup")}
-
-    def add(self, path: tuple, message: str) -> None:
-        self.problems.append(Problem(path, message))
-
-    def model(self, path: tuple, cls: type[BaseModel], value: Any) -> Any:
-        if not isinstance(value, dict):
-            self.add(path, f"must be a table, got {_describe(value)}.")
-            return None
-        validated, problems = validate_options(path, cls, value, list(cls.model_fields))
-        self.problems += problems
-        return validated
-
-    def plugin(self, section: str, path: tuple, value: Any, default_type: str | None = None) -> Section | None:
-        if not isinstance(value, dict):
-            self.add(path, f"must be a table (a [{'.'.join(map(str, path))}] section), got {_describe(value)}.")
-            return None
-        kind = KIND_OF_SECTION[section]
-        type_name = value.get("type", default_type)
-        if not isinstance(type_name, str):
-            known = ", ".join(self.registry.names(kind))
-            self.add(path, f'needs `type = "<{kind} name>"`; known {kind}s: {known}.')
-            return None
-        if type_name not in self.registry.entries[kind]:
-            hint = did_you_mean(type_name, self.registry.names(kind))
-            self.add((*path, "type"), f"no {kind} plugin named {type_name!r}.{hint}")
-            return None
-        cls = self.registry.get(kind, type_name)
-        core_spec = CORE_KEYS[section]
-        core, rest = {}, {}
-        for key, item in value.items():
-            (core if key in core_spec else rest)[key] = item
-        ok = True
-        for key, item in list(core.items()):
-            expected = core_spec[key]
-            if key == "type":
-                continue
-            if not isinstance(item, expected):
-                what = "a list of names" if expected is list else "a name (a string)"
-                example = f'{key} = ["a", "b"]' if expected is list else f'{key} = "a"'
-                self.add((*path, key), f"must be {what}, not {_describe(item)}: write e.g. {example}.")
-                del core[key]
-                ok = False
-            elif expected is list:
-                bad = [i for i, x in enumerate(item) if not isinstance(x, str)]
-                if bad:
-                    self.add((*path, key, bad[0]), f"must be a name (a string), not {_describe(item[bad[0]])}.")
-                    del core[key]
-                    ok = False
-                elif len(set(item)) != len(item):
-                    twice = next(x for x in item if item.count(x) > 1)
-                    self.add((*path, key), f"lists {twice!r} twice: name each once.")
-                    core[key] = list(dict.fromkeys(item))
-        allowed = [*cls.Options.model_fields, *core_spec]
-        options, problems = validate_options(path, cls.Options, rest, allowed)
-        self.problems += problems
-        if options is None or not ok:
-            return None
-        built = Section(
-            label=str(path[-1]), type=type_name, cls=cls, options=options, core=core, raw=value, base_dir=self.base_dir
-        )
-        return built if self.check(built, path) else None
-
-    def check(self, section: Section, path: tuple, only: set[str] | None = None) -> bool:
-        """Run the plugin's own ``check()``; False if it found problems (then the section counts as broken)."""
-        if not self.check_paths:
-            return True
-        try:
-            found = section.build().check()
-        except (UserError, OSError, ValueError) as exc:
-            found = [((), str(exc))]
-        if only is not None:
-            found = [(key, message) for key, message in found if key and key[0] in only]
-        for key, message in found:
-            self.add((*path, *key), message)
-        return not found
-
-    def table(self, section: str) -> dict[str, Any]:
-        """The raw ``[section.<name>]`` tables, with a problem if the section is not a table of tables."""
-        value = self.data.get(section, {})
-        noun = "arm" if section == "arms" else "section"
-        if isinstance(value, list):
-            self.add(
-                (section,),
-                f"must be named tables like [{section}.<name>], not an array of tables ([[{section}]]) or a list: "
-                f"give each {noun} a name.",
-            )
-            return {}
-        if not isinstance(value, dict):
-            self.add((section,), f"must be named tables like [{section}.<name>], not {_describe(value)}.")
-            return {}
-        return value
-
-    def plugin_table(self, section: str) -> dict[str, Section]:
-        out = {}
-        for label, body in self.table(section).items():
-            built = self.plugin(section, (section, label), body)
-            if built:
-                out[label] = built
-            else:
-                self.broken[section].add(label)
-        return out
-
-    def ref(self, path: tuple, name: Any, known: Any, what: str, kind: str, quiet: bool = False) -> bool:
-        """Whether name is known; reports it unless it names a section already reported (or quiet)."""
-        if name in known:
-            return True
-        if name not in self.broken[kind] and not quiet:
-            self.add(path, f"unknown {what} {name!r}.{did_you_mean(str(name), known)}")
-        return False
-
-
 def _read_text(path: Path, what: str) -> str:
-    """A file's text as UTF-8, or a UserError naming the file and the line of the first bad byte."""
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a {what}: give the path of the file itself.")
-    if not path.is_file():
-        raise UserError(f"{what} {path} not found. Check the path.")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the {what} ({e.strerror}). Check its permissions.") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}). Save the {what} as UTF-8 (e.g. with "
-            "`iconv -f latin1 -t utf-8`)."
-        ) from None
+    """A file's text as UTF-8, or a UserError naming the file (and the line of the first bad byte)."""
+    return read_text(
+        path,
+        what,
+        "give the path of the file itself.",
+        f"Save the {what} as UTF-8 (e.g. with `iconv -f latin1 -t utf-8`).",
+    )
 
 
 def load_recipe(path: str | Path, registry: Registry | None = None, *, check_paths: bool = True) -> Recipe:
@@ -414,7 +96,7 @@ def load_recipe(path: str | Path, registry: Registry | None = None, *, check_pat
 def validate_data(
     path: Path, text: str, data: dict[str, Any], registry: Registry, *, check_paths: bool = True
 ) -> Recipe:
-    v = _Validator(data, registry, path.resolve().parent, check_paths)
+    v = Validator(data, registry, path.resolve().parent, check_paths)
     for key in data:
         if key not in TOP_LEVEL:
             v.add((key,), f"unknown section.{did_you_mean(key, TOP_LEVEL)}")
@@ -446,21 +128,19 @@ def validate_data(
             "no evaluator: add an [evaluators.<name>] section (arms need at least one evaluator).",
         )
 
-    provided = _provided(v, sources)
-    _cross_references(v, run, model, sources, provided, scorers, selectors, arms, soup)
+    provided = provided_sources(v, sources)
+    cross_references(v, run, model, sources, provided, scorers, selectors, arms, soup)
     if run and v.check_paths:
-        _check_output_dir(v, run)
+        check_output_dir(v, run)
     if model and model.path is not None and v.check_paths:
-        _check_model_path(v, model.path)
+        check_model_path(v, model.path)
     if trainer:
-        _check_overrides(
-            v, trainer, ("model", "align", "trainer"), model.align.trainer if model and model.align else {}
-        )
+        check_overrides(v, trainer, ("model", "align", "trainer"), model.align.trainer if model and model.align else {})
         for label, arm in arms.items():
-            _check_overrides(v, trainer, ("arms", label, "trainer"), arm.trainer)
+            check_overrides(v, trainer, ("arms", label, "trainer"), arm.trainer)
 
     if v.problems:
-        raise RecipeError(path, _unique(v.problems), key_lines(text))
+        raise RecipeError(path, unique_problems(v.problems), key_lines(text))
     assert run and model and trainer
     return Recipe(
         path=path,
@@ -477,275 +157,3 @@ def validate_data(
         soup=soup,
         provided=provided,
     )
-
-
-def _unique(problems: list[Problem]) -> list[Problem]:
-    seen: set[tuple] = set()
-    out = []
-    for p in problems:
-        if (p.path, p.message) not in seen:
-            seen.add((p.path, p.message))
-            out.append(p)
-    return out
-
-
-def _provided(v: _Validator, sources: dict[str, Section]) -> dict[str, str]:
-    """Source name → the label of the section providing it."""
-    provided: dict[str, str] = {}
-    for label, section in sources.items():
-        try:
-            names = section.build().provides()
-        except UserError as exc:
-            v.add(("sources", label), str(exc))
-            v.broken["sources"].add(label)
-            continue
-        for name in names:
-            if name in provided:
-                v.add(
-                    ("sources", label),
-                    f"source name {name!r} is provided twice (also by [sources.{provided[name]}]): rename one section.",
-                )
-            provided[name] = label
-    return provided
-
-
-def _source_categories(sources: dict[str, Section], provided: dict[str, str]) -> dict[str, str | None]:
-    """Source name → its category where known without loading (a `category` key, or the plugin's categories())."""
-    out: dict[str, str | None] = {}
-    for label, section in sources.items():
-        fixed = section.core.get("category")
-        known = getattr(section.build(), "categories", None)
-        per_name = known() if callable(known) else {}
-        for name, owner in provided.items():
-            if owner == label:
-                out[name] = fixed if fixed is not None else per_name.get(name)
-    return out
-
-
-def _cross_references(
-    v: _Validator,
-    run: RunSection | None,
-    model: ModelSection | None,
-    sources: dict[str, Section],
-    provided: dict[str, str],
-    scorers: dict[str, Section],
-    selectors: dict[str, Section],
-    arms: dict[str, ArmSection],
-    soup: Section | None,
-) -> None:
-    """References between sections, checked once each; a section already reported silences references to it."""
-    # a broken source section may provide any name: unknown-source references would only repeat its problem
-    quiet = bool(v.broken["sources"])
-
-    def source_refs(path: tuple, names: list[str]) -> None:
-        for i, name in enumerate(names):
-            v.ref((*path, i), name, provided, "source", "sources", quiet)
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            v.add(path, f"lists source {twice[0]!r} twice: name each source once.")
-
-    for label, arm in arms.items():
-        source_refs(("arms", label, "sources"), arm.sources)
-        if arm.selector is not None:
-            v.ref(("arms", label, "selector"), arm.selector, selectors, "selector", "selectors")
-    if model and model.align:
-        source_refs(("model", "align", "sources"), model.align.sources)
-    for label, section in scorers.items():
-        source_refs(("scorers", label, "sources"), section.core.get("sources", []))
-    for label, section in selectors.items():
-        for i, name in enumerate(section.core.get("scorers", [])):
-            v.ref(("selectors", label, "scorers", i), name, scorers, "scorer", "scorers")
-        _check_columns(v, label, section, scorers)
-    if run and run.compare_to is not None:
-        v.ref(("run", "compare_to"), run.compare_to, arms, "arm", "arms")
-
-    # a reference arm trains before any scorer runs, so it cannot use scores itself (that would be a cycle)
-    for label, scorer in scorers.items():
-        ref = scorer.core.get("reference_arm")
-        if ref is None or not v.ref(("scorers", label, "reference_arm"), ref, arms, "arm", "arms"):
-            continue
-        selector = arms[ref].selector
-        used = selectors[selector].core.get("scorers", []) if selector in selectors else []
-        if used:
-            cycle = " (itself: a cycle)" if label in used else ""
-            v.add(
-                ("scorers", label, "reference_arm"),
-                f"arm {ref!r} is this scorer's reference model, so it trains before any scoring; but its selector "
-                f"{selector!r} uses scorers {used}{cycle}. Choose a reference arm without scored selection.",
-            )
-
-    for label, arm in arms.items():
-        section = selectors.get(arm.selector or "")
-        if section is not None and section.type == "individual_select":
-            _check_individual_select(v, label, arm, section, sources, provided)
-
-    if soup:
-        names = soup.core.get("arms")
-        if names is not None and not names:
-            v.add(
-                ("soup", "arms"),
-                "is empty: name the arms to soup (at least one), or drop `arms` to soup every arm.",
-            )
-        for i, name in enumerate(names or []):
-            v.ref(("soup", "arms", i), name, arms, "arm", "arms")
-        candidates = soup.core.get("candidates")
-        if candidates is not None and v.ref(("soup", "candidates"), candidates, arms, "arm", "arms"):
-            selector = arms[candidates].selector
-            section = selectors.get(selector or "")
-            if selector not in v.broken["selectors"] and (section is None or section.type != "individual_select"):
-                v.add(
-                    ("soup", "candidates"),
-                    f"arm {candidates!r} does not use an individual_select selector, so it has no candidate models: "
-                    'name an arm whose selector has type = "individual_select".',
-                )
-
-
-def _check_columns(v: _Validator, label: str, section: Section, scorers: dict[str, Section]) -> None:
-    """A selector that ranks by a score column: its scorers must write that column, with the right dimension."""
-    ndim = SELECTOR_COLUMN_NDIM.get(section.type, getattr(section.cls, "column_ndim", None))
-    column = getattr(section.options, "column", None)
-    if ndim is None or not isinstance(column, str):
-        return
-    names = section.core.get("scorers", [])
-    if "scorers" not in section.raw and not names:
-        v.add(
-            ("selectors", label),
-            f'ranks by the score column {column!r} but names no `scorers`: add scorers = ["<scorer>"] naming a '
-            f"[scorers.<name>] section that writes {column!r}.",
-        )
-        return
-    columns: dict[str, int] = {}
-    for name in names:
-        scorer = scorers.get(name)
-        if scorer is None:
-            return  # already reported as an unknown or broken scorer
-        known = SCORER_COLUMNS.get(scorer.type, getattr(scorer.cls, "columns", None))
-        if not isinstance(known, dict):
-            return  # a plugin scorer that does not declare its columns: checked at run time
-        columns.update(known)
-    kind = "a 2-D embedding" if ndim == 2 else "a 1-D score"
-    if column not in columns:
-        gives = ", ".join(f"{c!r}" for c in columns) or "no columns"
-        need = ' (an embedding scorer such as type = "activations")' if ndim == 2 else ""
-        v.add(
-            ("selectors", label, "column"),
-            f"no scorer in `scorers` writes column {column!r}; they write {gives}. Fix `column`, or name a scorer "
-            f"that writes {kind}{need}.",
-        )
-    elif columns[column] != ndim:
-        v.add(
-            ("selectors", label, "column"),
-            f"column {column!r} is {columns[column]}-D, but selector type {section.type!r} needs {kind}: name a "
-            "scorer that writes one.",
-        )
-
-
-def _check_individual_select(
-    v: _Validator,
-    arm_label: str,
-    arm: ArmSection,
-    section: Section,
-    sources: dict[str, Section],
-    provided: dict[str, str],
-) -> None:
-    """Individual Select's baseline must be among the arm's sources; `categories` must match its candidates."""
-    options = section.options
-    baseline = list(getattr(options, "baseline", []) or [])
-    path = ("selectors", section.label)
-    missing = [name for name in baseline if name not in arm.sources]
-    if missing:
-        hint = did_you_mean(missing[0], arm.sources) if len(missing) == 1 else ""
-        v.add(
-            (*path, "baseline"),
-            f"baseline sources {missing} are not among the sources of arm {arm_label!r} "
-            f"({', '.join(arm.sources)}).{hint} Add them to the arm's `sources` or fix `baseline`.",
-        )
-    twice = sorted({b for b in baseline if baseline.count(b) > 1})
-    if twice:
-        v.add((*path, "baseline"), f"lists {twice[0]!r} twice: name each baseline source once.")
-    categories = getattr(options, "categories", None)
-    if categories is None:
-        return
-    twice = sorted({c for c in categories if categories.count(c) > 1})
-    if twice:
-        v.add((*path, "categories"), f"lists category {twice[0]!r} twice: list each candidate category once.")
-    if v.broken["sources"]:
-        return
-    known = _source_categories(sources, provided)
-    candidates = [s for s in arm.sources if s not in baseline and s in provided]
-    if any(known.get(s) is None for s in candidates):
-        return  # some categories only show when the data is loaded: checked at run time
-    plan = list(dict.fromkeys(known[s] for s in candidates))
-    unknown = [c for c in categories if c not in plan]
-    left_out = [c for c in plan if c not in categories]
-    for c in unknown:
-        hint = did_you_mean(c, plan)
-        v.add(
-            (*path, "categories", categories.index(c)),
-            f"no candidate source of arm {arm_label!r} has category {c!r}.{hint} Candidate categories: "
-            f"{', '.join(plan) or 'none'}.",
-        )
-    if left_out and not unknown:  # a misspelt category already explains the one left out
-        v.add(
-            (*path, "categories"),
-            f"is missing {left_out}, candidate categories of arm {arm_label!r}: list each candidate category once, "
-            "or drop `categories` to take them in data order.",
-        )
-
-
-def run_dir_problem(target: Path) -> str | None:
-    """What keeps target from being a run directory (a file in its place or above it, no write permission), or None.
-
-    Relative paths are taken from the working directory. Also for `mixlab run --output-dir`.
-    """
-    target = target.expanduser()
-    target = target if target.is_absolute() else Path.cwd() / target
-    for folder in (target, *target.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            what = "the run directory" if folder == target else f"a parent of the run directory {target}"
-            return f"{folder} is a file, but it would be {what}: remove it or choose another output directory."
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"cannot write in {folder} (permission denied): choose another output directory."
-        return None
-    return None
-
-
-def _check_output_dir(v: _Validator, run: RunSection) -> None:
-    """The run directory must be a folder that can be created and written (relative to the working directory)."""
-    key = ("run", "output_dir") if run.output_dir else ("run", "name")
-    target = Path(run.output_dir) if run.output_dir else Path("runs") / run.name
-    problem = run_dir_problem(target)
-    if problem:
-        v.add(key, problem.replace("another output directory", "another `output_dir`"))
-
-
-def _check_model_path(v: _Validator, value: str) -> None:
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else v.base_dir / path
-    if not path.exists():
-        problem = "does not exist"
-    elif not path.is_dir():
-        problem = "is a file, not a model folder"
-    elif not (path / "config.json").is_file():
-        problem = "is not a model folder (no config.json)"
-    else:
-        return
-    v.add(
-        ("model", "path"),
-        f"{path} {problem}. Give a local llava-hf format checkpoint folder (relative to the recipe), or "
-        'use preset = "tiny".',
-    )
-
-
-def _check_overrides(v: _Validator, trainer: Section, path: tuple, overrides: dict[str, Any]) -> None:
-    if not overrides:
-        return
-    merged = {**trainer.options.model_dump(exclude_unset=True), **overrides}
-    options, problems = validate_options(path, trainer.cls.Options, merged, list(trainer.cls.Options.model_fields))
-    v.problems += problems
-    if options is not None:
-        v.check(
-            Section(trainer.label, trainer.type, trainer.cls, options, {}, merged, v.base_dir), path, set(overrides)
-        )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from mixlab.data import IMAGE_TOKEN, Sample
 from mixlab.errors import UserError
+from mixlab.textfiles import read_text
 
 OnError = Literal["raise", "skip"]
 ImageCheck = Literal["open", "exists", "none"]
@@ -56,8 +57,9 @@ def image_path(image: str, image_root: Path) -> Path:
     return full.resolve()
 
 
-def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sample:
-    """A LLaVA JSON record as a Sample (id, image, conversations of human/gpt turns); BadRecord if malformed."""
+def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck, source: str) -> Sample:
+    """A LLaVA JSON record as a Sample of ``source`` (id, image, conversations of human/gpt turns); BadRecord if
+    malformed."""
     if not isinstance(record, dict):
         raise BadRecord(f"expected an object, got {type(record).__name__}")
     if "_error" in record:  # a converter upstream already found the problem
@@ -91,7 +93,7 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck) -> Sam
     noisy = record.get("noisy")
     return {
         "id": str(record.get("id", index)),
-        "source": record.get("source"),
+        "source": source,
         "category": record.get("category"),
         "image": image,
         "conversations": [{"from": t["from"], "value": t["value"]} for t in turns],
@@ -111,7 +113,7 @@ def collect(
     for index, record in enumerate(records):
         rid = record.get("id", "?") if isinstance(record, dict) else "?"
         try:
-            sample = to_sample(record, index, image_root, how)
+            sample = to_sample(record, index, image_root, how, source)
             if sample["id"] in first_of:
                 raise BadRecord(
                     f"duplicate id {sample['id']!r} (record {first_of[sample['id']]} has it too): give every record "
@@ -124,7 +126,6 @@ def collect(
             skipped.append(message)
             continue
         first_of[sample["id"]] = index
-        sample["source"] = source
         samples.append(sample)
     return samples, skipped
 
@@ -160,29 +161,19 @@ def path_problem(path: Path, suffixes: tuple[str, ...] | None, folder_ok: bool =
     return None
 
 
-def read_text(path: Path) -> str:
-    """A data file's text as UTF-8, or a UserError naming the file and the line of the first bad byte."""
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a data file. Check `path` in the recipe.")
-    if not path.is_file():
-        raise UserError(f"data file {path} not found. Check `path` in the recipe.")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the data file ({e.strerror}). Check its permissions.") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}). JSON data must be UTF-8: convert the file "
-            "(e.g. `iconv -f latin1 -t utf-8`)."
-        ) from None
+def read_data_text(path: Path) -> str:
+    """A data file's text as UTF-8, or a UserError naming the file (and the line of the first bad byte)."""
+    return read_text(
+        path,
+        "data file",
+        "check `path` in the recipe.",
+        "JSON data must be UTF-8: convert the file (e.g. `iconv -f latin1 -t utf-8`).",
+    )
 
 
 def read_records(path: Path) -> list:
     """A JSON list or JSON lines, with a located message on a syntax error."""
-    text = read_text(path)
+    text = read_data_text(path)
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):

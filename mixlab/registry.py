@@ -164,7 +164,8 @@ def make_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
     _load_entry_points(pm, packages)
     for plugin in extra_plugins:
         name = pm.register(plugin)
-        packages[name] = (getattr(plugin, "__name__", "local"), "")
+        if name is not None:  # None: pluggy blocked that plugin name, so nothing was registered
+            packages[name] = (getattr(plugin, "__name__", "local"), "")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import builtins
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from mixlab.components import Options
+from mixlab.components import Component, Options
 
 MAX_SEED = 2**32 - 1
 """Seeds go to numpy, torch and Python's random: 0 ≤ seed < 2**32 suits all three."""
@@ -252,3 +255,19 @@ class ArmSection(Options):
     sources: list[str] = Field(min_length=1, description="Sources whose samples form the arm's pool.")
     selector: str | None = Field(None, description="A [selectors.<name>] section choosing from that pool.")
     trainer: dict[str, Any] = Field(default_factory=dict, description="Trainer options overridden for this arm.")
+
+
+@dataclass
+class Section:
+    """A validated plugin section: its label, plugin class, options and core keys."""
+
+    label: str
+    type: str
+    cls: builtins.type[Component]  # builtins.: the field `type` above shadows the builtin here
+    options: BaseModel
+    core: dict[str, Any]
+    raw: dict[str, Any]
+    base_dir: Path
+
+    def build(self) -> Any:
+        return self.cls(self.options, self.label, self.base_dir)

@@ -16,7 +16,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 from scipy import stats as _sps
@@ -24,8 +24,8 @@ from scipy import stats as _sps
 from mixlab.outcomes import ItemOutcomes
 
 IntervalKind = Literal["seeds+items", "items", "seeds", "none"]
-SeedEntry = Mapping[str, ItemOutcomes] | Mapping[str, float]
-"""One training seed's results for one arm: benchmark → per-item outcomes, or benchmark → headline score."""
+SeedEntry = Mapping[str, ItemOutcomes | float]
+"""One training seed's results for one arm: benchmark → per-item outcomes, or → headline score where it has none."""
 
 __all__ = [
     "ClusterIndex",
@@ -99,6 +99,7 @@ def _cluster_sums(o: ItemOutcomes, idx: ClusterIndex) -> np.ndarray:
     n = np.bincount(idx.of_item, minlength=c).astype(float)
     if o.rule == "f1":
         p, t = o.predicted, o.truth
+        assert p is not None and t is not None  # ItemOutcomes requires both for rule "f1"
         return np.column_stack([count(p & t), count(p & ~t), count(~p & t)])
     right = count(o.correct)
     all_right = (right == n).astype(float)
@@ -155,6 +156,7 @@ def chance_level(o: ItemOutcomes) -> float:
     of "yes" answers).
     """
     if o.rule == "f1":
+        assert o.truth is not None  # ItemOutcomes requires it for rule "f1"
         p = float(np.mean(o.truth)) if len(o) else 0.0
         return 100.0 * 2 * p / (2 * p + 1)
     chance = np.asarray(o.chance, dtype=float)
@@ -325,8 +327,7 @@ def _benchmark_part(
     """The contrast Σ coef·arm for one benchmark: per-seed values and, with items, bootstrap item deviations."""
     n = len(arms[0])
     entries = [[arm[s][bench] for s in range(n)] for arm in arms]
-    with_items = all(isinstance(e, ItemOutcomes) for row in entries for e in row)
-    if not with_items:
+    if not _all_items(entries):
         per_seed = np.array(
             [sum(c * _as_score(row[s], bench) for c, row in zip(coefs, entries, strict=True)) for s in range(n)]
         )
@@ -349,6 +350,10 @@ def _benchmark_part(
             draws += c * _finish(rule, drawn[:, cols]) / n
     point = float(per_seed.mean())
     return _Part(point, per_seed, draws - point)
+
+
+def _all_items(entries: list[list[ItemOutcomes | float]]) -> TypeGuard[list[list[ItemOutcomes]]]:
+    return all(isinstance(e, ItemOutcomes) for row in entries for e in row)
 
 
 def _as_score(entry: ItemOutcomes | float, bench: str) -> float:
@@ -392,7 +397,7 @@ def _combine(part: _Part, t: np.ndarray | None) -> tuple[IntervalKind, np.ndarra
     seeds = n >= 2 and t is not None
     if not seeds and part.item_dev is None:
         return "none", None
-    draws = np.full(len(t) if t is not None else len(part.item_dev), part.point)
+    draws = np.full(next(len(a) for a in (t, part.item_dev) if a is not None), part.point)
     if part.item_dev is not None:
         draws = draws + part.item_dev
     if seeds:
@@ -497,8 +502,10 @@ def compare(
     per_bench = {}
     for b in names:
         oa, ob = a_per_seed[0][b], b_per_seed[0][b]
-        single = n == 1 and isinstance(oa, ItemOutcomes) and isinstance(ob, ItemOutcomes) and oa.rule == "mean"
-        per_bench[b] = one(parts[b], mcnemar(oa, ob) if single else None, {})
+        mcnemar_p = None
+        if n == 1 and isinstance(oa, ItemOutcomes) and isinstance(ob, ItemOutcomes) and oa.rule == "mean":
+            mcnemar_p = mcnemar(oa, ob)
+        per_bench[b] = one(parts[b], mcnemar_p, {})
     return one(avg, None, per_bench)
 
 

@@ -7,8 +7,12 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mixlab.data import Sample
 
 SAMPLES_FILE = "samples.parquet"
 
@@ -89,7 +93,7 @@ class Store:
             f.write(json.dumps(fields, default=str) + "\n")
 
 
-def save_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+def save_samples(path: Path, samples: Sequence[Mapping[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -98,7 +102,7 @@ def save_samples(path: Path, samples: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def load_samples(path: Path) -> list[dict[str, Any]]:
+def load_samples(path: Path) -> list[Sample]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()

@@ -121,7 +121,7 @@ def test_equal_items_are_grouped_by_content(setup):
 def test_fallback_to_reference(setup, monkeypatch):
     """A processor whose tokenization the encoding does not reproduce is scored by the reference path."""
     model, processor, items, options, _ = setup
-    monkeypatch.setattr(predict, "_matches_reference", lambda *a, **k: False)
+    monkeypatch.setattr(predict, "_fast_encoding_ok", lambda *a, **k: False)
     calls = []
     real = predict._reference_logprobs
     monkeypatch.setattr(predict, "_reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from mixlab.components import RunContext, Trainer
     from mixlab.data import Sample
-    from mixlab.recipe import Section
+    from mixlab.sections import Section
 
 SCORES_FILE = "scores.npz"
 IDS_COLUMN = "__ids__"
@@ -55,4 +55,5 @@ def save_scores(path: Path, ids: list[str] | None, columns: dict[str, np.ndarray
     import numpy as np
 
     extra = {IDS_COLUMN: np.array(ids)} if ids is not None else {}
-    np.savez(path, **extra, **columns)
+    arrays: dict[str, Any] = dict(**extra, **columns)  # Any: else mypy matches them to savez's allow_pickle
+    np.savez(path, **arrays)

@@ -23,7 +23,8 @@ from mixlab.store import Store, content_hash
 
 if TYPE_CHECKING:
     from mixlab.data import Sample
-    from mixlab.recipe import Recipe, Section
+    from mixlab.recipe import Recipe
+    from mixlab.sections import Section
     from mixlab.stats import Comparison
 
 

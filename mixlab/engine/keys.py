@@ -27,7 +27,6 @@ def cache_key(key: Any) -> str:
     return content_hash({"key": key, "code": CODE_VERSION})
 
 
-@functools.cache
 def plugin_code(cls: type) -> str:
     """What identifies a plugin class's code in a stage key.
 
@@ -35,6 +34,12 @@ def plugin_code(cls: type) -> str:
     otherwise (a local module, an editable install) ``module@<hash of the module's source>``, so editing the plugin
     reruns the stages that use it.
     """
+    # Through a plain `type`: mypy does not see type[SomeClass] as Hashable, which the cache requires (mypy#11470).
+    return _plugin_code(cls)
+
+
+@functools.cache
+def _plugin_code(cls: type) -> str:
     module = cls.__module__
     dist = _distribution(module.split(".")[0])
     if dist is not None and dist.version and not _editable(dist):

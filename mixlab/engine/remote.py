@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from mixlab.data import Sample
-    from mixlab.recipe import Recipe, Section
+    from mixlab.recipe import Recipe
+    from mixlab.sections import Section
 
 
 class Remote:

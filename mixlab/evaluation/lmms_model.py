@@ -7,6 +7,7 @@ entry point ``[project.entry-points."lmms_eval.models"] mixlab = "…lmms_model:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lmms_eval.api import instance
@@ -43,10 +44,10 @@ class MixlabLmms(MixlabRequests, lmms):
         lmms.__init__(self)
         if model is None:
             model, processor = load_model(pretrained, device=device or None)
-        size = int(batch_size) if str(batch_size).isdigit() else 8  # lmms-eval's CLI may pass None or "auto"
+        size = int(str(batch_size)) if str(batch_size).isdigit() else 8  # lmms-eval's CLI may pass None or "auto"
         MixlabRequests.__init__(self, model, processor, size)
 
-    def loglikelihood(self, requests: list[Any]) -> list[Any]:
+    def loglikelihood(self, requests: Sequence[Any]) -> list[Any]:
         pairs = MixlabRequests.loglikelihood(self, requests)
         if _loglikelihoods_get_stringified():  # wrapped so that the pair reaches the task's metrics intact
             return [instance.GenerationResult(text=pair) for pair in pairs]

@@ -14,6 +14,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from mixlab.errors import UserError
 from mixlab.evaluation.extract import Extraction, check_extraction, extract_option, extract_yes_no
 from mixlab.evaluation.tsv import lacks_image, options
@@ -97,7 +99,8 @@ def _per_category(rows: list[Row], hits: list[bool]) -> Metrics:
     out: Metrics = {}
     for column, prefix in (("category", "cat"), ("l2-category", "l2")):
         present = [i for i, r in enumerate(rows) if str(r.get(column, "")).strip()]
-        for name, members in sorted(_group(present, lambda i, c=column: str(rows[i][c])).items()):
+        value = {i: str(rows[i][column]) for i in present}
+        for name, members in sorted(_group(present, value.__getitem__).items()):
             out[f"{prefix}/{name}"] = _pct(hits[i] for i in members)
     return out
 
@@ -105,7 +108,9 @@ def _per_category(rows: list[Row], hits: list[bool]) -> Metrics:
 def _mean_outcomes(rows: list[Row], hits: list[bool], chance: list[float]) -> ItemOutcomes:
     """Outcomes scored as a plain mean: each row its own item and cluster."""
     items = [str(r["index"]) for r in rows]
-    return ItemOutcomes(rule="mean", items=items, clusters=list(items), correct=hits, chance=chance)
+    return ItemOutcomes(
+        rule="mean", items=items, clusters=list(items), correct=np.asarray(hits), chance=np.asarray(chance)
+    )
 
 
 # ---- answers ------------------------------------------------------------------------------
@@ -180,8 +185,8 @@ def _rate_mme(rows: list[Row], extraction: Extraction) -> Scored:
         rule="mme",
         items=[str(r["index"]) for r in rows],
         clusters=clusters,
-        correct=hits,
-        chance=[YES_NO_CHANCE] * len(rows),
+        correct=np.asarray(hits),
+        chance=np.full(len(rows), YES_NO_CHANCE),
         strata=[_category(r) for r in rows],
     )
     return Scored(_mme_metrics(rows, hits, clusters), outcomes)
@@ -254,10 +259,10 @@ def _pope_outcomes(entries: list[_PopeEntry]) -> ItemOutcomes:
         rule="f1",
         items=items,
         clusters=[str(e.row["index"]) for e in entries],
-        correct=[e.correct for e in entries],
-        chance=[YES_NO_CHANCE] * len(entries),
-        predicted=[e.said_yes for e in entries],
-        truth=[e.truth for e in entries],
+        correct=np.array([e.correct for e in entries], dtype=bool),
+        chance=np.full(len(entries), YES_NO_CHANCE),
+        predicted=np.array([e.said_yes for e in entries], dtype=bool),
+        truth=np.array([e.truth for e in entries], dtype=bool),
     )
 
 
@@ -292,8 +297,8 @@ def _rate_circular(rows: list[Row], extraction: Extraction) -> Scored:
         rule="circular",
         items=[str(rows[j]["index"]) for j in scored],
         clusters=[str(_index(rows[j]) % CIRCULAR_STRIDE) for j in scored],
-        correct=[hits[j] for j in scored],
-        chance=[_option_chance(rows[j]) for j in scored],
+        correct=np.array([hits[j] for j in scored], dtype=bool),
+        chance=np.array([_option_chance(rows[j]) for j in scored], dtype=float),
     )
     return Scored(metrics, outcomes)
 

@@ -363,7 +363,7 @@ def _write_safetensors(
                 if _dtype_name(chunk.dtype) != info.dtype:
                     raise RuntimeError(f"{name}: produced {chunk.dtype}, planned {info.dtype}")
                 data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-                f.write(data)
+                f.write(data)  # type: ignore[arg-type]  # numpy's stubs declare the buffer protocol on 3.12+ only
                 written += data.nbytes
                 del chunk, data
             if written != info.nbytes:

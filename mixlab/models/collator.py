@@ -44,9 +44,23 @@ def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class VisionCollator:
-    """Collate rows {"messages", "images"} into model inputs with assistant-only labels; counts the tokens it emits."""
+    """Collate rows {"messages", "images"} into model inputs with assistant-only labels; counts the tokens it emits.
 
-    def __init__(self, processor: Any, *, max_length: int | None = None, chat_template: str | None = None) -> None:
+    `packing`: padding-free rows with per-sample position ids (mixlab.training.packing), at most `pack_length` tokens
+    each (None: the batch's longest sample). `image_keys`: add each image's content key (the file's bytes, or a PIL
+    image's pixels) as batch["image_keys"], in the order of pixel_values, for the vision feature cache.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        max_length: int | None = None,
+        chat_template: str | None = None,
+        packing: bool = False,
+        pack_length: int | None = None,
+        image_keys: bool = False,
+    ) -> None:
         from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
         self.processor = processor
@@ -54,19 +68,52 @@ class VisionCollator:
         self.inner = DataCollatorForVisionLanguageModeling(
             processor=processor, max_length=max_length, assistant_only_loss=True, chat_template=self.chat_template
         )
+        self.packing = packing
+        self.pack_length = pack_length
+        self.image_keys = image_keys
+        self.last_spans: list[Any] = []
+        """Where each sample of the last packed batch went (mixlab.training.packing.Span)."""
+        self._file_keys: dict[str, tuple[int, int, str]] = {}
         self.tokens_seen = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        sources = [[im for im in (row.get("images") or []) if im is not None] for row in rows]
         examples = [
-            {
-                "messages": _clean_messages(row["messages"]),
-                "images": [load_image(im) for im in (row.get("images") or []) if im is not None],
-            }
-            for row in rows
+            {"messages": _clean_messages(row["messages"]), "images": [load_image(im) for im in images]}
+            for row, images in zip(rows, sources, strict=True)
         ]
         batch = self.inner(examples)
         self.tokens_seen += int(batch["attention_mask"].sum())
+        if self.image_keys and "pixel_values" in batch:
+            batch["image_keys"] = [self._image_key(im) for images in sources for im in images]
+        if self.packing:
+            from mixlab.training.packing import pack_batch
+
+            pad = self.processor.tokenizer.pad_token_id
+            batch, self.last_spans = pack_batch(
+                dict(batch), [len(images) for images in sources], pad, self.pack_length
+            )
         return batch
+
+    def _image_key(self, image: Any) -> str:
+        """A content hash of an image: of the file's bytes (remembered by path, size and mtime), or of the pixels."""
+        import hashlib
+        import os
+
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            material = f"{image.mode}:{image.size}:".encode() + image.tobytes()
+            return "pixels:" + hashlib.blake2b(material, digest_size=16).hexdigest()
+        path = os.fspath(image)
+        stat = os.stat(path)
+        known = self._file_keys.get(path)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        with open(path, "rb") as f:
+            key = "file:" + hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        self._file_keys[path] = (stat.st_size, stat.st_mtime_ns, key)
+        return key
 
 
 def mask_preview(sample: Sample, processor: Any) -> list[tuple[str, bool]]:

@@ -70,6 +70,6 @@ def load_model(
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers wraps Module.to with functools.wraps: mypy sees it unbound
     model.train(for_training)
     return model, processor

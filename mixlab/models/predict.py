@@ -7,6 +7,7 @@ evaluation sees exactly the format of training.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ def _eval_mode(model: Any) -> Iterator[None]:
         model.train(True)
 
 
+def _accepts(model: Any, name: str) -> bool:
+    """Whether the model's forward takes the keyword `name`."""
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _chunks(n: int, size: int) -> list[range]:
     size = max(1, int(size))
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
@@ -126,25 +137,37 @@ def generate(
 def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (sum of log-probs, count, all greedy) over the trained (label != -100) tokens of a collated batch.
 
-    "All greedy": every trained token is the model's argmax at its position.
+    "All greedy": every trained token is the model's argmax at its position. Logits are computed only at the positions
+    that predict a trained token of some row (`logits_to_keep`), and not at all for a batch without trained tokens.
     """
     import torch
 
     labels = batch.pop("labels")
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    needed = (targets != IGNORE).any(0).nonzero().squeeze(1)
+    if needed.numel() == 0:
+        n = labels.shape[0]
+        return np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+    kwargs: dict[str, Any] = {}
+    if needed.numel() < targets.shape[1] and _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = needed
+        targets = targets[:, needed]
     batch = _to_device(batch, model)
     with torch.inference_mode(), _eval_mode(model):
-        logits = model(**batch, use_cache=False).logits
-    labels = labels.to(logits.device)
-    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-    sums, counts, greedy = [], [], []
-    for row_logits, row_labels in zip(shift_logits, shift_labels, strict=True):
-        keep = row_labels != IGNORE
-        logp = torch.log_softmax(row_logits[keep].float(), dim=-1)
-        token_logp = logp.gather(-1, row_labels[keep].unsqueeze(-1)).squeeze(-1)
-        sums.append(float(token_logp.sum()))
-        counts.append(int(keep.sum()))
-        greedy.append(bool((logp.argmax(-1) == row_labels[keep]).all()))
-    return np.array(sums, dtype=np.float64), np.array(counts, dtype=np.int64), np.array(greedy, dtype=bool)
+        logits = model(**batch, use_cache=False, **kwargs).logits
+        if not kwargs:
+            logits = logits[:, :-1]
+        targets = targets.to(logits.device)
+        keep = targets != IGNORE
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        token_logp = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        sums = torch.where(keep, token_logp, torch.zeros_like(token_logp)).sum(1)
+        greedy = ((logp.argmax(-1) == targets) | ~keep).all(1)
+    return (
+        sums.double().cpu().numpy(),
+        keep.sum(1).cpu().numpy().astype(np.int64),
+        greedy.cpu().numpy().astype(bool),
+    )
 
 
 def _reference_logprobs(
@@ -238,6 +261,195 @@ def choose(
     return picks
 
 
+# ---- encoding without the collator: the same ids, labels and pixel values, less work ---------------------------
+#
+# `VisionCollator` (TRL's collator) runs the processor once per batch on every row: chat template, tokenizer, image
+# processing and text expansion. `_collate` gets the same ids and labels from one batched
+# `tokenizer.apply_chat_template` call with each image left as its placeholder token, expanded afterwards into the
+# image's tokens (computed once per image size), and the pixel values from one processor call over the batch's images.
+# It is checked against `VisionCollator` on the first row of each kind (without / with an image) for each processor
+# and template, and not used where it differs.
+
+
+class _Unsupported(Exception):
+    """The processor does not encode the way `_collate` reproduces."""
+
+
+def _image_token_of(processor: Any) -> tuple[str | None, int | None]:
+    token = getattr(processor, "image_token", None)
+    if not isinstance(token, str):
+        return None, None
+    return token, processor.tokenizer.convert_tokens_to_ids(token)
+
+
+def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages without the None-valued keys of their content parts (as `VisionCollator` cleans them)."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = [{k: v for k, v in part.items() if v is not None} for part in content]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def _tokenize_chats(
+    processor: Any, template: str, chats: list[list[dict[str, Any]]]
+) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of each chat, as the chat template and the tokenizer make them; an image is one placeholder id."""
+    enc = processor.tokenizer.apply_chat_template(
+        chats, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    return [
+        (list(ids), [t if m else IGNORE for t, m in zip(ids, mask, strict=True)])
+        for ids, mask in zip(enc["input_ids"], enc["assistant_masks"], strict=True)
+    ]
+
+
+class _Images:
+    """Pixel inputs and image-token expansions, from the processor's own image processing."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.token, self.token_id = _image_token_of(processor)
+        tokenizer = processor.tokenizer
+        self.special = set(tokenizer.all_special_ids) | {
+            i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+        }
+        self.expansions: dict[tuple[int, int], list[int]] = {}
+
+    def expansion(self, image: Any) -> list[int]:
+        """The ids that the placeholder of `image` expands to, by image size (the processors' rule).
+
+        Only expansions made of special tokens are accepted: those tokenize the same in any context, so expanding
+        the placeholder after tokenizing equals tokenizing the expanded text."""
+        if image.size not in self.expansions:
+            if self.token is None:
+                raise _Unsupported("the processor names no image token")
+            enc = self.processor(text=[self.token], images=[[image]], add_special_tokens=False)
+            ids = list(enc["input_ids"][0])
+            if not ids or not set(ids) <= self.special:
+                raise _Unsupported("the image expands to non-special tokens")
+            self.expansions[image.size] = ids
+        return self.expansions[image.size]
+
+    def expand(self, ids: list[int], labels: list[int], pictures: Sequence[Any]) -> tuple[list[int], list[int]]:
+        """ids and labels with the image placeholders replaced, in order, by their images' (untrained) tokens."""
+        at = [t for t, i in enumerate(ids) if i == self.token_id] if self.token_id is not None else []
+        if len(at) != len(pictures):
+            raise _Unsupported(f"{len(at)} image placeholders for {len(pictures)} images")
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        last = 0
+        for t, picture in zip(at, pictures, strict=True):
+            extra = self.expansion(picture)
+            out_ids += ids[last:t] + extra
+            out_labels += labels[last:t] + [IGNORE] * len(extra)
+            last = t + 1
+        return out_ids + ids[last:], out_labels + labels[last:]
+
+    def inputs(self, pictures: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """The processor's image inputs (pixel values...) for the images of a batch, rows without images left out."""
+        nested = [list(row) for row in pictures if row]
+        return dict(self.processor(images=nested, return_tensors="pt")) if nested else {}
+
+
+def _pictures(row: dict[str, Any]) -> list[Any]:
+    return [load_image(im) for im in (row.get("images") or []) if im is not None]
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, *, left: bool) -> tuple[Any, Any]:
+    """(ids, mask) of id lists padded with `value` to the longest, on the left or on the right."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def _pad_id(processor: Any) -> int:
+    pad = processor.tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0
+
+
+def _collate(processor: Any, template: str, images: _Images, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `VisionCollator(processor)(rows)` returns (right padding, labels -100 where untrained)."""
+    pictures = [_pictures(row) for row in rows]
+    chats = _tokenize_chats(processor, template, [_plain_messages(row["messages"]) for row in rows])
+    encoded = [images.expand(ids, labels, pics) for (ids, labels), pics in zip(chats, pictures, strict=True)]
+    ids, mask = _pad([e[0] for e in encoded], _pad_id(processor), left=False)
+    labels, _ = _pad([e[1] for e in encoded], IGNORE, left=False)
+    return {"input_ids": ids, "attention_mask": mask, **images.inputs(pictures), "labels": labels}
+
+
+def _matches_reference(processor: Any, template: str, row: dict[str, Any]) -> bool:
+    """Whether `_collate` gives `VisionCollator`'s tensors for one row."""
+    import torch
+
+    try:
+        fast = _collate(processor, template, _Images(processor), [row])
+    except _Unsupported:
+        return False
+    reference = dict(VisionCollator(processor, chat_template=template)([row]))
+    return set(fast) == set(reference) and all(
+        torch.equal(torch.as_tensor(fast[k]), torch.as_tensor(reference[k])) for k in reference
+    )
+
+
+_VERDICTS: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], bool]] = weakref.WeakKeyDictionary()
+
+
+def _fast_encoding_ok(processor: Any, template: str, row: dict[str, Any]) -> bool:
+    """`_matches_reference`, remembered per processor, template and number of images in the row."""
+    key = (template, len(row.get("images") or []))
+    try:
+        known = _VERDICTS.setdefault(processor, {})
+    except TypeError:  # a processor that cannot be weakly referenced: checked on every call
+        known = {}
+    if key not in known:
+        known[key] = _matches_reference(processor, template, row)
+    return known[key]
+
+
+_IMAGES: weakref.WeakKeyDictionary[Any, _Images] = weakref.WeakKeyDictionary()
+
+
+def _images_of(processor: Any) -> _Images:
+    """The processor's `_Images`, kept while the processor lives (its expansions are computed once per size)."""
+    try:
+        images = _IMAGES.get(processor)
+    except TypeError:  # a processor that cannot be weakly referenced
+        return _Images(processor)
+    if images is None:
+        images = _IMAGES[processor] = _Images(processor)
+    return images
+
+
+class _Collate:
+    """Rows to model inputs: `_collate` where it matches `VisionCollator` for the row kinds of a batch, else the
+    collator itself."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.template = training_template(processor)
+        self.images = _images_of(processor)
+        self.reference = VisionCollator(processor, chat_template=self.template)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        kinds = {len(row.get("images") or []): row for row in rows}
+        if all(_fast_encoding_ok(self.processor, self.template, row) for row in kinds.values()):
+            try:
+                return _collate(self.processor, self.template, self.images, rows)
+            except _Unsupported:
+                pass
+        return dict(self.reference(rows))
+
+
 # ---- shared-prefix option scoring ------------------------------------------------------------------------------
 #
 # The options of a question share everything before the answer, and the questions on one image share the image and
@@ -246,7 +458,7 @@ def choose(
 #   2. one row per question: the rest of its prompt, on top of its image's row;
 #   3. one row per option: the option's ids (answer and end-of-turn token), on top of its question's row.
 # Rows are left-padded in passes 1 and 2 (the last column holds each row's last token) and right-padded in pass 3;
-# positions are passed explicitly, so that padding never shifts them. The ids and labels are `VisionCollator`'s.
+# positions are passed explicitly, so that padding never shifts them. Ids and labels are `_collate`'s.
 
 
 def _image_key(image: Any) -> tuple[Any, ...] | None:
@@ -272,106 +484,37 @@ class _Question:
     placeholder: int | None  # the index of the image placeholder in prompt
 
 
-class _Unsupported(Exception):
-    """The processor does not tokenize the way the shared-prefix encoding reproduces."""
-
-
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix of two id lists."""
     n = min(len(a), len(b))
     return next((t for t in range(n) if a[t] != b[t]), n)
 
 
-def _image_token_of(processor: Any) -> tuple[str | None, int | None]:
-    token = getattr(processor, "image_token", None)
-    if not isinstance(token, str):
-        return None, None
-    return token, processor.tokenizer.convert_tokens_to_ids(token)
-
-
 def _encode_questions(
     processor: Any, template: str, groups: Sequence[tuple[PromptItem, list[str]]]
 ) -> list[_Question | None]:
-    """Every (item, option) pair templated and tokenized as `VisionCollator` does, with the image left as its one
-    placeholder token; None for an item whose options share too short a prompt (it is scored by the reference path).
-    """
-    tokenizer = processor.tokenizer
+    """Each item's options tokenized (`_tokenize_chats`) and split where they part; None for an item whose prompt is
+    too short to split or holds its image placeholder elsewhere than once (the reference path scores it)."""
     _, image_id = _image_token_of(processor)
-    conversations, owners = [], []
-    for g, (item, opts) in enumerate(groups):
-        for opt in opts:
-            conversations.append(_row(item, opt)["messages"])
-            owners.append(g)
-    enc = tokenizer.apply_chat_template(
-        conversations, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    pairs: list[list[tuple[list[int], list[int]]]] = [[] for _ in groups]
-    for ids, mask, g in zip(enc["input_ids"], enc["assistant_masks"], owners, strict=True):
-        pairs[g].append((list(ids), [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]))
+    chats = [_row(item, opt)["messages"] for item, opts in groups for opt in opts]
+    encoded = iter(_tokenize_chats(processor, template, chats))
     out: list[_Question | None] = []
-    for (item, _), rows in zip(groups, pairs, strict=True):
+    for item, opts in groups:
+        rows = [next(encoded) for _ in opts]
         first = rows[0][0]
         trained = [next((t for t, lab in enumerate(labels) if lab != IGNORE), len(labels)) for _, labels in rows]
         cut = min([*trained, *(_common_length(ids, first) for ids, _ in rows)])
         prompt = first[:cut]
-        placeholders = sum(ids.count(image_id) for ids, _ in rows) if image_id is not None else 0
+        count = sum(ids.count(image_id) for ids, _ in rows) if image_id is not None else 0
         if item.image is None:
-            ok = placeholders == 0
-            placeholder = None
+            ok, placeholder = count == 0, None
         else:
-            if image_id is None:
-                raise _Unsupported("the processor names no image token")
-            ok = placeholders == len(rows) and prompt.count(image_id) == 1
+            ok = count == len(rows) and prompt.count(image_id) == 1
             placeholder = prompt.index(image_id) if ok else None
-        # pass 2 needs one prompt id after the image at least
-        ok = ok and cut >= 2 and (placeholder is None or placeholder < cut - 1)
+        ok = ok and cut >= 2 and (placeholder is None or placeholder < cut - 1)  # pass 2 needs an id after the image
         question = _Question(prompt, [ids[cut:] for ids, _ in rows], [lab[cut:] for _, lab in rows], placeholder)
         out.append(question if ok else None)
     return out
-
-
-class _Images:
-    """Pixel inputs and image-token expansions, from the processor's own image processing."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-        self.token, self.token_id = _image_token_of(processor)
-        tokenizer = processor.tokenizer
-        self.special = set(tokenizer.all_special_ids) | {
-            i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
-        }
-        self.expansions: dict[tuple[int, int], list[int]] = {}
-
-    def expansion(self, image: Any) -> list[int]:
-        """The ids that the placeholder of `image` expands to (by image size: the processors' rule).
-
-        Only expansions made of special tokens are accepted: those tokenize the same in any context, so expanding
-        the placeholder after tokenizing equals tokenizing the expanded text."""
-        if image.size not in self.expansions:
-            enc = self.processor(text=[self.token], images=[[image]], add_special_tokens=False)
-            ids = list(enc["input_ids"][0])
-            if not ids or not set(ids) <= self.special:
-                raise _Unsupported("the image expands to non-special tokens")
-            self.expansions[image.size] = ids
-        return self.expansions[image.size]
-
-    def inputs(self, images: list[Any]) -> dict[str, Any]:
-        """The processor's image inputs (pixel values...) of a batch of images, one row each."""
-        return dict(self.processor(images=[[im] for im in images], return_tensors="pt"))
-
-    def expand(self, ids: list[int], at: int | None, image: Any) -> list[int]:
-        return ids if at is None else ids[:at] + self.expansion(image) + ids[at + 1 :]
-
-
-def _matches_reference(
-    processor: Any, template: str, images: _Images, item: PromptItem, question: _Question, option: str
-) -> bool:
-    """Whether the encoding of one pair equals `VisionCollator`'s ids and labels for it."""
-    prompt = images.expand(question.prompt, question.placeholder, load_image(item.image) if item.image else None)
-    batch = VisionCollator(processor, chat_template=template)([_row(item, option)])
-    ids = prompt + question.continuations[0]
-    labels = [IGNORE] * len(prompt) + question.labels[0]
-    return batch["input_ids"][0].tolist() == ids and batch["labels"][0].tolist() == labels
 
 
 def _plan(questions: Sequence[_Question], keys: Sequence[Any], batch_size: int) -> list[list[tuple[int, list[int]]]]:
@@ -390,7 +533,8 @@ def _plan(questions: Sequence[_Question], keys: Sequence[Any], batch_size: int) 
                 min(len(questions[q].prompt) for q in part) - 1,
                 *(_common_length(questions[q].prompt, first) for q in part),
             )
-            if all(questions[q].placeholder is None or questions[q].placeholder < shared for q in part) and shared >= 1:
+            placed = all(questions[q].placeholder is None or questions[q].placeholder < shared for q in part)
+            if shared >= 1 and placed:
                 groups.append((shared, part))
             else:
                 groups += [(len(questions[q].prompt) - 1, [q]) for q in part]
@@ -405,15 +549,6 @@ def _plan(questions: Sequence[_Question], keys: Sequence[Any], batch_size: int) 
     return chunks
 
 
-def _accepts(model: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _select_rows(cache: Any, rows: Any) -> Any:
     """A copy of a key/value cache holding only the given batch rows, in that order (repeats allowed)."""
     import copy
@@ -423,20 +558,6 @@ def _select_rows(cache: Any, rows: Any) -> Any:
     device = next((layer.keys.device for layer in cache.layers if getattr(layer, "keys", None) is not None), None)
     out.batch_select_indices(rows.to(device) if device is not None else rows)
     return out
-
-
-def _pad(rows: Sequence[Sequence[int]], value: int, *, left: bool) -> tuple[Any, Any]:
-    """(ids, mask) of id lists padded with `value` to the longest, on the left or on the right."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        span = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, span] = torch.tensor(r, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
 
 
 class _Extend:
@@ -484,15 +605,17 @@ def _score_chunk(
     from transformers import DynamicCache
 
     # 1. one row per group: its shared ids, image tokens expanded, with the pixel values
-    heads = [(shared, part[0]) for shared, part in chunk]
-    rows1 = [images.expand(questions[q].prompt[:shared], questions[q].placeholder, pictures[q]) for shared, q in heads]
+    heads = [(shared, questions[part[0]], pictures[part[0]]) for shared, part in chunk]
+    rows1 = [
+        images.expand(q.prompt[:shared], [IGNORE] * shared, [pic] if pic is not None else [])[0]
+        for shared, q, pic in heads
+    ]
     ids1, mask1 = _pad(rows1, pad_id, left=True)
-    with_image = [pictures[q] for _, q in heads if pictures[q] is not None]
-    extra = images.inputs(with_image) if with_image else {}
     cache = DynamicCache()
+    extra = images.inputs([[pic] for _, _, pic in heads if pic is not None])
     extend(ids1, mask1, (mask1.cumsum(1) - 1).clamp_min(0), cache, last_only=True, **extra)
 
-    # 2. one row per question: the rest of its prompt; the last column predicts its first option id
+    # 2. one row per question: the rest of its prompt; its last column predicts the first option id
     order = [q for _, part in chunk for q in part]
     owner1 = torch.tensor([g for g, (_, part) in enumerate(chunk) for _ in part])
     ids2, mask2 = _pad([questions[q].prompt[shared:] for shared, part in chunk for q in part], pad_id, left=True)
@@ -503,9 +626,9 @@ def _score_chunk(
 
     # 3. one row per option, at most batch_size rows a pass
     pairs = [
-        (r, c, lab)
+        (r, ids, labels)
         for r, q in enumerate(order)
-        for c, lab in zip(questions[q].continuations, questions[q].labels, strict=True)
+        for ids, labels in zip(questions[q].continuations, questions[q].labels, strict=True)
     ]
     length12 = mask12.sum(1)
     flat: list[tuple[float, bool]] = []
@@ -535,29 +658,28 @@ def _shared_prefix_logprobs(
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> list[list[tuple[float, bool]]]:
-    """(log-likelihood, is greedy) of each option of each (item, options) group, in the three cached passes above.
+    """(log-likelihood, is greedy) of each option of each (item, options) group, by the three cached passes above.
 
-    Items the encoding cannot share (and every item, if the processor's tokenization is not one it reproduces
-    exactly: checked on one pair against `VisionCollator`) are scored by the reference path."""
+    Items that cannot be split (and all items, where `_collate` does not match `VisionCollator` for this processor)
+    are scored by the reference path."""
     import torch
 
     if not groups:
         return []
     total = sum(len(opts) for _, opts in groups)
     template = training_template(processor)
-    images = _Images(processor)
+    images = _images_of(processor)
     pictures = [load_image(item.image) if item.image is not None else None for item, _ in groups]
     questions: list[_Question | None]
     try:
         questions = _encode_questions(processor, template, groups)
+        kinds = {pictures[g] is not None: g for g in reversed(range(len(groups))) if questions[g] is not None}
+        for g in kinds.values():
+            if not _fast_encoding_ok(processor, template, _row(groups[g][0], groups[g][1][0])):
+                raise _Unsupported("the encoding differs from VisionCollator's")
         for g, question in enumerate(questions):
             if question is not None and pictures[g] is not None:
-                images.expansion(pictures[g])  # every image size now: a non-special expansion fails here
-        first = next((g for g, q in enumerate(questions) if q is not None), None)
-        if first is not None:
-            item, opts = groups[first]
-            if not _matches_reference(processor, template, images, item, questions[first], opts[0]):  # type: ignore[arg-type]
-                raise _Unsupported("the encoding differs from VisionCollator's")
+                images.expansion(pictures[g])  # every image size now: an expansion that cannot be used fails here
     except _Unsupported:
         questions = [None] * len(groups)
     out: list[list[tuple[float, bool]]] = [[] for _ in groups]
@@ -580,13 +702,14 @@ def _shared_prefix_logprobs(
     live = [g for g, q in enumerate(questions) if q is not None]
     if not live:
         return out
-    kept = [questions[g] for g in live]
+    kept = [q for q in questions if q is not None]
     keys = [_image_key(pictures[g]) for g in live]
-    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
     extend = _Extend(model)
     with torch.inference_mode(), _eval_mode(model):
-        for chunk in _plan(kept, keys, batch_size):  # type: ignore[arg-type]
-            scores = _score_chunk(extend, images, pad_id, kept, [pictures[g] for g in live], chunk, batch_size)  # type: ignore[arg-type]
+        for chunk in _plan(kept, keys, batch_size):
+            scores = _score_chunk(
+                extend, images, _pad_id(processor), kept, [pictures[g] for g in live], chunk, batch_size
+            )
             for q, s in scores.items():
                 out[live[q]] = s
             done += sum(len(s) for s in scores.values())
@@ -605,18 +728,35 @@ def answer_nll(
 ) -> np.ndarray:
     """Per-sample mean negative log-likelihood of the trained tokens (training masks, image-conditioned).
 
-    NaN for a sample without any trained token.
+    NaN for a sample without any trained token. Samples with the same conversation and image are scored once.
     """
-    collator = VisionCollator(processor)
-    out = np.empty(len(samples), dtype=np.float64)
-    for chunk in _chunks(len(samples), batch_size):
-        batch = collator([sample_to_row(samples[i]) for i in chunk])
+    collator = _Collate(processor)
+    unique, where = _distinct(samples)
+    scores = np.empty(len(unique), dtype=np.float64)
+    for chunk in _chunks(len(unique), batch_size):
+        batch = collator([sample_to_row(samples[unique[i]]) for i in chunk])
         sums, counts, _ = _label_logprobs(model, dict(batch))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[chunk.start : chunk.stop] = np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
+            scores[chunk.start : chunk.stop] = np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
         if progress:
-            progress(chunk.stop, len(samples))
-    return out
+            progress(int(np.count_nonzero(where < chunk.stop)), len(samples))
+    return scores[where] if len(samples) else np.empty(0, dtype=np.float64)
+
+
+def _distinct(samples: Sequence[Sample]) -> tuple[list[int], np.ndarray]:
+    """(index of the first sample of each distinct (conversation, image), the distinct row of every sample)."""
+    import json
+
+    first: dict[str, int] = {}
+    where = np.empty(len(samples), dtype=np.int64)
+    unique: list[int] = []
+    for i, s in enumerate(samples):
+        key = json.dumps([s["conversations"], s.get("image") or None], sort_keys=True, default=str)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(i)
+        where[i] = first[key]
+    return unique, where
 
 
 # ---- scoring helpers: length bucketing and pooled attention-output activations (COINCIDE) ----------------
@@ -742,7 +882,7 @@ def pooled_activations(
         return hook
 
     handles = [blocks[layer].self_attn.o_proj.register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
-    collator = VisionCollator(processor)
+    collator = _Collate(processor)
     n_layers = len(layers)
     out: np.ndarray | None = None
     try:

@@ -104,7 +104,7 @@ def build_tiny_llava(
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=ids[IMAGE],
+        image_token_index=ids[IMAGE],  # the field behind the image_token_id alias (typed; same config)
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         projector_hidden_act="gelu",

@@ -58,6 +58,6 @@ def inspect(target: Path, only: tuple[str, ...], preview: int, image_root: Path 
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
     cli.add_command(toyworld)
     cli.add_command(data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,11 @@ def gaussian_kernel(x: np.ndarray, sigma: float = 1.0, rows: np.ndarray | slice 
     return np.exp(-d2 / (2.0 * sigma**2))
 
 
+def _kernel_row(x: np.ndarray, sigma: float, i: int) -> np.ndarray:
+    """Row i of the Gaussian kernel of x, computed on demand (when the whole kernel does not fit in memory)."""
+    return gaussian_kernel(x, sigma, np.array([i]))[0]
+
+
 def density(x_cluster: np.ndarray, sigma: float = 1.0) -> float:
     """D = mean of the Gaussian kernel over all pairs of the cluster, diagonal included (float64)."""
     return float(_kernel_stats(np.asarray(x_cluster, dtype=np.float64), sigma)[0].mean())
@@ -326,9 +332,9 @@ def select_from_clusters(
                 if BLOCK_BYTES >= 8 * len(rows) ** 2:
                     kernel = gaussian_kernel(xc, sigma)
             if kernel is not None:
-                local = _greedy_mmd(lambda i, kk=kernel: kk[i], colmean, diag, int(taken[c]))
+                local = _greedy_mmd(kernel.__getitem__, colmean, diag, int(taken[c]))
             else:
-                local = _greedy_mmd(lambda i, xx=xc: gaussian_kernel(xx, sigma, [i])[0], colmean, diag, int(taken[c]))
+                local = _greedy_mmd(partial(_kernel_row, xc, sigma), colmean, diag, int(taken[c]))
             picked += rows[local].tolist()
         stats.pop(int(c), None)
         if advance:

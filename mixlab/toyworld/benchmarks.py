@@ -84,6 +84,12 @@ def _mc_row(index: int, item: Item, options: list[str], letter: str) -> dict[str
     return row
 
 
+def _png(item: Item) -> str:
+    """The item's picture as a base64 PNG (every benchmark question has one)."""
+    assert item.image is not None, f"benchmark item without an image: {item.question!r}"
+    return png_b64(item.image)
+
+
 def _items(seed: int, bench: str, cat: str, maker: Maker, n: int, size: int) -> tuple[np.random.Generator, list[Item]]:
     rng = stream(seed, f"bench/{bench}/{cat}")
     return rng, [maker(rng, size) for _ in range(n)]
@@ -96,7 +102,7 @@ def mme(seed: int, n_bench: int, size: int) -> Benchmark:
     for cat, (maker, _) in MME_SUBTASKS.items():
         rng, items = _items(seed, "MME_toy", cat, maker, n_images, size)
         for i, item in enumerate(items):
-            b64, path = png_b64(item.image), f"{cat}/{i}.png"
+            b64, path = _png(item), f"{cat}/{i}.png"
             for value, answer in ((item.answer, "Yes"), (one(rng, item.alternatives), "No")):
                 rows.append(
                     {
@@ -119,7 +125,7 @@ def mmbench(seed: int, n_bench: int, size: int) -> Benchmark:
     for cat, (maker, _, _) in MMBENCH_CATEGORIES.items():
         rng, items = _items(seed, "MMBench_toy", cat, maker, n_per, size)
         originals += [(item, *_options(item, rng), cat) for item in items]
-    images = [png_b64(item.image) for item, *_ in originals]
+    images = [_png(item) for item, *_ in originals]
     rows = []
     for k in range(4):
         for g, (item, options, _, cat) in enumerate(originals):
@@ -135,12 +141,12 @@ def mmbench(seed: int, n_bench: int, size: int) -> Benchmark:
 def _single_pass(
     name: str, kind: str, columns: list[str], plan: dict[str, tuple[Maker, str]], n: int, seed: int, size: int
 ) -> Benchmark:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cat, (maker, _) in plan.items():
         rng, items = _items(seed, name, cat, maker, n, size)
         for item in items:
             row = _mc_row(len(rows), item, *_options(item, rng))
-            row.update(category=cat, image=png_b64(item.image))
+            row.update(category=cat, image=_png(item))
             rows.append(row)
     return Benchmark(name, kind, columns, rows, {k: v[1] for k, v in plan.items()}, len(rows))
 

@@ -91,6 +91,7 @@ def _caption_of(item: Item) -> str:
 def caption(rng: np.random.Generator, size: int) -> Item:
     """The alignment data, as LLaVA's pretraining captions: half single shapes ("a red circle"), half other scenes
     (counts, positions, letters, charts) described in a few words."""
+    img: Image.Image | None
     if rng.random() < 0.5:
         img, kind, color = _single_shape(rng, size)
         answer = _describe(color, kind)

@@ -12,15 +12,17 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from mixlab.data import Sample
 from mixlab.errors import UserError
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-VISION, PROJECTOR, LM = "vision", "projector", "lm"
+VISION: Final = "vision"
+PROJECTOR: Final = "projector"
+LM: Final = "lm"
 
 
 class LoraSettings(BaseModel, extra="forbid"):
@@ -55,6 +57,38 @@ class SFTSettings(BaseModel, extra="forbid"):
     seed: int = Field(0, description="Seed of initialisation (LoRA), shuffling and dropout.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None = every 25% of training.")
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+    packing: bool = Field(
+        False,
+        description="Padding-free batches: each batch's samples packed into rows with per-sample position ids "
+        "(attention stays within a sample); the same losses as padded batches, without the padding's compute.",
+    )
+    pack_length: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per packed row; None = the batch's longest sample (sdpa, eager), or the whole batch in one "
+        "row with flash_attention_2.",
+    )
+    vision_cache: bool = Field(
+        False,
+        description="Compute the frozen vision tower's features once per image and reuse them in later epochs "
+        "(needs vision_lr = None).",
+    )
+    vision_cache_dir: str | None = Field(
+        None,
+        description="Keep the cached vision features in this folder, shared by every run, arm and seed that sets it "
+        "(keyed by tower weights and image content); None = in memory, for one training.",
+    )
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen_tower(self) -> SFTSettings:
+        if self.vision_cache and self.vision_lr is not None:
+            raise ValueError(
+                "vision_cache = true needs a frozen vision tower, but vision_lr is set: drop vision_lr (frozen tower) "
+                "or set vision_cache = false."
+            )
+        if self.vision_cache_dir is not None and not self.vision_cache:
+            raise ValueError("vision_cache_dir is set but vision_cache is false: set vision_cache = true.")
+        return self
 
 
 def param_part(name: str) -> Literal["vision", "projector", "lm"]:
@@ -76,7 +110,8 @@ def _sft_trainer_class() -> type:
         def create_optimizer(self, model: Any = None) -> Any:
             if self.optimizer is not None:
                 return self.optimizer
-            opt_model = self.model if model is None else model
+            # Any: transformers types self.model as Module | None, get_optimizer_cls_and_kwargs wants a PreTrainedModel
+            opt_model: Any = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
             groups: dict[tuple[str, bool], list[Any]] = {}
             for name, param in opt_model.named_parameters():
@@ -191,7 +226,7 @@ def check_before_training(samples: list[Sample], processor: Any, max_length: int
     from mixlab.data import IMAGE_TOKEN
 
     for s in samples:
-        if s.get("image") and not Path(s["image"]).is_file():
+        if (image := s.get("image")) and not Path(image).is_file():
             raise UserError(
                 f"sample {s['id']!r}: image file {s['image']} does not exist (the source was loaded without "
                 'checking images?). Restore the file, or load the source with check_images = "open" and '
@@ -301,7 +336,14 @@ def make_trainer(
         ddp_find_unused_parameters=False,  # frozen parts have no gradients; nothing else goes unused
         disable_tqdm=progress is not None,
     )
-    collator = VisionCollator(processor, max_length=settings.max_length)
+    cache = _install_vision_cache(model, processor, settings) if settings.vision_cache else None
+    collator = VisionCollator(
+        processor,
+        max_length=settings.max_length,
+        packing=settings.packing,
+        pack_length=_pack_length(settings, model),
+        image_keys=cache is not None,
+    )
     trainer = _sft_trainer_class()(
         model=model,
         args=args,
@@ -315,12 +357,38 @@ def make_trainer(
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
+    trainer.vision_cache = cache
     trainer.part_lrs = {
         LM: settings.learning_rate,
         PROJECTOR: settings.projector_lr or settings.learning_rate,
         VISION: settings.vision_lr or 0.0,
     }
     return trainer, collator, processor
+
+
+def _pack_length(settings: SFTSettings, model: Any) -> int | None:
+    """Tokens per packed row: the setting; else one row per batch for flash-attn (varlen, no padding at all)."""
+    if settings.pack_length is not None or not settings.packing:
+        return settings.pack_length
+    return 1 << 40 if getattr(model.config, "_attn_implementation", None) == "flash_attention_2" else None
+
+
+def _install_vision_cache(model: Any, processor: Any, settings: SFTSettings) -> Any:
+    """A VisionFeatureCache put on the model; a UserError where the tower could give different outputs per call."""
+    from mixlab.training.vision_cache import VisionFeatureCache, llava_core, tower_namespace
+
+    core = llava_core(model)
+    vision_config = core.vision_tower.config
+    dropout = max(float(getattr(vision_config, k, 0.0) or 0.0) for k in ("dropout", "attention_dropout"))
+    if dropout > 0:
+        raise UserError(
+            f"vision_cache = true, but the vision tower has dropout {dropout}: its features change from step to step, "
+            "so they cannot be cached. Set vision_cache = false."
+        )
+    folder = Path(settings.vision_cache_dir) if settings.vision_cache_dir else None
+    cache = VisionFeatureCache(tower_namespace(core, processor), folder)
+    cache.install(model)
+    return cache
 
 
 def _merge_saved_adapter(base_model: Path, adapter_dir: Path) -> Any:
@@ -347,7 +415,8 @@ def train_llava(
     """Fine-tune `base_model` on `samples`; the result goes to out_dir/"model" (and out_dir/"adapter" with LoRA).
 
     Resumes from the last checkpoint in out_dir/"checkpoints" when there is one, and deletes the checkpoints after
-    success. Returns {"train_loss", "steps", "seconds", "tokens_per_second", "samples", "resumed_from"}.
+    success. Returns {"train_loss", "steps", "seconds", "tokens_per_second", "samples", "resumed_from"}, and with
+    vision_cache {"vision_features": {"computed", "reused"}} (tower runs saved = reused).
     """
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -381,7 +450,7 @@ def train_llava(
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     tokens = _all_ranks_sum(accelerator, collator.tokens_seen)
 
-    return {
+    stats = {
         "train_loss": float(result.training_loss),
         "steps": int(trainer.state.global_step),
         "seconds": seconds,
@@ -390,6 +459,10 @@ def train_llava(
         "samples": len(samples),
         "resumed_from": resume,
     }
+    cache = getattr(trainer, "vision_cache", None)
+    if cache is not None:
+        stats["vision_features"] = {"computed": cache.computed, "reused": cache.reused}
+    return stats
 
 
 def _all_ranks_sum(accelerator: Any, value: int) -> int:

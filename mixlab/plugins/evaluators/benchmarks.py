@@ -14,6 +14,7 @@ from mixlab import hookimpl
 from mixlab.caches import JsonlCache, checkpoint_hash
 from mixlab.components import Evaluation, Evaluator, Metrics, Options, RunContext
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 from mixlab.toyworld.params import ToyWorldParams
 
 
@@ -110,7 +111,13 @@ class Benchmarks(Evaluator):
         return Evaluation(metrics, outcomes)
 
     def predict(
-        self, loaded: tuple[Any, Any], kind: str, rows: list[dict[str, Any]], cache: JsonlCache, ctx, name: str
+        self,
+        loaded: tuple[Any, Any],
+        kind: str,
+        rows: list[dict[str, Any]],
+        cache: JsonlCache,
+        ctx: RunContext,
+        name: str,
     ) -> None:
         from mixlab.evaluation.tsv import MCQ_KINDS, build_cloze_prompt, build_prompt, decode_image, options
         from mixlab.models.predict import PromptItem, choose, generate
@@ -147,7 +154,9 @@ class Benchmarks(Evaluator):
         from mixlab.evaluation.tsv import load_tsv
         from mixlab.registry import did_you_mean
 
-        o, problems, stems = self.options, [], []
+        o = self.options
+        problems: list[tuple[tuple, str]] = []
+        stems: list[str] = []
         complete = True
         for i, pattern in enumerate(o.paths):
             matched = sorted(Path(p) for p in glob.glob(str(self.resolve(pattern))))
@@ -182,5 +191,5 @@ class Benchmarks(Evaluator):
 
 
 @hookimpl
-def register_evaluators(register):
+def register_evaluators(register: Register) -> None:
     register(Benchmarks)

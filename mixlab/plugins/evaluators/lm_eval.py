@@ -18,6 +18,7 @@ from mixlab import hookimpl
 from mixlab.components import Evaluator, Metrics, RunContext
 from mixlab.errors import UserError
 from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
+from mixlab.hookspecs import Register
 
 
 class LmEvalOptions(HarnessOptions):
@@ -85,5 +86,5 @@ class LmEval(Evaluator):
 
 
 @hookimpl
-def register_evaluators(register):
+def register_evaluators(register: Register) -> None:
     register(LmEval)

@@ -18,6 +18,7 @@ from mixlab import hookimpl
 from mixlab.components import Evaluator, Metrics, RunContext
 from mixlab.errors import UserError
 from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
+from mixlab.hookspecs import Register
 
 INSTALL = (
     "pip install 'lmms-eval==0.7.3' 'filelock<4' && pip uninstall -y torchvision timm, in a venv of its own "
@@ -81,5 +82,5 @@ class LmmsEval(Evaluator):
 
 
 @hookimpl
-def register_evaluators(register):
+def register_evaluators(register: Register) -> None:
     register(LmmsEval)

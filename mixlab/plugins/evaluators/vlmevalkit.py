@@ -20,6 +20,7 @@ from pydantic import Field
 from mixlab import hookimpl
 from mixlab.components import Evaluator, Metrics, Options, RunContext
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 
 MODEL_NAME = "mixlab_checkpoint"
 INSTALL = (
@@ -139,5 +140,5 @@ class VLMEvalKit(Evaluator):
 
 
 @hookimpl
-def register_evaluators(register):
+def register_evaluators(register: Register) -> None:
     register(VLMEvalKit)

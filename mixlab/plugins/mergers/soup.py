@@ -22,6 +22,7 @@ from pydantic import Field
 from mixlab import hookimpl
 from mixlab.components import Merger, MergeResult, Options, RunContext
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 
 
 class SoupOptions(Options):
@@ -175,5 +176,5 @@ def _safe(name: str) -> str:
 
 
 @hookimpl
-def register_mergers(register):
+def register_mergers(register: Register) -> None:
     register(SoupMerger)

@@ -18,6 +18,7 @@ from mixlab import hookimpl
 from mixlab.caches import ArrayCache, sample_key
 from mixlab.components import RunContext
 from mixlab.data import Sample
+from mixlab.hookspecs import Register
 from mixlab.models.scorer import ModelScorer, ModelScorerOptions, model_settings
 
 
@@ -95,5 +96,5 @@ class ActivationsScorer(ModelScorer):
 
 
 @hookimpl
-def register_scorers(register):
+def register_scorers(register: Register) -> None:
     register(ActivationsScorer)

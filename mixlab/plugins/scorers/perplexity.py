@@ -14,6 +14,7 @@ from mixlab import hookimpl
 from mixlab.caches import JsonlCache, sample_key
 from mixlab.components import RunContext
 from mixlab.data import Sample
+from mixlab.hookspecs import Register
 from mixlab.models.scorer import ModelScorer, ModelScorerOptions, model_settings
 
 
@@ -57,5 +58,5 @@ class PerplexityScorer(ModelScorer):
 
 
 @hookimpl
-def register_scorers(register):
+def register_scorers(register: Register) -> None:
     register(PerplexityScorer)

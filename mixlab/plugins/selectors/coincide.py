@@ -11,7 +11,9 @@ from pydantic import Field, model_validator
 
 from mixlab import hookimpl
 from mixlab.components import Options, RunContext, Selection, Selector
+from mixlab.data import Sample
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 from mixlab.selection import coincide
 
 
@@ -103,5 +105,5 @@ class CoincideSelector(Selector):
 
 
 @hookimpl
-def register_selectors(register):
+def register_selectors(register: Register) -> None:
     register(CoincideSelector)

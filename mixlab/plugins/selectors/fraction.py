@@ -9,7 +9,9 @@ from pydantic import Field, model_validator
 
 from mixlab import hookimpl
 from mixlab.components import Options, RunContext, Selection, Selector
+from mixlab.data import Sample
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 from mixlab.selection.budget import target_count
 from mixlab.selection.strata import strata
 
@@ -49,6 +51,7 @@ class FractionSelector(Selector):
             if o.threshold is not None:
                 keep += idx[v <= sign * o.threshold].tolist()
             else:
+                assert o.fraction is not None  # FractionOptions requires exactly one of fraction and threshold
                 k = target_count(len(idx), o.fraction)
                 order = np.lexsort((idx, v))  # stable: ties broken by pool order
                 keep += idx[order[:k]].tolist()
@@ -62,5 +65,5 @@ class FractionSelector(Selector):
 
 
 @hookimpl
-def register_selectors(register):
+def register_selectors(register: Register) -> None:
     register(FractionSelector)

@@ -15,6 +15,7 @@ from mixlab import hookimpl
 from mixlab.components import Options, RunContext, Selection, Selector, Trial
 from mixlab.data import Sample
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,7 +47,6 @@ class IndividualSelect(Selector):
     Options = IndividualSelectOptions
     options: IndividualSelectOptions
     trains_models = True
-    options: IndividualSelectOptions
 
     def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
         by_source: dict[str, list[Sample]] = {}
@@ -113,7 +113,7 @@ class IndividualSelect(Selector):
             "model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
         }
 
-    def _plan(self, by_source: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    def _plan(self, by_source: dict[str, list[Sample]]) -> dict[str, list[str]]:
         """Category → candidate sources (those not in the baseline), in the configured or first-seen order."""
         plan: dict[str, list[str]] = {}
         for source, rows in by_source.items():
@@ -146,5 +146,5 @@ class IndividualSelect(Selector):
 
 
 @hookimpl
-def register_selectors(register):
+def register_selectors(register: Register) -> None:
     register(IndividualSelect)

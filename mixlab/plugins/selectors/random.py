@@ -7,6 +7,8 @@ from pydantic import Field, model_validator
 
 from mixlab import hookimpl
 from mixlab.components import Options, RunContext, Selection, Selector
+from mixlab.data import Sample
+from mixlab.hookspecs import Register
 from mixlab.selection.budget import target_count
 from mixlab.selection.strata import strata
 
@@ -51,5 +53,5 @@ class RandomSelector(Selector):
 
 
 @hookimpl
-def register_selectors(register):
+def register_selectors(register: Register) -> None:
     register(RandomSelector)

@@ -13,6 +13,7 @@ from mixlab import hookimpl
 from mixlab.components import Options, RunContext, Source
 from mixlab.data import IMAGE_TOKEN, Sample
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 from mixlab.records import (
     BadRecord,
     ImageCheck,
@@ -186,7 +187,8 @@ class HfDataset(Source):
             for message in messages:
                 if not isinstance(message, dict):
                     raise BadRecord(f"a message must be an object with `role` and `content`, got {message!r:.60}")
-                role = ROLE_TO_LLAVA.get(message.get("role"), "?") if isinstance(message.get("role"), str) else "?"
+                raw_role = message.get("role")
+                role = ROLE_TO_LLAVA.get(raw_role, "?") if isinstance(raw_role, str) else "?"
                 if role is None:
                     continue
                 if role == "?":
@@ -230,5 +232,5 @@ class HfDataset(Source):
 
 
 @hookimpl
-def register_sources(register):
+def register_sources(register: Register) -> None:
     register(HfDataset)

@@ -10,6 +10,7 @@ from mixlab import hookimpl
 from mixlab.components import Options, RunContext, Source
 from mixlab.data import Sample
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 from mixlab.records import ImageCheck, OnError, collect, nothing_loaded, path_problem, read_records, root_problem
 
 
@@ -68,5 +69,5 @@ class LlavaJson(Source):
 
 
 @hookimpl
-def register_sources(register):
+def register_sources(register: Register) -> None:
     register(LlavaJson)

@@ -10,6 +10,7 @@ from mixlab import hookimpl
 from mixlab.components import RunContext, Source
 from mixlab.data import Sample
 from mixlab.errors import UserError
+from mixlab.hookspecs import Register
 from mixlab.records import collect, read_records
 from mixlab.registry import did_you_mean
 from mixlab.toyworld.params import ToyWorldParams
@@ -77,5 +78,5 @@ class ToyWorld(Source):
 
 
 @hookimpl
-def register_sources(register):
+def register_sources(register: Register) -> None:
     register(ToyWorld)

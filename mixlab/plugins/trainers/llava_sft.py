@@ -9,6 +9,7 @@ from typing import Any
 from mixlab import hookimpl
 from mixlab.components import RunContext, Trainer, TrainResult
 from mixlab.data import Sample
+from mixlab.hookspecs import Register
 from mixlab.training.sft import SFTSettings
 
 
@@ -53,7 +54,8 @@ class LlavaSft(Trainer):
         """The DeepSpeed config is a readable JSON file; seed and sizes are within bounds."""
         import json
 
-        o, problems = self.options, []
+        o = self.options
+        problems: list[tuple[tuple, str]] = []
         if not 0 <= o.seed < 2**32:
             problems.append((("seed",), f"seed {o.seed} is out of range: use an integer from 0 to 2**32 - 1."))
         for key, top in (("batch_size", 4096), ("grad_accum", 4096), ("max_length", 1 << 20), ("epochs", 1000)):
@@ -64,6 +66,7 @@ class LlavaSft(Trainer):
             problems.append((("lora", "target_modules"), "is empty: name the linear layers to adapt, or drop it."))
         if o.deepspeed:
             path = self.resolve(o.deepspeed)
+            found: str | None
             if not path.exists():
                 found = "does not exist"
             elif path.is_dir():
@@ -86,5 +89,5 @@ class LlavaSft(Trainer):
 
 
 @hookimpl
-def register_trainers(register):
+def register_trainers(register: Register) -> None:
     register(LlavaSft)

@@ -1,0 +1,388 @@
+"""The report's tables, built once as text and drawn both as report.md and as rich terminal tables: arms with
+intervals and comparisons, benchmark health, Individual Select rounds, metrics and stages."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from mixlab.progress import console
+
+# --------------------------------------------------------------------------------------------------------------------
+# rendering helpers: every table is built once as text cells, then drawn as markdown and as a rich table
+
+SAME, BETTER, WORSE, AT_CHANCE = "≈", "▲", "▼", "†"
+INTERVAL_KINDS = {
+    "seeds+items": "training seeds and benchmark items",
+    "items": "benchmark items only (no seed noise)",
+    "seeds": "training seeds only (no item noise)",
+    "none": "no interval",
+}
+HEALTH_LEGEND = (
+    "chance: a random guesser's score; noise: seed std / mean; signal: spread of the arms / mean; SNR = signal / noise "
+    "(below ~1: differences are mostly seed noise); MDD: smallest difference found 80 % of the time (score points); "
+    "at chance: arms whose interval contains chance. See docs/decisions.md."
+)
+
+
+def fmt_num(value: Any, spec: str = ".1f") -> str:
+    """A number formatted with spec, or "-" for null, NaN and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    return format(value, spec)
+
+
+def fmt_ci(ci: Any, spec: str = "+.2f") -> str:
+    """An interval as "[lo, hi]", or "-" without one."""
+    if not isinstance(ci, list | tuple) or len(ci) != 2 or "-" in (fmt_num(ci[0]), fmt_num(ci[1])):
+        return "-"
+    return f"[{fmt_num(ci[0], spec)}, {fmt_num(ci[1], spec)}]"
+
+
+def _half_width(ci: Any) -> float | None:
+    """Half the width of an interval (None without a usable one)."""
+    if fmt_ci(ci) == "-":
+        return None
+    return (ci[1] - ci[0]) / 2
+
+
+def distinguishable(comparison: dict[str, Any]) -> bool | None:
+    """The comparison's verdict: its own ``distinguishable``, else whether its interval excludes 0."""
+    if "distinguishable" in comparison:
+        return comparison["distinguishable"]
+    ci = comparison.get("ci")
+    return None if fmt_ci(ci) == "-" else not (ci[0] <= 0.0 <= ci[1])
+
+
+def _mark(comparison: dict[str, Any] | None) -> str:
+    """≈ when the interval of Δ contains 0, ▲ / ▼ when it lies above / below 0, "" without an interval."""
+    if not comparison:
+        return ""
+    verdict = distinguishable(comparison)
+    if verdict is None:
+        return ""
+    if not verdict:
+        return SAME
+    return BETTER if (comparison.get("delta") or 0.0) > 0 else WORSE
+
+
+def _reference(report: dict[str, Any]) -> str | None:
+    """The compare_to arm (named by the other arms' comparisons)."""
+    return next((a["compare"].get("to") for a in report["arms"].values() if a.get("compare")), None)
+
+
+def _n_seeds(report: dict[str, Any], arm: dict[str, Any]) -> int | None:
+    """How many training seeds an arm's numbers average."""
+    if arm.get("per_seed"):
+        return len(arm["per_seed"])
+    return len(report["seeds"]) if report.get("seeds") else None
+
+
+def _at_chance(report: dict[str, Any]) -> dict[str, list[str]]:
+    """Benchmark → the arms at chance on it."""
+    return {b: list(h.get("at_chance") or []) for b, h in (report.get("benchmarks") or {}).items()}
+
+
+def _one_seed(report: dict[str, Any]) -> bool:
+    """Whether the report has intervals and every arm was trained with one seed."""
+    arms = report["arms"].values()
+    has_intervals = any("score_interval" in a or "compare" in a for a in arms)
+    seeds = {_n_seeds(report, a) for a in arms}
+    return has_intervals and seeds == {1}
+
+
+def _arms_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The arms table: headers, rows of cells (the score cell second after the benchmarks), notes below it."""
+    benches = benchmarks_of(report)
+    rows = rows_of(report)
+    reference = _reference(report)
+    chance = _at_chance(report)
+    with_interval = any("score_interval" in a for a in rows.values())
+    with_compare = reference is not None
+    with_half = any(_half_width(a.get("score_ci")) is not None for a in rows.values())
+    headers = ["arm", "samples", "seeds", *benches, "score" + (" ± 95% CI" if with_half else "")]
+    if with_interval:
+        headers.append("interval")
+    if with_compare:
+        headers += [f"Δ vs {reference} [95% CI]", "P(better)"]
+    table: list[list[str]] = []
+    flagged = False
+    for name, arm in rows.items():
+        cells = []
+        for b in benches:
+            cell = fmt_num(arm["metrics"][b].get("score")) if b in arm["metrics"] else "-"
+            if name in chance.get(b, []):
+                cell, flagged = f"{cell} {AT_CHANCE}", True
+            cells.append(cell)
+        half = _half_width(arm.get("score_ci"))
+        score = fmt_num(arm.get("score")) + ("" if half is None else f" ± {half:.1f}")
+        mark = _mark(arm.get("compare"))
+        seeds = _n_seeds(report, arm)
+        row = [name, str(arm.get("n_samples", "")), "" if seeds is None else str(seeds), *cells, score, mark]
+        if with_interval:
+            row.append(arm.get("score_interval") or "-")
+        if with_compare:
+            c = arm.get("compare")
+            if c:
+                ci = fmt_ci(c.get("ci"))
+                delta = fmt_num(c.get("delta"), "+.2f") + ("" if ci == "-" else f" {ci}")
+                row += [delta, fmt_num(c.get("p_better"), ".2f")]
+            else:
+                row += ["(reference)" if name == reference else "-", "-"]
+        table.append(row)
+    notes = []
+    if any(row[len(benches) + 4] for row in table):
+        notes.append(
+            f"{SAME}: not distinguishable from {reference} (the 95% CI of Δ contains 0); {BETTER} / {WORSE}: "
+            f"distinguishably better / worse. P(better): share of resampled differences above 0 (not a p-value)."
+        )
+    if with_interval:
+        kinds = sorted({a["score_interval"] for a in rows.values() if a.get("score_interval")})
+        notes.append("interval: " + "; ".join(f"{k} = {INTERVAL_KINDS.get(k, k)}" for k in kinds) + ".")
+    if flagged:
+        notes.append(f"{AT_CHANCE}: the arm's interval contains this benchmark's chance level (see benchmark health).")
+    if _one_seed(report):
+        notes.append(
+            "⚠ One training seed: the intervals contain benchmark-item noise only, not seed (training) noise; "
+            "they are too narrow to conclude that one mix beats another. Use seeds = 3 or more."
+        )
+    return headers, table, notes
+
+
+def _comparison_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per arm compared to the reference: Δ, its interval and P(better) for the average and each benchmark."""
+    headers = ["arm", "benchmark", "Δ", "95% CI", "P(better)", "interval", "McNemar p", ""]
+    table = []
+    for name, arm in report["arms"].items():
+        c = arm.get("compare")
+        if not c:
+            continue
+        for bench, x in [("average", c), *(c.get("benchmarks") or {}).items()]:
+            table.append(
+                [
+                    name,
+                    bench,
+                    fmt_num(x.get("delta"), "+.2f"),
+                    fmt_ci(x.get("ci")),
+                    fmt_num(x.get("p_better"), ".2f"),
+                    x.get("interval") or "-",
+                    fmt_num(x.get("mcnemar_p"), ".3g"),
+                    _mark(x),
+                ]
+            )
+    return headers, table
+
+
+def _health_table(report: dict[str, Any]) -> tuple[list[str], list[tuple[list[str], bool]]]:
+    """Benchmark health: one row per benchmark, flagged when arms are at chance."""
+    headers = ["benchmark", "chance", "noise", "signal", "SNR", "MDD", "arms at chance"]
+    table = []
+    for bench, h in (report.get("benchmarks") or {}).items():
+        at = list(h.get("at_chance") or [])
+        cells = [
+            bench,
+            fmt_num(h.get("chance")),
+            fmt_num(h.get("noise"), ".3f"),
+            fmt_num(h.get("signal"), ".3f"),
+            fmt_num(h.get("snr"), ".2f"),
+            fmt_num(h.get("mdd"), ".2f"),
+            ", ".join(at) or "-",
+        ]
+        table.append((cells, bool(at)))
+    return headers, table
+
+
+def _rule_line(block: dict[str, Any]) -> str:
+    """Individual Select's keep rule, in words."""
+    rule, tol = block.get("rule"), fmt_num(block.get("tolerance"), "g")
+    minus = "minus the tolerance" if tol == "-" else f"-{tol}"
+    if rule == "ci":
+        return f"rule: ci (keep a candidate unless the upper end of its Δ's 95% CI is below {minus})"
+    if rule == "tolerance":
+        return (
+            f"rule: tolerance (keep a candidate whose score is at least the baseline's {minus.replace('-', 'minus ')})"
+        )
+    return "" if tol == "-" else f"rule: tolerance {tol}"
+
+
+def _isel_table(block: dict[str, Any]) -> tuple[list[str], list[tuple[list[str], bool | None]]]:
+    """Individual Select rounds: each candidate's score, Δ, interval, P(better) and verdict, then the new baseline."""
+    headers = ["round", "candidate", "score", "delta", "95% CI", "P(better)", "kept"]
+    table: list[tuple[list[str], bool | None]] = []
+    for r in block.get("rounds") or []:
+        for c in r.get("candidates") or []:
+            cells = [
+                r.get("category", ""),
+                f"+{c.get('source', '?')}",
+                fmt_num(c.get("score"), ".2f"),
+                fmt_num(c.get("delta"), "+.2f"),
+                fmt_ci(c.get("ci")),
+                fmt_num(c.get("p_better"), ".2f"),
+                "kept" if c.get("kept") else "rejected",
+            ]
+            table.append((cells, bool(c.get("kept"))))
+        sources = r.get("baseline_sources")
+        count = "" if sources is None else f" ({len(sources)} source{'' if len(sources) == 1 else 's'})"
+        what = f"baseline{count}"
+        table.append(([r.get("category", ""), what, fmt_num(r.get("baseline_score"), ".2f"), "", "", "", ""], None))
+    return headers, table
+
+
+def _split_lines(report: dict[str, Any]) -> list[str]:
+    """What select_on = "dev" means for the numbers, and the benchmarks that could not be split."""
+    lines = []
+    if report.get("select_on") == "dev":
+        lines.append(
+            "Selections and soups were decided on the dev part of each benchmark; every number reported here is on "
+            "the test part."
+        )
+    if report.get("unsplit_benchmarks"):
+        lines.append(
+            "Unsplit benchmarks (no per-item results, so used whole for both selection and report; their numbers for "
+            "selected arms are optimistic): " + ", ".join(report["unsplit_benchmarks"]) + "."
+        )
+    return lines
+
+
+def benchmarks_of(report: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for arm in report["arms"].values():
+        names += [b for b in arm["metrics"] if b not in names]
+    return names
+
+
+def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = dict(report["arms"])
+    if "soup" in report:
+        rows[f"soup ({report['soup']['method']})"] = report["soup"]
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# terminal
+
+
+def _rich_table(title: str, headers: list[str], right: int = 1) -> Table:
+    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned."""
+    table = Table(title=title)
+    for i, h in enumerate(headers):
+        table.add_column(escape(h), justify="left" if i < right else "right", style="bold" if i == 0 else None)
+    return table
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    """The report's tables on the terminal: arms, comparisons, benchmark health, Individual Select, stages."""
+    if report.get("error"):
+        console.print(f"[bold red]run failed:[/] {escape(str(report['error']))}")
+    for line in _split_lines(report):
+        console.print(f"[yellow]{escape(line)}[/]")
+    headers, rows, notes = _arms_table(report)
+    n_bench = len(benchmarks_of(report))
+    score_at = 3 + n_bench
+    table = _rich_table("arms × benchmarks (score, 0-100)", [*headers[: score_at + 1], "", *headers[score_at + 1 :]])
+    for row in rows:
+        mark = row[score_at + 1]
+        color = {SAME: "yellow", BETTER: "green", WORSE: "red"}.get(mark, "white")
+        cells = [escape(c) for c in row]
+        cells[score_at] = f"[bold green]{cells[score_at]}[/]"
+        cells[score_at + 1] = f"[{color}]{mark}[/]" if mark else ""
+        table.add_row(*cells)
+    console.print(table)
+    for note in notes:
+        console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")
+    headers, rows = _comparison_table(report)
+    if rows:
+        table = _rich_table(f"Δ vs {_reference(report)} (score points)", headers, right=2)
+        for row in rows:
+            table.add_row(*[escape(c) for c in row])
+        console.print(table)
+    headers, health = _health_table(report)
+    if health:
+        table = _rich_table("benchmark health", headers)
+        for cells, flagged in health:
+            table.add_row(*[escape(c) for c in cells], style="bold red" if flagged else None)
+        console.print(table)
+        console.print(escape(HEALTH_LEGEND), style="dim")
+    block = report.get("individual_select")
+    if block:
+        headers, isel = _isel_table(block)
+        table = _rich_table("Individual Select", headers, right=2)
+        for cells, kept in isel:
+            style = {True: "green", False: "red", None: "bold"}[kept]
+            table.add_row(*[escape(c) for c in cells], style=style)
+        console.print(table)
+        console.print(escape(_rule_line(block)), style="dim")
+    stages = Table(title="stages")
+    for col in ("stage", "status", "seconds"):
+        stages.add_column(col, justify="right" if col == "seconds" else "left")
+    for s in report["stages"]:
+        color = {"done": "green", "cached": "cyan", "failed": "red"}.get(s["status"], "white")
+        stages.add_row(escape(s["name"]), f"[{color}]{escape(s['status'])}[/]", fmt_num(s.get("seconds")))
+    console.print(stages)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table (pipes in cells escaped)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def render_markdown(report: dict[str, Any], images: list[str]) -> str:
+    """report.md: the arms table, the plots, comparisons, benchmark health, metrics, Individual Select, stages."""
+    lines = [f"# mixlab report: {Path(report['recipe']).name}", "", f"mixlab {report.get('mixlab_version', '?')}", ""]
+    if report.get("error"):
+        lines += [f"**Run failed:** {report['error']}", ""]
+    split = _split_lines(report)
+    if split:
+        lines += [*split, ""]
+    headers, rows, notes = _arms_table(report)
+    score_at = 3 + len(benchmarks_of(report))
+    md_rows = []
+    for row in rows:
+        score = f"**{row[score_at]}**" + (f" {row[score_at + 1]}" if row[score_at + 1] else "")
+        md_rows.append([*row[:score_at], score, *row[score_at + 2 :]])
+    lines += _md_table(headers, md_rows)
+    if notes:
+        lines += [""] + [f"{n}  " for n in notes[:-1]] + notes[-1:]
+    lines += [""] + [f"![{img}]({img})" for img in images]
+    headers, comparisons = _comparison_table(report)
+    if comparisons:
+        lines += ["", f"## Comparisons vs {_reference(report)}", ""]
+        lines += _md_table(headers, comparisons)
+    headers, health = _health_table(report)
+    if health:
+        lines += ["", "## Benchmark health", ""]
+        flag = [[f"**{c}**" if c != "-" else c for c in cells] if at else cells for cells, at in health]
+        lines += _md_table(headers, flag)
+        lines += ["", HEALTH_LEGEND]
+    lines += ["", "## Metrics", ""]
+    for name, arm in rows_of(report).items():
+        lines.append(f"### {name}")
+        if arm.get("sources"):
+            lines.append("sources: " + ", ".join(f"{k} {v}" for k, v in arm["sources"].items()))
+        if arm.get("ground_truth"):
+            lines.append(f"ground truth: {json.dumps(arm['ground_truth'])}")
+        for bench, metrics in arm["metrics"].items():
+            lines.append(f"- {bench}: " + ", ".join(f"{k} {fmt_num(v, '.2f')}" for k, v in metrics.items()))
+        lines.append("")
+    block = report.get("individual_select")
+    if block:
+        lines += ["## Individual Select", ""]
+        rule = _rule_line(block)
+        if rule:
+            lines += [rule, ""]
+        headers, isel = _isel_table(block)
+        lines += _md_table(
+            headers, [[f"**{c}**" if c else c for c in cells] if k is None else cells for cells, k in isel]
+        )
+        if block.get("selected_sources") is not None:
+            lines += ["", "selected sources: " + (", ".join(block["selected_sources"]) or "-")]
+        lines.append("")
+    lines += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {fmt_num(s.get('seconds'))} |" for s in report["stages"]]
+    return "\n".join(lines) + "\n"
