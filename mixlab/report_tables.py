@@ -26,7 +26,7 @@ INTERVAL_KINDS = {
 HEALTH_LEGEND = (
     "chance: a random guesser's score; noise: seed std / mean; signal: spread of the arms / mean; SNR = signal / noise "
     "(below ~1: differences are mostly seed noise); MDD: smallest difference found 80 % of the time (score points); "
-    "at chance: arms whose interval contains chance. See docs/decisions.md."
+    "at chance: arms not distinguishably above chance (interval reaching down to it, or below). See docs/decisions.md."
 )
 
 
@@ -145,7 +145,9 @@ def _arms_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], lis
         kinds = sorted({a["score_interval"] for a in rows.values() if a.get("score_interval")})
         notes.append("interval: " + "; ".join(f"{k} = {INTERVAL_KINDS.get(k, k)}" for k in kinds) + ".")
     if flagged:
-        notes.append(f"{AT_CHANCE}: the arm's interval contains this benchmark's chance level (see benchmark health).")
+        notes.append(
+            f"{AT_CHANCE}: the arm is not distinguishably above this benchmark's chance level (see benchmark health)."
+        )
     if _one_seed(report):
         notes.append(
             "⚠ One training seed: the intervals contain benchmark-item noise only, not seed (training) noise; "

@@ -565,8 +565,10 @@ def health(
 
     noise: the mean over arms of their relative seed std (None with one seed); signal: over the arms' mean scores
     (None with fewer than two arms); snr = signal / noise. mdd from ``se``, else the median ``se`` of
-    ``comparisons`` (None without either). at_chance: arms whose interval (``estimates``, else a seeds-only interval
-    from the scores) includes ``chance``; an arm without any interval counts when its score is at or below chance.
+    ``comparisons`` (None without either). at_chance: arms not distinguishably above chance, i.e. whose interval
+    (``estimates``, else a seeds-only interval from the scores) reaches down to ``chance`` or lies below it (a model
+    that answers every MME question alike scores 25, below the uniform guesser's 37.5); an arm without any interval
+    counts when its score is at or below chance.
     """
     arms = {a: [float(x) for x in v] for a, v in arms_per_seed.items() if len(v)}
     means = {a: float(np.mean(v)) for a, v in arms.items()}
@@ -582,7 +584,7 @@ def health(
         est = (estimates or {}).get(a)
         if est is None:
             est = estimate([{"score": x} for x in v], n_draws=n_draws, seed=seed, level=level)
-        hit = est.ci[0] <= chance <= est.ci[1] if est.ci is not None else est.value <= chance
+        hit = est.ci[0] <= chance if est.ci is not None else est.value <= chance
         if hit:
             at_chance.append(a)
     return Health(float(chance), nz, sg, ratio, None if se is None else mdd(se, power, level), at_chance)

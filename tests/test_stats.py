@@ -308,6 +308,10 @@ def test_signal_noise_snr_and_health():
     assert one_seed.at_chance == ["b"]  # no interval: at or below chance
     ests = {"a": stats.Estimate(50.0, (20.0, 80.0), "items")}
     assert stats.health({"a": [50.0]}, chance=25.0, estimates=ests).at_chance == ["a"]
+    below = {"a": stats.Estimate(25.0, (22.0, 28.0), "items")}  # MME answered all alike: below the guesser's 37.5
+    assert stats.health({"a": [25.0]}, chance=37.5, estimates=below).at_chance == ["a"]
+    above = {"a": stats.Estimate(60.0, (55.0, 65.0), "items")}
+    assert stats.health({"a": [60.0]}, chance=37.5, estimates=above).at_chance == []
 
 
 def test_dev_test_split():
