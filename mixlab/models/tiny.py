@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from mixlab.models.templates import TINY_CHAT_TEMPLATE
 
@@ -12,8 +13,11 @@ ROLE_TOKENS = ["<|user|>", "<|assistant|>", "<|system|>"]
 SPECIALS = [PAD, BOS, EOS, UNK, IMAGE, *ROLE_TOKENS]
 
 
-def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """Byte-level BPE trained on the corpus, wrapped as a fast HF tokenizer with the chat specials."""
+def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
+    """Byte-level BPE trained on the corpus, wrapped as a fast HF tokenizer with the chat specials.
+
+    Any, not PreTrainedTokenizerFast: transformers types ``convert_tokens_to_ids`` of one token as ``int | list[int]``.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

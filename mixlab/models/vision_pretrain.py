@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,13 @@ def scene_pool(seed: int, per_category: int, image_size: int) -> tuple[np.ndarra
     return np.stack(images), np.array(tasks), np.array(labels)
 
 
-def pretrain_vision(model, processor, seed: int, settings: VisionPretraining, progress=None) -> dict[str, float]:
+def pretrain_vision(
+    model: Any,
+    processor: Any,
+    seed: int,
+    settings: VisionPretraining,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
     """Train ``model``'s vision tower in place; returns the held-out accuracy per category (20% of the pool)."""
     import torch
 
