@@ -1,11 +1,15 @@
-"""Scoring throughput: the `perplexity` scorer (batched, length-bucketed) against a naive one-at-a-time HF loop.
+"""Scoring throughput: the `perplexity` and `activations` scorers (batched, length-bucketed) against naive
+one-at-a-time HF loops.
 
 Same model (the tiny preset built from config, tokenizer trained on the pool) and same toy-world samples for all
-runs. The naive loop templates each sample alone with `processor.apply_chat_template(...,
-return_assistant_tokens_mask=True)`, runs one forward pass and takes the cross-entropy of the assistant tokens.
-Also timed: the same batches in input order (no bucketing), and the scorer again on a warm per-sample cache.
-The scores must agree (max |Δ nll| is printed and asserted < 1e-4). Each method runs `--repeats` times in
-rotation and its fastest wall and CPU times are reported (CPU time is steadier on a shared machine).
+runs. The naive loops template each sample alone with `processor.apply_chat_template(...,
+return_assistant_tokens_mask=True)` and run one forward pass: the cross-entropy of the assistant tokens, or the
+COINCIDE pooling of the chosen layers' o_proj outputs (in numpy). Also timed: the same batches in input order (no
+bucketing), the scorer again on a warm per-sample cache, and the floor: the model's forward passes alone over the
+scorer's batches, collated beforehand (naive / floor is the most any batched scorer of the same computation can
+reach). The scores must agree (max |Δ nll| < 1e-4, max |Δ embedding| < 1e-5). Each method runs `--repeats` times in
+rotation and its fastest wall and CPU times are reported (CPU time is steadier on a shared machine; the JSON ratios
+are CPU-time ones). The last line is one JSON object.
 
     python bench/score_throughput.py --samples 512 --batch-size 16
 """
@@ -62,12 +66,29 @@ def toy_samples(root: Path, n: int, seed: int) -> list[Sample]:
     return random.Random(seed).sample(pool, n)
 
 
-def naive_nll(model, processor, sample: Sample) -> float:
-    """One sample, no padding: mean cross-entropy over the chat template's assistant (generation) tokens."""
-    import torch
-    from PIL import Image
+def build_model(root: Path, samples: list[Sample], seed: int):
+    """(model dir, model, processor) of the tiny preset (random-init vision tower), tokenizer trained on the samples'
+    text."""
+    import inspect
 
-    from mixlab.models.templates import training_template
+    from mixlab.models.base import corpus_of
+    from mixlab.models.loading import load_model
+    from mixlab.models.tiny import build_tiny_llava
+
+    try:
+        from mixlab.sections import TinyModel
+    except ImportError:  # older layout
+        from mixlab.recipe import TinyModel
+
+    accepted = inspect.signature(build_tiny_llava).parameters
+    shape = {k: v for k, v in TinyModel().model_dump().items() if k in accepted}
+    model_dir = build_tiny_llava(root / "model", corpus_of(samples), seed=seed, **shape)
+    return (model_dir, *load_model(model_dir))
+
+
+def chat(sample: Sample) -> list[dict]:
+    """The sample as typed chat messages with its PIL image inlined (the naive loops' own rendering)."""
+    from PIL import Image
 
     messages = []
     for turn in sample["conversations"]:
@@ -77,9 +98,15 @@ def naive_nll(model, processor, sample: Sample) -> float:
             text = text.replace("<image>", "").strip()
         content.append({"type": "text", "text": text})
         messages.append({"role": "user" if turn["from"] == "human" else "assistant", "content": content})
-    enc = dict(
+    return messages
+
+
+def encode(processor, sample: Sample) -> dict:
+    from mixlab.models.templates import training_template
+
+    return dict(
         processor.apply_chat_template(
-            messages,
+            chat(sample),
             chat_template=training_template(processor),
             tokenize=True,
             return_dict=True,
@@ -88,11 +115,48 @@ def naive_nll(model, processor, sample: Sample) -> float:
             processor_kwargs={"add_special_tokens": False},
         )
     )
+
+
+def naive_nll(model, processor, sample: Sample) -> float:
+    """One sample, no padding: mean cross-entropy over the chat template's assistant (generation) tokens."""
+    import torch
+
+    enc = encode(processor, sample)
     mask = torch.as_tensor(enc.pop("assistant_masks")).bool()
     labels = torch.where(mask, enc["input_ids"], torch.full_like(enc["input_ids"], -100))
     with torch.inference_mode():
         logits = model(**enc, use_cache=False).logits
     return float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100))
+
+
+def naive_embedding(model, processor, sample: Sample, layers: list[int]) -> np.ndarray:
+    """One sample: o_proj outputs of the chosen layers over a full forward pass, pooled in numpy (COINCIDE)."""
+    import torch
+
+    enc = encode(processor, sample)
+    enc.pop("assistant_masks")
+    outputs = {}
+    blocks = model.model.language_model.layers
+    handles = [
+        blocks[i].self_attn.o_proj.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o[0].numpy()))
+        for i in layers
+    ]
+    with torch.inference_mode():
+        model(**enc, use_cache=False)
+    for h in handles:
+        h.remove()
+    is_image = (enc["input_ids"][0] == model.config.image_token_id).numpy()
+    parts = []
+    for i in layers:
+        for span in (is_image, ~is_image):
+            if span.any():
+                v = np.tanh(outputs[i][span].mean(0))
+                parts.append(v / np.linalg.norm(v))
+            else:  # no image: the "zero_image" rule
+                parts.append(np.zeros(outputs[i].shape[-1], dtype=np.float32))
+        if not is_image.any():
+            parts[-1] = parts[-1] * np.sqrt(2.0)
+    return np.concatenate(parts) / np.sqrt(2 * len(layers))
 
 
 def timed(fn):
@@ -115,41 +179,57 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from mixlab.models.base import corpus_of
-    from mixlab.models.loading import load_model
-    from mixlab.models.predict import answer_nll, length_order
-    from mixlab.models.tiny import build_tiny_llava
+    from mixlab.data import sample_to_row
+    from mixlab.models.collator import VisionCollator
+    from mixlab.models.predict import answer_nll, default_layers, length_order
+    from mixlab.plugins.scorers.activations import ActivationsScorer
     from mixlab.plugins.scorers.perplexity import PerplexityScorer
-    from mixlab.sections import TinyModel
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         samples = toy_samples(root, args.samples, args.seed)
-        model_dir = build_tiny_llava(root / "model", corpus_of(samples), seed=args.seed, **TinyModel().model_dump())
-        model, processor = load_model(model_dir)
+        model_dir, model, processor = build_model(root, samples, args.seed)
         n_img = sum(bool(s["image"]) for s in samples)
         order = length_order(processor, samples)
+        layers = default_layers(model.config.get_text_config().num_hidden_layers)
         print(
             f"{len(samples)} toy-world samples ({n_img} with an image), tiny preset model, batch size "
-            f"{args.batch_size}, torch threads {torch.get_num_threads()}; the scorer's time includes loading the "
-            "model and hashing the checkpoint"
+            f"{args.batch_size}, torch threads {torch.get_num_threads()}; the scorers' times include loading the "
+            f"model and hashing the checkpoint; activations of layers {layers}"
         )
 
         # warm-up outside the timings: imports (TRL's collator), first-call kernels
         answer_nll(model, processor, samples[:4], batch_size=4)
         naive_nll(model, processor, samples[0])
+        naive_embedding(model, processor, samples[0], layers)
 
-        scorer = PerplexityScorer(PerplexityScorer.Options(batch_size=args.batch_size), "bench")
+        # the floor: the model's forward pass alone over the scorer's bucketed batches, collated beforehand
+        collator = VisionCollator(processor)
+        batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        collated = [dict(collator([sample_to_row(samples[j]) for j in b])) for b in batches]
+        for batch in collated:
+            batch.pop("labels")
+
+        def forward_only() -> None:
+            with torch.inference_mode():
+                for batch in collated:
+                    model(**batch, use_cache=False)
+
+        perplexity = PerplexityScorer(PerplexityScorer.Options(batch_size=args.batch_size), "bench")
+        activations = ActivationsScorer(ActivationsScorer.Options(batch_size=args.batch_size), "bench")
         runs = {
             "naive": lambda: np.array([naive_nll(model, processor, s) for s in samples]),
             "unsorted": lambda: answer_nll(model, processor, samples, batch_size=args.batch_size),
+            "floor": forward_only,
+            "naive_act": lambda: np.stack([naive_embedding(model, processor, s, layers) for s in samples]),
         }
         best: dict[str, tuple[float, float]] = {}
         results: dict[str, np.ndarray] = {}
         for r in range(args.repeats):  # in rotation, so that a burst of load on the machine hits every method
             ctx = BenchCtx(root / f"cache{r}", model_dir)  # a cold per-sample cache each round
-            runs["scorer"] = lambda ctx=ctx: scorer.score(samples, ctx)["nll"]
-            runs["warm"] = lambda ctx=ctx: scorer.score(samples, ctx)["nll"]
+            runs["scorer"] = lambda ctx=ctx: perplexity.score(samples, ctx)["nll"]
+            runs["warm"] = lambda ctx=ctx: perplexity.score(samples, ctx)["nll"]
+            runs["act"] = lambda ctx=ctx: activations.score(samples, ctx)["embedding"]
             for name, fn in runs.items():
                 results[name], wall, cpu = timed(fn)
                 old = best.get(name, (np.inf, np.inf))
@@ -157,10 +237,7 @@ def main() -> None:
         naive, unsorted, scored, warm = (results[k] for k in ("naive", "unsorted", "scorer", "warm"))
 
         def padding(idx: list[int]) -> float:
-            from mixlab.data import sample_to_row
-            from mixlab.models.collator import VisionCollator
-
-            collator, real, total = VisionCollator(processor), 0, 0
+            real, total = 0, 0
             for i in range(0, len(idx), args.batch_size):
                 mask = collator([sample_to_row(samples[j]) for j in idx[i : i + args.batch_size]])["attention_mask"]
                 real, total = real + int(mask.sum()), total + mask.numel()
@@ -168,25 +245,54 @@ def main() -> None:
 
         diff = float(np.nanmax(np.abs(scored - naive)))
         diff_unsorted = float(np.nanmax(np.abs(unsorted - naive)))
-        print(f"max |nll diff| scorer vs naive: {diff:.2e}; batched-unsorted vs naive: {diff_unsorted:.2e}")
+        diff_act = float(np.max(np.abs(results["act"] - results["naive_act"])))
+        print(
+            f"max |nll diff| scorer vs naive: {diff:.2e}; batched-unsorted vs naive: {diff_unsorted:.2e}; "
+            f"max |embedding diff| activations scorer vs naive: {diff_act:.2e}"
+        )
         print(f"padding share: input order {padding(list(range(len(samples)))):.1%}, bucketed {padding(order):.1%}")
         n = len(samples)
-        t_naive = best["naive"]
         rows = [
-            ("naive HF loop, one sample at a time", t_naive),
-            (f"answer_nll, batch {args.batch_size}, input order", best["unsorted"]),
-            (f"perplexity scorer, batch {args.batch_size}, bucketed (cold cache)", best["scorer"]),
-            ("perplexity scorer again (warm per-sample cache)", best["warm"]),
+            ("naive HF loop, one sample at a time (nll)", "naive", "naive"),
+            (f"answer_nll, batch {args.batch_size}, input order", "unsorted", "naive"),
+            (f"perplexity scorer, batch {args.batch_size}, bucketed (cold cache)", "scorer", "naive"),
+            ("perplexity scorer again (warm per-sample cache)", "warm", "naive"),
+            ("floor: forward passes alone, same batches, pre-collated", "floor", "naive"),
+            ("naive HF loop, one sample at a time (activations)", "naive_act", "naive_act"),
+            (f"activations scorer, batch {args.batch_size}, bucketed (cold cache)", "act", "naive_act"),
         ]
-        print(f"best of {args.repeats} rounds:")
+        print(f"best of {args.repeats} rounds (ratio: against the naive loop of the same kind):")
         print(f"  {'':<58} {'wall s':>8} {'samples/s':>10} {'ratio':>6} | {'CPU s':>7} {'samples/s':>10} {'ratio':>6}")
-        for label, (wall, cpu) in rows:
+        for label, name, base in rows:
+            (wall, cpu), (base_wall, base_cpu) = best[name], best[base]
             print(
-                f"  {label:<58} {wall:8.2f} {n / wall:10.1f} {t_naive[0] / wall:6.2f} | "
-                f"{cpu:7.2f} {n / cpu:10.1f} {t_naive[1] / cpu:6.2f}"
+                f"  {label:<58} {wall:8.2f} {n / wall:10.1f} {base_wall / wall:6.2f} | "
+                f"{cpu:7.2f} {n / cpu:10.1f} {base_cpu / cpu:6.2f}"
             )
-        assert diff < 1e-4 and diff_unsorted < 1e-4, "batched scores differ from the naive loop"
-        assert np.array_equal(np.isnan(scored), np.isnan(naive)) and np.allclose(warm, scored, equal_nan=True)
+        identical = (
+            diff < 1e-4
+            and diff_unsorted < 1e-4
+            and diff_act < 1e-5
+            and bool(np.array_equal(np.isnan(scored), np.isnan(naive)))
+            and bool(np.allclose(warm, scored, equal_nan=True))
+        )
+        ratio = {name: round(best["naive"][1] / best[name][1], 2) for name in ("scorer", "floor")}
+        line = {
+            "bench": "score_throughput",
+            "ratio": ratio["scorer"],
+            "identical": identical,
+            "ratio_wall": round(best["naive"][0] / best["scorer"][0], 2),
+            "ceiling": ratio["floor"],
+            "activations_ratio": round(best["naive_act"][1] / best["act"][1], 2),
+            "max_nll_diff": diff,
+            "max_embedding_diff": diff_act,
+            "samples": n,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+        }
+    print(json.dumps(line))
+    if not identical:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

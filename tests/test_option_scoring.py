@@ -77,10 +77,11 @@ def test_shared_prefix_equals_reference(setup, batch_size):
 def test_the_shared_path_really_shares(setup, monkeypatch):
     """The fast path runs (no fallback to the reference), one image pass per distinct image in a chunk."""
     model, processor, items, options, _ = setup
+    choose(model, processor, items[:1], options[:1])  # the once-per-model check against the reference path
     monkeypatch.setattr(predict, "_reference_logprobs", lambda *a, **k: pytest.fail("fell back to the reference"))
     rows = []
-    real = predict._Images.inputs
-    monkeypatch.setattr(predict._Images, "inputs", lambda self, images: rows.append(len(images)) or real(self, images))
+    real = predict._image_inputs
+    monkeypatch.setattr(predict, "_image_inputs", lambda p, pics: rows.append(sum(map(bool, pics))) or real(p, pics))
     choose(model, processor, items, options, batch_size=64)
     assert rows == [5]
 
@@ -152,3 +153,102 @@ def test_plan_groups_questions_by_image():
     ]
     chunks = predict._plan(questions, ["img", "img", None, "other"], batch_size=2)
     assert chunks == [[(4, [0, 1])], [(2, [2]), (5, [3])]]
+
+
+# ---- the collator-free encoding used by the shared path and by answer_nll / pooled_activations -------------------
+
+
+def _samples(root):
+    from mixlab.data import Sample
+
+    samples = colour_samples(4, root / "enc", seed=7)
+    samples[1]["conversations"] += [{"from": "human", "value": "Are you sure?"}, {"from": "gpt", "value": "Yes"}]
+    samples += [
+        Sample(
+            id=f"text/{i}",
+            source="text",
+            category=None,
+            image=None,
+            conversations=[
+                {"from": "human", "value": "Describe the picture." + " Please." * i},
+                {"from": "gpt", "value": "There is a small object" + " on a plain background" * (i % 2)},
+            ],
+            noisy=None,
+        )
+        for i in range(3)
+    ]
+    return [samples[4], samples[0], samples[5], samples[1], samples[2], samples[6], samples[3]]
+
+
+def test_collate_equals_vision_collator(setup, tmp_path):
+    import torch
+
+    from mixlab.data import sample_to_row
+    from mixlab.models.collator import VisionCollator
+
+    _, processor, _, _, _ = setup
+    rows = [sample_to_row(s) for s in _samples(tmp_path)]
+    for batch in (rows, rows[:1], rows[1:2], rows[2:5]):
+        fast = predict._Collate(processor)(batch)
+        reference = dict(VisionCollator(processor)(batch))
+        assert set(fast) == set(reference)
+        for key, value in reference.items():
+            assert torch.equal(torch.as_tensor(fast[key]), torch.as_tensor(value)), key
+    assert predict._VERDICTS[processor]  # checked once per row kind, then remembered
+
+
+def test_scorers_duplicates_and_progress(setup, tmp_path):
+    from mixlab.models.predict import answer_nll
+
+    model, processor, _, _, _ = setup
+    samples = _samples(tmp_path)
+    twice = [*samples, *samples[::2]]
+    calls = []
+    got = answer_nll(model, processor, twice, batch_size=3, progress=lambda d, t: calls.append((d, t)))
+    single = np.array([answer_nll(model, processor, [s], batch_size=1)[0] for s in samples])
+    np.testing.assert_allclose(got[: len(samples)], single, rtol=1e-5)
+    np.testing.assert_array_equal(got[len(samples) :], got[: len(samples) : 2])
+    assert calls[-1] == (len(twice), len(twice)) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    emb = predict.pooled_activations(model, processor, twice, [0, 1], batch_size=3)
+    alone = predict.pooled_activations(model, processor, samples, [0, 1], batch_size=1)
+    np.testing.assert_allclose(emb[: len(samples)], alone, atol=1e-6)
+    np.testing.assert_array_equal(emb[len(samples) :], emb[: len(samples) : 2])
+
+
+def test_per_processor_state_does_not_keep_processors_alive(setup):
+    import gc
+
+    from transformers import AutoProcessor
+
+    _, _, items, options, model_dir = setup
+    processor = AutoProcessor.from_pretrained(model_dir)
+    predict._Collate(processor)([predict._row(items[0], options[0][0])])
+    assert processor in predict._VERDICTS and processor in predict._IMAGES
+    before = len(predict._VERDICTS)
+    del processor
+    gc.collect()
+    assert len(predict._VERDICTS) == before - 1
+
+
+def test_cache_layout_equals_reference(setup, monkeypatch):
+    """The key/value-cache layout (for attention kernels without custom masks) gives the same scores."""
+    model, processor, items, options, _ = setup
+    monkeypatch.setattr(predict, "_tree_masks", lambda m: False)
+    monkeypatch.setattr(predict, "_score_chunk_tree", lambda *a, **k: pytest.fail("tree layout used"))
+    for batch_size in (2, 32):
+        _assert_same(
+            _shared(model, processor, items, options, batch_size), _reference(model, processor, items, options)
+        )
+
+
+def test_a_model_that_scores_differently_falls_back(setup, monkeypatch):
+    """Checked once per model on its first question: scores off by more than float error mean the reference path."""
+    model, processor, items, options, _ = setup
+    monkeypatch.setattr(predict, "_CHECKED", predict.weakref.WeakKeyDictionary())
+    real = predict._score_chunk_tree
+    off = lambda *a, **k: {q: [(lp + 0.5, g) for lp, g in s] for q, s in real(*a, **k).items()}  # noqa: E731
+    monkeypatch.setattr(predict, "_score_chunk_tree", off)
+    with pytest.warns(UserWarning, match="differ"):
+        got = _shared(model, processor, items, options, 8)
+    _assert_same(got, _reference(model, processor, items, options))
+    assert predict._CHECKED[model] == {(predict.training_template(processor), True): False}

@@ -1,12 +1,17 @@
-"""Batched inference for evaluators and scorers: greedy answers, option likelihoods, per-sample answer NLL.
+"""Batched inference for evaluators and scorers: greedy answers, option likelihoods, per-sample answer NLL and
+pooled activations.
 
-All three render prompts with `training_template(processor)`, the template the model is trained with, so that
-evaluation sees exactly the format of training.
+All render prompts with `training_template(processor)`, the template the model is trained with, so that evaluation
+sees exactly the format of training. Option likelihoods run each image and prompt once and score the options from
+its key/value cache (`choose(..., shared_prefix=False)` is the per-option reference path). That path and the scorers
+encode rows without TRL's collator, where this encoding is checked to match it (`_Collate`). docs/benchmarks.md has
+the measured speed-ups.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -150,7 +155,7 @@ def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.n
         return np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     kwargs: dict[str, Any] = {}
     if needed.numel() < targets.shape[1] and _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = needed
+        kwargs["logits_to_keep"] = needed.to(model.device)
         targets = targets[:, needed]
     batch = _to_device(batch, model)
     with torch.inference_mode(), _eval_mode(model):
@@ -236,9 +241,11 @@ def choose(
 
     The scored tokens are the trained ones (the option text and the end-of-turn token), as in training.
     Ties go to the lowest index; an item without options gets -1. `progress(done, total)` counts (item, option) pairs.
-    `shared_prefix` (default): the image and prompt run once per item and the options are scored from its key/value
-    cache; False: every (item, option) pair runs in full (the reference path; same scores within float error).
-    `batch_size` bounds the (item, option) rows of a forward pass.
+    `shared_prefix` (default): each image and prompt run once (questions on the same image share the image's pass)
+    and the options are scored from their key/value cache; False: every (item, option) pair runs in full, image
+    included (the reference path; the same scores within float error, relative 1e-5 in float32).
+    `batch_size` bounds the rows of every forward pass: images, questions or options (pairs on the reference path);
+    the shared path holds the key/value cache of up to `batch_size` questions, plus that of one pass of options.
     """
     if len(items) != len(options):
         raise ValueError(f"{len(items)} items but {len(options)} option lists")
@@ -307,10 +314,11 @@ def _tokenize_chats(
 
 
 class _Images:
-    """Pixel inputs and image-token expansions, from the processor's own image processing."""
+    """Image-token expansions (per image size) and pixel inputs, from the processor's own image processing.
+
+    Holds no reference to the processor, so that `_IMAGES` can keep one per processor without keeping it alive."""
 
     def __init__(self, processor: Any) -> None:
-        self.processor = processor
         self.token, self.token_id = _image_token_of(processor)
         tokenizer = processor.tokenizer
         self.special = set(tokenizer.all_special_ids) | {
@@ -318,7 +326,7 @@ class _Images:
         }
         self.expansions: dict[tuple[int, int], list[int]] = {}
 
-    def expansion(self, image: Any) -> list[int]:
+    def expansion(self, processor: Any, image: Any) -> list[int]:
         """The ids that the placeholder of `image` expands to, by image size (the processors' rule).
 
         Only expansions made of special tokens are accepted: those tokenize the same in any context, so expanding
@@ -326,14 +334,16 @@ class _Images:
         if image.size not in self.expansions:
             if self.token is None:
                 raise _Unsupported("the processor names no image token")
-            enc = self.processor(text=[self.token], images=[[image]], add_special_tokens=False)
+            enc = processor(text=[self.token], images=[[image]], add_special_tokens=False)
             ids = list(enc["input_ids"][0])
             if not ids or not set(ids) <= self.special:
                 raise _Unsupported("the image expands to non-special tokens")
             self.expansions[image.size] = ids
         return self.expansions[image.size]
 
-    def expand(self, ids: list[int], labels: list[int], pictures: Sequence[Any]) -> tuple[list[int], list[int]]:
+    def expand(
+        self, processor: Any, ids: list[int], labels: list[int], pictures: Sequence[Any]
+    ) -> tuple[list[int], list[int]]:
         """ids and labels with the image placeholders replaced, in order, by their images' (untrained) tokens."""
         at = [t for t, i in enumerate(ids) if i == self.token_id] if self.token_id is not None else []
         if len(at) != len(pictures):
@@ -342,16 +352,19 @@ class _Images:
         out_labels: list[int] = []
         last = 0
         for t, picture in zip(at, pictures, strict=True):
-            extra = self.expansion(picture)
+            extra = self.expansion(processor, picture)
             out_ids += ids[last:t] + extra
             out_labels += labels[last:t] + [IGNORE] * len(extra)
             last = t + 1
         return out_ids + ids[last:], out_labels + labels[last:]
 
-    def inputs(self, pictures: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        """The processor's image inputs (pixel values...) for the images of a batch, rows without images left out."""
-        nested = [list(row) for row in pictures if row]
-        return dict(self.processor(images=nested, return_tensors="pt")) if nested else {}
+
+def _image_inputs(processor: Any, pictures: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The processor's image inputs (pixel values...) for a batch whose rows hold these images (lists, as
+    `VisionCollator` passes them: one per row, empty for a row without images); {} without any image."""
+    if not any(pictures):
+        return {}
+    return dict(processor(images=[list(row) for row in pictures], return_tensors="pt"))
 
 
 def _pictures(row: dict[str, Any]) -> list[Any]:
@@ -381,10 +394,10 @@ def _collate(processor: Any, template: str, images: _Images, rows: list[dict[str
     """What `VisionCollator(processor)(rows)` returns (right padding, labels -100 where untrained)."""
     pictures = [_pictures(row) for row in rows]
     chats = _tokenize_chats(processor, template, [_plain_messages(row["messages"]) for row in rows])
-    encoded = [images.expand(ids, labels, pics) for (ids, labels), pics in zip(chats, pictures, strict=True)]
+    encoded = [images.expand(processor, ids, labels, pics) for (ids, labels), pics in zip(chats, pictures, strict=True)]
     ids, mask = _pad([e[0] for e in encoded], _pad_id(processor), left=False)
     labels, _ = _pad([e[1] for e in encoded], IGNORE, left=False)
-    return {"input_ids": ids, "attention_mask": mask, **images.inputs(pictures), "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, **_image_inputs(processor, pictures), "labels": labels}
 
 
 def _matches_reference(processor: Any, template: str, row: dict[str, Any]) -> bool:
@@ -453,12 +466,16 @@ class _Collate:
 # ---- shared-prefix option scoring ------------------------------------------------------------------------------
 #
 # The options of a question share everything before the answer, and the questions on one image share the image and
-# the template around it. Scoring runs three passes over a growing key/value cache, each a batch of rows of one kind:
-#   1. one row per image: the ids that all its questions share (image tokens included), with the pixel values;
-#   2. one row per question: the rest of its prompt, on top of its image's row;
-#   3. one row per option: the option's ids (answer and end-of-turn token), on top of its question's row.
-# Rows are left-padded in passes 1 and 2 (the last column holds each row's last token) and right-padded in pass 3;
-# positions are passed explicitly, so that padding never shifts them. Ids and labels are `_collate`'s.
+# the template around it. Questions are grouped by image (`_plan`); a chunk of groups is scored in one of two layouts:
+# - a tree, one forward pass (attention "sdpa" or "eager", which take a custom 4D mask): one row per group holding
+#   the shared ids once (image tokens expanded, with the pixel values), then per question the rest of its prompt and
+#   each of its options; the mask lets a token see only its own branch and the positions continue each branch;
+# - a growing key/value cache, three passes (other attention kernels, e.g. flash attention, take only 2D masks):
+#   1. one row per group: its shared ids, with the pixel values;
+#   2. one row per question: the rest of its prompt, on top of its group's row;
+#   3. one row per option: the option's ids, on top of its question's row.
+#   Rows are left-padded in passes 1 and 2 (the last column holds each row's last token) and right-padded in pass 3.
+# Positions are explicit in both, so padding never shifts them. Ids and labels are `_collate`'s, the image once.
 
 
 def _image_key(image: Any) -> tuple[Any, ...] | None:
@@ -505,11 +522,13 @@ def _encode_questions(
         trained = [next((t for t, lab in enumerate(labels) if lab != IGNORE), len(labels)) for _, labels in rows]
         cut = min([*trained, *(_common_length(ids, first) for ids, _ in rows)])
         prompt = first[:cut]
-        count = sum(ids.count(image_id) for ids, _ in rows) if image_id is not None else 0
-        if item.image is None:
-            ok, placeholder = count == 0, None
+        placeholder: int | None = None
+        if image_id is None:
+            ok = item.image is None
+        elif item.image is None:
+            ok = all(image_id not in ids for ids, _ in rows)
         else:
-            ok = count == len(rows) and prompt.count(image_id) == 1
+            ok = sum(ids.count(image_id) for ids, _ in rows) == len(rows) and prompt.count(image_id) == 1
             placeholder = prompt.index(image_id) if ok else None
         ok = ok and cut >= 2 and (placeholder is None or placeholder < cut - 1)  # pass 2 needs an id after the image
         question = _Question(prompt, [ids[cut:] for ids, _ in rows], [lab[cut:] for _, lab in rows], placeholder)
@@ -533,7 +552,7 @@ def _plan(questions: Sequence[_Question], keys: Sequence[Any], batch_size: int) 
                 min(len(questions[q].prompt) for q in part) - 1,
                 *(_common_length(questions[q].prompt, first) for q in part),
             )
-            placed = all(questions[q].placeholder is None or questions[q].placeholder < shared for q in part)
+            placed = all((questions[q].placeholder or 0) < shared for q in part)
             if shared >= 1 and placed:
                 groups.append((shared, part))
             else:
@@ -593,8 +612,8 @@ def _sum_logprobs(predict: Any, labels: Any) -> list[tuple[float, bool]]:
 
 def _score_chunk(
     extend: _Extend,
+    processor: Any,
     images: _Images,
-    pad_id: int,
     questions: Sequence[_Question],
     pictures: Sequence[Any],
     chunk: list[tuple[int, list[int]]],
@@ -605,14 +624,15 @@ def _score_chunk(
     from transformers import DynamicCache
 
     # 1. one row per group: its shared ids, image tokens expanded, with the pixel values
-    heads = [(shared, questions[part[0]], pictures[part[0]]) for shared, part in chunk]
-    rows1 = [
-        images.expand(q.prompt[:shared], [IGNORE] * shared, [pic] if pic is not None else [])[0]
-        for shared, q, pic in heads
+    heads = [
+        (shared, questions[part[0]], [pictures[part[0]]] if pictures[part[0]] is not None else [])
+        for shared, part in chunk
     ]
+    rows1 = [images.expand(processor, q.prompt[:shared], [IGNORE] * shared, pics)[0] for shared, q, pics in heads]
+    pad_id = _pad_id(processor)
     ids1, mask1 = _pad(rows1, pad_id, left=True)
     cache = DynamicCache()
-    extra = images.inputs([[pic] for _, _, pic in heads if pic is not None])
+    extra = _image_inputs(processor, [pics for _, _, pics in heads])
     extend(ids1, mask1, (mask1.cumsum(1) - 1).clamp_min(0), cache, last_only=True, **extra)
 
     # 2. one row per question: the rest of its prompt; its last column predicts the first option id
@@ -650,6 +670,109 @@ def _score_chunk(
     return out
 
 
+def _tree_masks(model: Any) -> bool:
+    """Whether the language model's attention takes a custom 4D mask (sdpa, eager) for the one-pass tree layout."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def _tree_attention(branches: list[list[int]], options: list[list[int]], dtype: Any) -> Any:
+    """The additive 4D mask (rows, 1, n, n) of tree rows: a token sees the earlier tokens of the shared part (branch
+    -1), of its own question's prompt (same branch, option -1) and of its own option; padding sees only itself."""
+    import torch
+
+    width = max(len(b) for b in branches)
+    branch = torch.full((len(branches), width), -2, dtype=torch.long)  # padding: a branch of its own
+    option = torch.full((len(branches), width), -1, dtype=torch.long)
+    for r, (b, o) in enumerate(zip(branches, options, strict=True)):
+        branch[r, : len(b)] = torch.tensor(b, dtype=torch.long)
+        option[r, : len(o)] = torch.tensor(o, dtype=torch.long)
+    column = torch.arange(width)
+    kb, qb, ko, qo = branch[:, None, :], branch[:, :, None], option[:, None, :], option[:, :, None]
+    visible = (column[None, None, :] <= column[None, :, None]) & (kb != -2)
+    visible &= (kb == -1) | ((kb == qb) & ((ko == -1) | (ko == qo)))
+    visible |= torch.eye(width, dtype=torch.bool)[None]
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+
+
+def _score_chunk_tree(
+    model: Any,
+    processor: Any,
+    images: _Images,
+    questions: Sequence[_Question],
+    pictures: Sequence[Any],
+    chunk: list[tuple[int, list[int]]],
+) -> dict[int, list[tuple[float, bool]]]:
+    """One pass over a chunk, one row per group laid out as a tree: the shared ids (image tokens expanded), then per
+    question the rest of its prompt followed by each of its options. The mask lets a token see only its own branch
+    (the shared ids, its question's prompt, its own option) and explicit positions continue each branch, so every
+    option is scored as if it followed its prompt alone."""
+    import torch
+
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
+    branches: list[list[int]] = []  # per token: -1 shared, else its question
+    options: list[list[int]] = []  # per token: -1 shared or prompt, else its option
+    targets: list[tuple[int, list[int], list[int]]] = []  # per option: row, the columns predicting its ids, labels
+    order: list[int] = []
+    for r, (shared, part) in enumerate(chunk):
+        pics = [pictures[part[0]]] if pictures[part[0]] is not None else []
+        ids = images.expand(processor, questions[part[0]].prompt[:shared], [IGNORE] * shared, pics)[0]
+        base = len(ids)
+        pos, branch, option = list(range(base)), [-1] * base, [-1] * base
+        for q in part:
+            order.append(q)
+            rest = questions[q].prompt[shared:]
+            ids, pos = ids + rest, pos + list(range(base, base + len(rest)))
+            branch, option = branch + [q] * len(rest), option + [-1] * len(rest)
+            last, after = len(ids) - 1, base + len(rest)
+            for j, (cont, labels) in enumerate(zip(questions[q].continuations, questions[q].labels, strict=True)):
+                targets.append((r, [last, *range(len(ids), len(ids) + len(cont) - 1)], labels))
+                ids, pos = ids + cont, pos + list(range(after, after + len(cont)))
+                branch, option = branch + [q] * len(cont), option + [j] * len(cont)
+        rows.append(ids)
+        positions.append(pos)
+        branches.append(branch)
+        options.append(option)
+    input_ids, _ = _pad(rows, _pad_id(processor), left=False)
+    position_ids, _ = _pad(positions, 0, left=False)
+    dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": _tree_attention(branches, options, dtype),
+        "position_ids": position_ids,
+        **_image_inputs(processor, [[pictures[part[0]]] if pictures[part[0]] is not None else [] for _, part in chunk]),
+    }
+    needed = sorted({c for _, cols, _ in targets for c in cols})
+    kwargs: dict[str, Any] = {}
+    column = {c: c for c in needed}
+    if len(needed) < input_ids.shape[1] and _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = torch.tensor(needed, device=model.device)
+        column = {c: i for i, c in enumerate(needed)}
+    logits = model(**_to_device(batch, model), use_cache=False, **kwargs).logits
+    n = max(len(labels) for _, _, labels in targets)
+    row_index = torch.tensor([[r] * n for r, _, _ in targets])
+    col_index = torch.tensor([[column[c] for c in cols] + [0] * (n - len(cols)) for _, cols, _ in targets])
+    labels_, _ = _pad([labels for _, _, labels in targets], IGNORE, left=False)
+    flat = _sum_logprobs(logits[row_index.to(logits.device), col_index.to(logits.device)], labels_)
+    out: dict[int, list[tuple[float, bool]]] = {}
+    k = 0
+    for q in order:
+        m = len(questions[q].continuations)
+        out[q], k = flat[k : k + m], k + m
+    return out
+
+
+_CHECKED: weakref.WeakKeyDictionary[Any, dict[tuple[str, bool], bool]] = weakref.WeakKeyDictionary()
+
+
+def _agrees_with_reference(model: Any, got: list[tuple[float, bool]], expected: list[tuple[float, bool]]) -> bool:
+    """Same scores within float error: relative 1e-4 in float32, looser in half precision (batching alone moves
+    bf16 sums by a few hundredths). A model whose forward ignored the positions or the mask would be far off."""
+    rtol, atol = (1e-4, 1e-4) if str(getattr(model, "dtype", "")) == "torch.float32" else (2e-2, 0.1)
+    return all(abs(a - b) <= atol + rtol * abs(b) for (a, _), (b, _) in zip(got, expected, strict=True))
+
+
 def _shared_prefix_logprobs(
     model: Any,
     processor: Any,
@@ -658,10 +781,11 @@ def _shared_prefix_logprobs(
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> list[list[tuple[float, bool]]]:
-    """(log-likelihood, is greedy) of each option of each (item, options) group, by the three cached passes above.
+    """(log-likelihood, is greedy) of each option of each (item, options) group, by the shared layouts above.
 
-    Items that cannot be split (and all items, where `_collate` does not match `VisionCollator` for this processor)
-    are scored by the reference path."""
+    Items that cannot be split (and all items, where `_collate` does not match `VisionCollator` for this processor,
+    or where the model's first question scores differently from the reference path) are scored by the reference
+    path."""
     import torch
 
     if not groups:
@@ -677,45 +801,80 @@ def _shared_prefix_logprobs(
         for g in kinds.values():
             if not _fast_encoding_ok(processor, template, _row(groups[g][0], groups[g][1][0])):
                 raise _Unsupported("the encoding differs from VisionCollator's")
-        for g, question in enumerate(questions):
+        for g, question in enumerate(questions):  # every image size now: an unusable expansion fails here
             if question is not None and pictures[g] is not None:
-                images.expansion(pictures[g])  # every image size now: an expansion that cannot be used fails here
+                images.expansion(processor, pictures[g])
     except _Unsupported:
         questions = [None] * len(groups)
     out: list[list[tuple[float, bool]]] = [[] for _ in groups]
-    done = 0
     fallback = [g for g, q in enumerate(questions) if q is None]
+    report = (lambda d, _: progress(d, total)) if progress else None
     if fallback:
-        flat = _reference_logprobs(
-            model,
-            processor,
-            [groups[g][0] for g in fallback for _ in groups[g][1]],
-            [opt for g in fallback for opt in groups[g][1]],
-            batch_size=batch_size,
-        )
-        scored = iter(flat)
-        for g in fallback:
-            out[g] = [next(scored) for _ in groups[g][1]]
-        done += len(flat)
-        if progress:
-            progress(done, total)
+        for g, scores in zip(
+            fallback,
+            _reference_groups(model, processor, [groups[g] for g in fallback], batch_size, report),
+            strict=True,
+        ):
+            out[g] = scores
+    done = sum(len(groups[g][1]) for g in fallback)
     live = [g for g, q in enumerate(questions) if q is not None]
     if not live:
         return out
     kept = [q for q in questions if q is not None]
-    keys = [_image_key(pictures[g]) for g in live]
+    kept_pictures = [pictures[g] for g in live]
+    keys = [_image_key(picture) for picture in kept_pictures]
+    tree = _tree_masks(model)
     extend = _Extend(model)
+
+    def score(chunk: list[tuple[int, list[int]]]) -> dict[int, list[tuple[float, bool]]]:
+        if tree:
+            return _score_chunk_tree(model, processor, images, kept, kept_pictures, chunk)
+        return _score_chunk(extend, processor, images, kept, kept_pictures, chunk, batch_size)
+
     with torch.inference_mode(), _eval_mode(model):
-        for chunk in _plan(kept, keys, batch_size):
-            scores = _score_chunk(
-                extend, images, _pad_id(processor), kept, [pictures[g] for g in live], chunk, batch_size
+        checked = _CHECKED.setdefault(model, {})
+        if (template, tree) not in checked:  # once per model: its first question both ways
+            item, opts = groups[live[0]]
+            first = score(_plan(kept[:1], keys[:1], batch_size)[0])[0]
+            checked[(template, tree)] = _agrees_with_reference(
+                model, first, _reference_logprobs(model, processor, [item] * len(opts), opts, batch_size=batch_size)
             )
-            for q, s in scores.items():
-                out[live[q]] = s
-            done += sum(len(s) for s in scores.values())
+        if not checked[(template, tree)]:
+            warnings.warn(
+                f"{type(model).__name__}: shared-prefix option scores differ from the per-option ones; "
+                "scoring every option in full",
+                stacklevel=3,
+            )
+            return _reference_groups(model, processor, groups, batch_size, progress)
+        for chunk in _plan(kept, keys, batch_size):
+            by_question = score(chunk)
+            for q, scored in by_question.items():
+                out[live[q]] = scored
+            done += sum(len(scored) for scored in by_question.values())
             if progress:
                 progress(done, total)
     return out
+
+
+def _reference_groups(
+    model: Any,
+    processor: Any,
+    groups: Sequence[tuple[PromptItem, list[str]]],
+    batch_size: int,
+    progress: Progress | None,
+) -> list[list[tuple[float, bool]]]:
+    """Every group's options by the reference path."""
+    flat = iter(
+        _reference_logprobs(
+            model,
+            processor,
+            [item for item, opts in groups for _ in opts],
+            [opt for _, opts in groups for opt in opts],
+            batch_size=batch_size,
+            progress=progress,
+        )
+    )
+    return [[next(flat) for _ in opts] for _, opts in groups]
 
 
 def answer_nll(
@@ -859,7 +1018,7 @@ def pooled_activations(
     are all other non-padding positions (system, user and assistant text of the chat template). For a sample
     without image tokens, ``text_only`` decides: "zero_image" leaves the image blocks at zero and scales the text
     blocks by 1/sqrt(n_layers) (unit norm); "text_twice" puts the text block in the image slot too.
-    Layers after the deepest chosen one are not computed.
+    Layers after the deepest chosen one are not computed; samples with the same conversation and image run once.
     """
     import torch
 
@@ -884,10 +1043,11 @@ def pooled_activations(
     handles = [blocks[layer].self_attn.o_proj.register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
     collator = _Collate(processor)
     n_layers = len(layers)
+    unique, where = _distinct(samples)
     out: np.ndarray | None = None
     try:
-        for chunk in _chunks(len(samples), batch_size):
-            batch = dict(collator([sample_to_row(samples[i]) for i in chunk]))
+        for chunk in _chunks(len(unique), batch_size):
+            batch = dict(collator([sample_to_row(samples[unique[i]]) for i in chunk]))
             batch.pop("labels", None)
             mask = batch["attention_mask"].bool()
             is_image = (batch["input_ids"] == image_id) & mask
@@ -914,14 +1074,14 @@ def pooled_activations(
                 parts += [a_img, a_txt]
             emb = (torch.cat(parts, dim=1) / np.sqrt(2.0 * n_layers)).cpu().numpy().astype(np.float32)
             if out is None:
-                out = np.zeros((len(samples), emb.shape[1]), dtype=np.float32)
+                out = np.zeros((len(unique), emb.shape[1]), dtype=np.float32)
             out[chunk.start : chunk.stop] = emb
             if progress:
-                progress(chunk.stop, len(samples))
+                progress(int(np.count_nonzero(where < chunk.stop)), len(samples))
     finally:
         for h in handles:
             h.remove()
     if out is None:
         width = 2 * n_layers * int(model.config.get_text_config().hidden_size)
-        out = np.zeros((0, width), dtype=np.float32)
-    return out
+        return np.zeros((0, width), dtype=np.float32)
+    return out[where]
