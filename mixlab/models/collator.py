@@ -32,7 +32,7 @@ def load_image(image: Any) -> Any:
         ) from None
 
 
-def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop the None keys that Arrow adds to typed content parts (an image part comes back with text=None)."""
     out = []
     for m in messages:
@@ -46,9 +46,10 @@ def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class VisionCollator:
     """Collate rows {"messages", "images"} into model inputs with assistant-only labels; counts the tokens it emits.
 
-    `packing`: padding-free rows with per-sample position ids (mixlab.training.packing), at most `pack_length` tokens
-    each (None: the batch's longest sample). `image_keys`: add each image's content key (the file's bytes, or a PIL
-    image's pixels) as batch["image_keys"], in the order of pixel_values, for the vision feature cache.
+    `packing`: padding-free rows with per-sample position ids and no attention_mask (mixlab.models.packing), at
+    most `pack_length` tokens each (None: the batch's longest sample); `last_spans` says where each sample went.
+    `image_keys`: add each image's content key (a hash of the file's bytes, or of a PIL image's pixels) as
+    batch["image_keys"], in the order of pixel_values, for the vision feature cache (mixlab.training.vision_cache).
     """
 
     def __init__(
@@ -72,14 +73,14 @@ class VisionCollator:
         self.pack_length = pack_length
         self.image_keys = image_keys
         self.last_spans: list[Any] = []
-        """Where each sample of the last packed batch went (mixlab.training.packing.Span)."""
+        """Where each sample of the last packed batch went (mixlab.models.packing.Span)."""
         self._file_keys: dict[str, tuple[int, int, str]] = {}
         self.tokens_seen = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         sources = [[im for im in (row.get("images") or []) if im is not None] for row in rows]
         examples = [
-            {"messages": _clean_messages(row["messages"]), "images": [load_image(im) for im in images]}
+            {"messages": clean_messages(row["messages"]), "images": [load_image(im) for im in images]}
             for row, images in zip(rows, sources, strict=True)
         ]
         batch = self.inner(examples)
@@ -87,12 +88,10 @@ class VisionCollator:
         if self.image_keys and "pixel_values" in batch:
             batch["image_keys"] = [self._image_key(im) for images in sources for im in images]
         if self.packing:
-            from mixlab.training.packing import pack_batch
+            from mixlab.models.packing import pack_batch
 
             pad = self.processor.tokenizer.pad_token_id
-            batch, self.last_spans = pack_batch(
-                dict(batch), [len(images) for images in sources], pad, self.pack_length
-            )
+            batch, self.last_spans = pack_batch(dict(batch), [len(images) for images in sources], pad, self.pack_length)
         return batch
 
     def _image_key(self, image: Any) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
-from mixlab.models.collator import IGNORE, VisionCollator, load_image
+from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, load_image
 from mixlab.models.templates import training_template
 
 if TYPE_CHECKING:
@@ -289,17 +289,6 @@ def _image_token_of(processor: Any) -> tuple[str | None, int | None]:
     return token, processor.tokenizer.convert_tokens_to_ids(token)
 
 
-def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages without the None-valued keys of their content parts (as `VisionCollator` cleans them)."""
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, list):
-            content = [{k: v for k, v in part.items() if v is not None} for part in content]
-        out.append({"role": m["role"], "content": content})
-    return out
-
-
 def _tokenize_chats(
     processor: Any, template: str, chats: list[list[dict[str, Any]]]
 ) -> list[tuple[list[int], list[int]]]:
@@ -393,7 +382,7 @@ def _pad_id(processor: Any) -> int:
 def _collate(processor: Any, template: str, images: _Images, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What `VisionCollator(processor)(rows)` returns (right padding, labels -100 where untrained)."""
     pictures = [_pictures(row) for row in rows]
-    chats = _tokenize_chats(processor, template, [_plain_messages(row["messages"]) for row in rows])
+    chats = _tokenize_chats(processor, template, [clean_messages(row["messages"]) for row in rows])
     encoded = [images.expand(processor, ids, labels, pics) for (ids, labels), pics in zip(chats, pictures, strict=True)]
     ids, mask = _pad([e[0] for e in encoded], _pad_id(processor), left=False)
     labels, _ = _pad([e[1] for e in encoded], IGNORE, left=False)

@@ -23,6 +23,8 @@ LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 VISION: Final = "vision"
 PROJECTOR: Final = "projector"
 LM: Final = "lm"
+ONE_ROW: Final = 1 << 40
+"""pack_length that puts a whole batch in one row."""
 
 
 class LoraSettings(BaseModel, extra="forbid"):
@@ -65,8 +67,8 @@ class SFTSettings(BaseModel, extra="forbid"):
     pack_length: int | None = Field(
         None,
         ge=1,
-        description="Tokens per packed row; None = the batch's longest sample (sdpa, eager), or the whole batch in one "
-        "row with flash_attention_2.",
+        description="Tokens per packed row (sdpa, eager); None = the whole batch in one row (sdpa, flash-attn), or "
+        "rows as wide as the batch's longest sample (eager).",
     )
     vision_cache: bool = Field(
         False,
@@ -341,7 +343,7 @@ def make_trainer(
         processor,
         max_length=settings.max_length,
         packing=settings.packing,
-        pack_length=_pack_length(settings, model),
+        pack_length=_packed_attention(model, settings.pack_length) if settings.packing else None,
         image_keys=cache is not None,
     )
     trainer = _sft_trainer_class()(
@@ -366,11 +368,35 @@ def make_trainer(
     return trainer, collator, processor
 
 
-def _pack_length(settings: SFTSettings, model: Any) -> int | None:
-    """Tokens per packed row: the setting; else one row per batch for flash-attn (varlen, no padding at all)."""
-    if settings.pack_length is not None or not settings.packing:
-        return settings.pack_length
-    return 1 << 40 if getattr(model.config, "_attn_implementation", None) == "flash_attention_2" else None
+def _packed_attention(model: Any, pack_length: int | None) -> int | None:
+    """Set the language model's attention for packed rows; returns the collator's pack_length.
+
+    flash-attn and mixlab's per-sample sdpa (put in place of sdpa) attend within each sample at the cost of that
+    sample alone, so the whole batch goes in one row (no padding at all); flash-attn reads the packing only from a
+    single row. eager builds a block-diagonal mask over each row: by default its rows are as wide as the batch's
+    longest sample.
+    """
+    from mixlab.models.packing import PACKED_SDPA, register_packed_sdpa
+
+    attn = model.config.get_text_config()._attn_implementation
+    if attn == "sdpa":
+        model.set_attn_implementation({"text_config": register_packed_sdpa()})
+        attn = PACKED_SDPA
+    if attn in ("flash_attention_2", "flash_attention_3"):
+        if pack_length is not None:
+            raise UserError(
+                f"[trainer] pack_length is set, but {attn} reads packed samples only from one row per batch: drop "
+                "pack_length (the whole batch then goes in one row)."
+            )
+        return ONE_ROW
+    if attn == PACKED_SDPA:
+        return pack_length or ONE_ROW
+    if attn == "eager":
+        return pack_length
+    raise UserError(
+        f"[trainer] packing = true works with the sdpa, eager and flash_attention_2 attention kernels, not {attn!r}: "
+        'set attn_implementation = "sdpa" (or "auto"), or packing = false.'
+    )
 
 
 def _install_vision_cache(model: Any, processor: Any, settings: SFTSettings) -> Any:

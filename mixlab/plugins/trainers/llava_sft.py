@@ -24,6 +24,8 @@ class LlavaSft(Trainer):
         settings = SFTSettings.model_validate({**self.options.model_dump(exclude_unset=True), **(overrides or {})})
         if settings.deepspeed:  # like every path in a recipe, relative to the recipe's folder
             settings.deepspeed = str(self.resolve(settings.deepspeed))
+        if settings.vision_cache_dir:
+            settings.vision_cache_dir = str(self.resolve(settings.vision_cache_dir))
         return settings
 
     def train(
@@ -39,6 +41,8 @@ class LlavaSft(Trainer):
 
         settings = self.settings(overrides)
         settings.seed = (settings.seed + ctx.seed) % 2**32
+        if settings.vision_cache and settings.vision_cache_dir is None:  # shared by the run's trainings and seeds
+            settings.vision_cache_dir = str(ctx.cache_dir("vision_features", {"trainer": self.name}))
         with ExitStack() as stack:
             bar: list[Any] = []
 
