@@ -141,3 +141,13 @@ def test_compare_to_picks_the_reference_arm(fake_plugins, tmp_path):
     report = run(tmp_path, with_run_keys(NOISY, 'compare_to = "curated"'))
     assert "compare" not in report["arms"]["curated"]
     assert report["arms"]["full"]["compare"]["to"] == "curated" and report["arms"]["full"]["compare"]["delta"] < 0
+
+
+def test_alignment_runs_once_whatever_the_seeds(fake_plugins, tmp_path):
+    text = with_run_keys(NOISY, "seeds = [0, 1]").replace(
+        'path = "base"', 'path = "base"\n\n[model.align]\nsources = ["good"]'
+    )
+    report = run(tmp_path, text)
+    names = [s["name"] for s in report["stages"]]
+    assert names.count("train:align") == 1 and not any(n.startswith("train:align@") for n in names)
+    assert {"train:full@seed0", "train:full@seed1"} <= set(names)

@@ -80,16 +80,17 @@ class PipelineContext:
         return self.train_many([(samples, tag)], overrides)[0]
 
     def train_many(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Path]:
-        """Train several independent mixtures with this context's seed; with a parallel executor the unfinished ones
-        run at once."""
-        return [by_seed[self.seed] for by_seed in self._train([(s, t, [self.seed]) for s, t in jobs], overrides)]
+        """Train several independent mixtures once each, with this context's seed, under the tags given; with a
+        parallel executor the unfinished ones run at once."""
+        trained = self._train([(s, t, [self.seed]) for s, t in jobs], overrides, per_seed_tags=False)
+        return [by_seed[self.seed] for by_seed in trained]
 
     def replicates(
         self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None
     ) -> list[dict[int, Path]]:
         """Each mixture trained once per seed of the run (``seeds``); every unfinished training at once where the
         executor allows. Returns, per job, seed → model folder."""
-        return self._train([(s, t, self.seeds) for s, t in jobs], overrides)
+        return self._train([(s, t, self.seeds) for s, t in jobs], overrides, per_seed_tags=True)
 
     def evaluate(self, model_dir: Path, tag: str) -> Metrics:
         """The recipe's evaluators on a model, as decisions see them (the dev part with ``select_on = "dev"``)."""
@@ -140,11 +141,15 @@ class PipelineContext:
         return str(path.relative_to(self.run_dir)) if path.is_relative_to(self.run_dir) else str(path)
 
     def _train(
-        self, jobs: list[tuple[list[Sample], str, list[int]]], overrides: dict[str, Any] | None
+        self, jobs: list[tuple[list[Sample], str, list[int]]], overrides: dict[str, Any] | None, per_seed_tags: bool
     ) -> list[dict[int, Path]]:
-        specs = [
-            self._training(samples, self.seed_tag(tag, s), overrides, s) for samples, tag, seeds in jobs for s in seeds
-        ]
+        """Every (samples, tag, seeds) job trained once per seed (tags ``tag@seed<n>`` with ``per_seed_tags`` and
+        several run seeds); returns, per job, seed → model folder."""
+
+        def named(tag: str, seed: int) -> str:
+            return self.seed_tag(tag, seed) if per_seed_tags else tag
+
+        specs = [self._training(samples, named(tag, s), overrides, s) for samples, tag, seeds in jobs for s in seeds]
         if self.executor.remote:
             self.remote.train(specs, overrides, self.base_model, self.seeds)
         paths: dict[str, Path] = {}
@@ -152,7 +157,7 @@ class PipelineContext:
             body = self._train_body(ordered, overrides, material["seed"])
             result, stage_dir = self.engine.stage(f"train:{tag}", material, body, kind="train")
             paths[tag] = stage_dir / result["model_dir"]
-        return [{s: paths[self.seed_tag(tag, s)] for s in seeds} for _, tag, seeds in jobs]
+        return [{s: paths[named(tag, s)] for s in seeds} for _, tag, seeds in jobs]
 
     # ---- identities ----------------------------------------------------------------------------------------
     def model_key(self, model_dir: Path) -> str:
