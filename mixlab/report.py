@@ -107,6 +107,7 @@ def arm_entry(arm: ArmResult) -> dict[str, Any]:
     if arm.estimate is not None:
         entry["score_ci"] = None if arm.estimate.ci is None else list(arm.estimate.ci)
         entry["score_interval"] = arm.estimate.interval
+        entry["benchmark_ci"] = {b: None if e.ci is None else list(e.ci) for b, e in arm.estimate.benchmarks.items()}
     if arm.comparison is not None:
         c = arm.comparison
         entry["compare"] = finite(
@@ -116,6 +117,7 @@ def arm_entry(arm: ArmResult) -> dict[str, Any]:
                 "ci": None if c.ci is None else list(c.ci),
                 "p_better": c.p_better,
                 "interval": c.interval,
+                "se": c.se,
                 "distinguishable": c.distinguishable,
                 "benchmarks": {
                     b: {
@@ -123,6 +125,7 @@ def arm_entry(arm: ArmResult) -> dict[str, Any]:
                         "ci": None if x.ci is None else list(x.ci),
                         "p_better": x.p_better,
                         "interval": x.interval,
+                        "se": x.se,
                         "mcnemar_p": x.mcnemar_p,
                     }
                     for b, x in c.benchmarks.items()

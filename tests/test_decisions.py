@@ -151,3 +151,11 @@ def test_alignment_runs_once_whatever_the_seeds(fake_plugins, tmp_path):
     names = [s["name"] for s in report["stages"]]
     assert names.count("train:align") == 1 and not any(n.startswith("train:align@") for n in names)
     assert {"train:full@seed0", "train:full@seed1"} <= set(names)
+
+
+def test_report_gives_each_benchmark_interval_and_standard_error(fake_plugins, tmp_path):
+    report = run(tmp_path, with_run_keys(NOISY, "seeds = [0, 1]"))
+    full, curated = report["arms"]["full"], report["arms"]["curated"]
+    lo, hi = full["benchmark_ci"]["noisybench"]
+    assert lo < full["metrics"]["noisybench"]["score"] < hi
+    assert curated["compare"]["se"] > 0 and curated["compare"]["benchmarks"]["noisybench"]["se"] > 0
