@@ -62,17 +62,20 @@ class ItemOutcomes:
 
     def subset(self, keep: np.ndarray) -> ItemOutcomes:
         """The outcomes of the items where ``keep`` (a bool mask) is true."""
-        keep = np.asarray(keep, dtype=bool)
-        pick = [i for i, k in enumerate(keep) if k]
+        return self.take(np.flatnonzero(np.asarray(keep, dtype=bool)))
+
+    def take(self, order: np.ndarray) -> ItemOutcomes:
+        """The outcomes of the items at positions ``order`` (an integer array), in that order."""
+        order = np.asarray(order, dtype=np.intp)
         return ItemOutcomes(
             rule=self.rule,
-            items=[self.items[i] for i in pick],
-            clusters=[self.clusters[i] for i in pick],
-            correct=self.correct[keep],
-            chance=self.chance[keep],
-            strata=[self.strata[i] for i in pick] if self.strata else [],
-            predicted=None if self.predicted is None else self.predicted[keep],
-            truth=None if self.truth is None else self.truth[keep],
+            items=[self.items[i] for i in order],
+            clusters=[self.clusters[i] for i in order],
+            correct=self.correct[order],
+            chance=self.chance[order],
+            strata=[self.strata[i] for i in order] if self.strata else [],
+            predicted=None if self.predicted is None else self.predicted[order],
+            truth=None if self.truth is None else self.truth[order],
         )
 
     def to_json(self) -> dict[str, Any]:

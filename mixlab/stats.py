@@ -300,17 +300,7 @@ def _aligned(ref: ItemOutcomes, o: ItemOutcomes, where: str) -> ItemOutcomes:
         pos = {item: i for i, item in enumerate(o.items)}
         if len(pos) != len(o.items) or set(pos) != set(ref.items) or len(o.items) != len(ref.items):
             raise ValueError(f"{where}: the items differ (paired comparisons need the same items in every run)")
-        order = np.array([pos[item] for item in ref.items], dtype=np.intp)
-        o = ItemOutcomes(
-            rule=o.rule,
-            items=[o.items[i] for i in order],
-            clusters=[o.clusters[i] for i in order],
-            correct=o.correct[order],
-            chance=o.chance[order],
-            strata=[o.strata[i] for i in order] if o.strata else [],
-            predicted=None if o.predicted is None else o.predicted[order],
-            truth=None if o.truth is None else o.truth[order],
-        )
+        o = o.take(np.array([pos[item] for item in ref.items], dtype=np.intp))
     if o.clusters != ref.clusters or o.strata != ref.strata:
         raise ValueError(f"{where}: the clusters or strata of the items differ between runs")
     return o

@@ -100,7 +100,10 @@ class Benchmarks(Evaluator):
                     from mixlab.models.loading import load_model
 
                     loaded = load_model(model_dir)
-                self.predict(loaded, kind, todo, cache, ctx, tsv.stem)
+                try:
+                    self.predict(loaded, kind, todo, cache, ctx, tsv.stem)
+                except UserError as e:  # a row the model cannot read (a bad base64 image): name the file too
+                    raise UserError(f"{tsv}: {e} Fix that row of the benchmark file.") from None
             for r in asked:
                 r["prediction"] = cache.items[str(r["index"])]
             scored = rate(kind, rows, extraction=o.extraction)
