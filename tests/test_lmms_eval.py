@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mixlab.errors import UserError
+from mixlab.evaluation.harness import harness_evaluation
 from mixlab.evaluation.lmms_requests import MixlabRequests, stop_strings, truncate_at
 from mixlab.models.predict import PromptItem, choose, continuation_logprobs, generate
 from mixlab.plugins.evaluators.lmms_eval import LmmsEval
@@ -123,6 +124,44 @@ def test_missing_lmms_eval_says_how_to_install(monkeypatch, tmp_path):
         evaluator.evaluate(tmp_path, tmp_path, Ctx())
 
 
+def lmms_sample(doc_id: int, choices: int, **values) -> dict:
+    """A sample as lmms-eval 0.7 logs it: no filter name, each request's serializable arguments in one flat list."""
+    arguments = [a for k in range(choices) for a in (QUESTION, f" {NAMES[k]}", doc_id, "toy", "test")]
+    return {"doc_id": doc_id, "doc": {}, "target": 0, "arguments": arguments, "resps": [["x"]] * choices, **values}
+
+
+def test_outcomes_from_lmms_eval_samples():
+    """lmms-eval's sample logs: chance from the responses, not the flattened arguments; numpy 0/1 values; no
+    outcomes where a document is logged twice (several filters, which lmms-eval does not name) or the score is not
+    100 × a rate (MME's perception points)."""
+    import numpy as np
+
+    out = {
+        "results": {
+            "mc": {"acc,none": 0.5},
+            "gen": {"exact_match,none": 1 / 3},
+            "two_filters": {"exact_match,a": 0.5, "exact_match,b": 0.5},
+            "mme": {"mme_perception_score,none": 1400.0},
+        },
+        "samples": {
+            "mc": [lmms_sample(i, 4, acc=float(i % 2)) for i in range(4)],
+            "gen": [lmms_sample(i, 1, exact_match=np.float64(i == 0)) for i in range(3)],
+            "two_filters": [lmms_sample(i % 2, 1, exact_match=np.float64(i % 2)) for i in range(4)],
+            "mme": [lmms_sample(0, 1, mme_perception_score={"question_id": 0, "score": 1})],
+        },
+        "configs": {"mc": {"output_type": "multiple_choice"}, "gen": {"output_type": "generate_until"}},
+        "group_subtasks": {"mc": [], "gen": [], "two_filters": [], "mme": []},
+    }
+    without_mme = {**out, "results": {k: v for k, v in out["results"].items() if k != "mme"}}
+    evaluation = harness_evaluation(without_mme, "lmms_eval")
+    assert set(evaluation.outcomes) == {"lmms_eval/mc", "lmms_eval/gen"}
+    mc, gen = evaluation.outcomes["lmms_eval/mc"], evaluation.outcomes["lmms_eval/gen"]
+    assert list(mc.correct) == [False, True, False, True] and list(mc.chance) == [0.25] * 4
+    assert list(gen.correct) == [True, False, False] and list(gen.chance) == [0.0] * 3
+    mme = {**out, "results": {"mme": out["results"]["mme"]}}
+    assert harness_evaluation(mme, "lmms_eval", score_metric="mme_perception_score", scale=100 / 2000).outcomes == {}
+
+
 # ---- through lmms-eval itself (where it is installed) -----------------------------------------------------------
 
 MC_TASK = """\
@@ -227,7 +266,8 @@ def test_registered_with_lmms_eval():
 def test_local_tasks_through_lmms_eval_match_mixlab(model_dir, task_dir, answerer, docs, tmp_path):
     needs_lmms_eval()
     options = LmmsEval.Options(tasks=["toy_colours_mc", "toy_colours_gen"], include_path=str(task_dir), batch_size=4)
-    metrics = LmmsEval(options, "vlm", tmp_path).evaluate(model_dir, tmp_path, Ctx())
+    evaluation = LmmsEval(options, "vlm", tmp_path).evaluate(model_dir, tmp_path, Ctx())
+    metrics = evaluation.metrics
     assert (tmp_path / "lmms_eval_results.json").exists()
 
     items = [PromptItem(d["question"], d["image"]) for d in docs]
@@ -240,6 +280,16 @@ def test_local_tasks_through_lmms_eval_match_mixlab(model_dir, task_dir, answere
     exact = [own[i] == (own[i] if i % 2 == 0 else NAMES[d["label"]]) for i, d in enumerate(docs)]
     assert sum(exact) >= len(docs) // 2
     assert metrics["lmms_eval/toy_colours_gen"]["exact_match"] == pytest.approx(sum(exact) / len(docs))
+
+    # per-document outcomes from lmms-eval's samples: the same documents right, their mean the score
+    assert set(evaluation.outcomes) == set(metrics)
+    mc, gen = evaluation.outcomes["lmms_eval/toy_colours_mc"], evaluation.outcomes["lmms_eval/toy_colours_gen"]
+    assert mc.items == gen.items == [str(i) for i in range(len(docs))]
+    assert list(mc.correct) == [p == d["label"] for p, d in zip(picks, docs, strict=True)]
+    assert list(mc.chance) == pytest.approx([1 / 4] * len(docs)) and not gen.chance.any()
+    assert list(gen.correct) == exact
+    for bench, found in evaluation.outcomes.items():
+        assert 100 * found.correct.mean() == pytest.approx(metrics[bench]["score"])
 
 
 def test_unknown_task_is_a_user_error(task_dir, tmp_path):

@@ -15,9 +15,15 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, Metrics, RunContext
+from mixlab.components import Evaluation, Evaluator, RunContext
 from mixlab.errors import UserError
-from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
+from mixlab.evaluation.harness import (
+    OFFLINE,
+    HarnessOptions,
+    checked_task_manager,
+    harness_evaluation,
+    task_data_errors,
+)
 from mixlab.hookspecs import Register
 
 
@@ -51,7 +57,7 @@ class LmEval(Evaluator):
         include = self.resolve(self.options.include_path) if self.options.include_path else None
         return checked_task_manager(TaskManager, self.options.tasks, include, self.label, "lm-eval")
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         try:
             import lm_eval
             from lm_eval.models.huggingface import HFLM
@@ -71,12 +77,12 @@ class LmEval(Evaluator):
                 task_manager=manager,
                 limit=o.limit,
                 num_fewshot=o.num_fewshot,
-                log_samples=False,
+                log_samples=True,  # per-document results: the outcomes (the rest is dropped)
                 bootstrap_iters=0,
                 random_seed=ctx.seed,
             )
         (work_dir / "lm_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
-        return harness_metrics(out["results"], "lm_eval")
+        return harness_evaluation(out, "lm_eval")
 
     def check(self) -> list[tuple[tuple, str]]:
         include = self.options.include_path

@@ -15,9 +15,15 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluator, Metrics, RunContext
+from mixlab.components import Evaluation, Evaluator, RunContext
 from mixlab.errors import UserError
-from mixlab.evaluation.harness import OFFLINE, HarnessOptions, checked_task_manager, harness_metrics, task_data_errors
+from mixlab.evaluation.harness import (
+    OFFLINE,
+    HarnessOptions,
+    checked_task_manager,
+    harness_evaluation,
+    task_data_errors,
+)
 from mixlab.hookspecs import Register
 
 INSTALL = (
@@ -54,7 +60,7 @@ class LmmsEval(Evaluator):
     Options = LmmsEvalOptions
     options: LmmsEvalOptions
 
-    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
+    def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         simple_evaluate, task_manager_class, model_class = lmms_eval_modules()
         os.environ.update(OFFLINE)
         o = self.options
@@ -67,12 +73,12 @@ class LmmsEval(Evaluator):
                 tasks=list(o.tasks),
                 task_manager=manager,
                 limit=o.limit,
-                log_samples=False,
+                log_samples=True,  # per-document results: the outcomes (the rest is dropped)
                 bootstrap_iters=0,
                 random_seed=ctx.seed,
             )
         (work_dir / "lmms_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
-        return harness_metrics(out["results"], "lmms_eval", score_metric=o.score_metric, scale=o.score_scale)
+        return harness_evaluation(out, "lmms_eval", score_metric=o.score_metric, scale=o.score_scale)
 
     def check(self) -> list[tuple[tuple, str]]:
         include = self.options.include_path
