@@ -229,9 +229,7 @@ POOL = [{"id": f"s/{i}", "source": "s"} for i in range(150)]
 
 
 def plugin(scores, ctx=None, **options):
-    return CoincideSelector(CoincideSelector.Options(**options), "sel").select(
-        POOL, scores, ctx or StubContext()
-    )
+    return CoincideSelector(CoincideSelector.Options(**options), "sel").select(POOL, scores, ctx or StubContext())
 
 
 def test_plugin_selects_unique_ids_with_progress():
