@@ -45,9 +45,26 @@ def run(recipe: Path, output_dir: Path | None, no_progress: bool, fresh: tuple[s
     loaded = load_recipe(recipe)
     quiet_libraries()
     patterns = tuple(p.strip() for value in fresh for p in value.split(",") if p.strip())
+    check_fresh(patterns)
     runner = Run(loaded, output_dir, show_progress=not no_progress, fresh=patterns)
     runner.execute()
     click.echo(f"report: {runner.run_dir / 'report.json'}")
+
+
+STAGE_KINDS = ("source", "model", "train", "eval", "score", "select", "merge")
+
+
+def check_fresh(patterns: tuple[str, ...]) -> None:
+    """Each --fresh pattern names a kind of stage (a typo would otherwise rerun nothing, silently)."""
+    from mixlab.registry import did_you_mean
+
+    for pattern in patterns:
+        kind = pattern.split(":")[0]
+        if pattern != "*" and not any(ch in kind for ch in "*?[") and kind not in STAGE_KINDS:
+            raise UserError(
+                f"--fresh {pattern}: no stage is named like that; stage names are <kind>:<name> with kind one of "
+                f"{', '.join(STAGE_KINDS)} (report.json lists them).{did_you_mean(kind, STAGE_KINDS)}"
+            )
 
 
 @cli.command()

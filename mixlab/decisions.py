@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 from mixlab.components import Evaluation, Metrics
+from mixlab.errors import UserError
 from mixlab.outcomes import ItemOutcomes
+from mixlab.registry import did_you_mean
 from mixlab.sections import RunSection
 from mixlab.stats import Comparison, Estimate, compare, estimate, headline, restrict
 
@@ -54,6 +56,16 @@ class Decisions:
             outcomes[bench] = kept
             metrics[bench] = {"score": float(headline(kept)), "items": float(len(kept))}
         return Evaluation(metrics, outcomes)
+
+    def check_names(self, benchmarks: list[str]) -> None:
+        """``weights`` and ``exclude`` name benchmarks the evaluators give (a typo would silently change nothing)."""
+        for key, named in (("weights", list(self.weights)), ("exclude", list(self.exclude))):
+            unknown = [b for b in named if b not in benchmarks]
+            if unknown:
+                raise UserError(
+                    f"[run] {key} names {unknown}, but the evaluators give the benchmarks {benchmarks}. "
+                    f"Fix the names in `{key}`.{did_you_mean(unknown[0], benchmarks)}"
+                )
 
     def aggregate(self, metrics: Metrics) -> float:
         """The weighted mean of the benchmarks' 0-100 ``score`` (``weights``, default 1; ``exclude`` left out)."""

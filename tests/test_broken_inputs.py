@@ -282,6 +282,45 @@ RECIPE_CASES = [
         "compare_to",
         ["run.compare_to", "unknown arm 'ful'", "Did you mean 'full'"],
     ),
+    # decisions under noise
+    R("select-on", "seed = 0", 'seed = 0\nselect_on = "test"', "select_on", ["run.select_on", "'all' or 'dev'"]),
+    R("dev-fraction", "seed = 0", "seed = 0\ndev_fraction = 1.5", "dev_fraction", ["run.dev_fraction", "less than 1"]),
+    R(
+        "weights-str",
+        "seed = 0",
+        'seed = 0\nweights = { MME_x = "2" }',
+        "weights",
+        ["run.weights.MME_x", "not the string '2'"],
+    ),
+    R("exclude-str", "seed = 0", 'seed = 0\nexclude = "MME_x"', "exclude", ["run.exclude", "list"]),
+    R(
+        "isel-rule",
+        'baseline = ["color_clean"]',
+        'baseline = ["color_clean"]\nrule = "interval"',
+        "rule",
+        ["selectors.isel.rule", "'tolerance' or 'ci'"],
+    ),
+    R(
+        "extraction",
+        'paths = ["bench/*.tsv"]',
+        'paths = ["bench/*.tsv"]\nextraction = "vlm"',
+        "extraction",
+        ["evaluators.bench.extraction", "'vlmevalkit' or 'extended'"],
+    ),
+    R(
+        "packing-str",
+        "learning_rate = 2e-5",
+        'learning_rate = 2e-5\npacking = "yes"',
+        "packing",
+        ["trainer.packing", "not the string 'yes'"],
+    ),
+    R(
+        "vision-cache-trained-tower",
+        "learning_rate = 2e-5",
+        "learning_rate = 2e-5\nvision_cache = true\nvision_lr = 1e-5",
+        "trainer",
+        ["trainer", "vision_cache = true needs a frozen vision tower", "drop vision_lr"],
+    ),
     # executor bounds
     R(
         "processes-huge",
@@ -1770,3 +1809,8 @@ def test_a_failed_run_keeps_the_earlier_finished_report(world, fake_plugins, mon
     assert_clear(code, out, ["data.json:2: invalid JSON", "Fix the file at that line"])
     assert report.read_bytes() == before  # the finished run's report stays; the failure is reported beside it
     assert (world / "runs" / "keep" / "report-failed.json").is_file()
+
+
+def test_fresh_pattern_naming_no_stage_kind(world, monkeypatch, capsys):
+    code, text = invoke(monkeypatch, capsys, "run", str(world / "recipe.toml"), "--fresh", "scor:ppl")
+    assert_clear(code, text, ["--fresh scor:ppl", "no stage is named like that", "Did you mean 'score'"])

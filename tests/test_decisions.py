@@ -159,3 +159,22 @@ def test_report_gives_each_benchmark_interval_and_standard_error(fake_plugins, t
     lo, hi = full["benchmark_ci"]["noisybench"]
     assert lo < full["metrics"]["noisybench"]["score"] < hi
     assert curated["compare"]["se"] > 0 and curated["compare"]["benchmarks"]["noisybench"]["se"] > 0
+
+
+def test_weights_naming_no_benchmark_is_a_clear_error(fake_plugins, tmp_path):
+    from mixlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"\[run\] weights names \['noisybnch'\].*Did you mean 'noisybench'"):
+        run(tmp_path, with_run_keys(NOISY, "weights = { noisybnch = 2.0 }"))
+
+
+def test_weights_and_exclude_change_the_average(fake_plugins, tmp_path):
+    text = NOISY.replace(
+        'type = "fake_noisy_bench"', 'type = "fake_noisy_bench"\n\n[evaluators.plain]\ntype = "fake_bench"'
+    )
+    both = run(tmp_path / "both", text)["arms"]["full"]
+    only = run(tmp_path / "only", with_run_keys(text, 'exclude = ["fakebench"]'))["arms"]["full"]
+    assert only["score"] == pytest.approx(only["metrics"]["noisybench"]["score"], abs=1e-3)
+    assert both["score"] == pytest.approx(
+        (both["metrics"]["noisybench"]["score"] + both["metrics"]["fakebench"]["score"]) / 2, abs=1e-3
+    )

@@ -104,6 +104,7 @@ class PipelineContext:
             "model": self.model_key(model_dir),
         }
         result, stage_dir = self.engine.stage(f"eval:{tag}", material, self._eval_body(Path(model_dir)), kind="eval")
+        self.decisions.check_names(list(result["metrics"]))
         return Evaluation(result["metrics"], read_outcomes(stage_dir / OUTCOMES_FILE))
 
     def trials(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Trial]:
