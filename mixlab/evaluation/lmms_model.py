@@ -48,7 +48,10 @@ class MixlabLmms(MixlabRequests, lmms):
         MixlabRequests.__init__(self, model, processor, size)
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[Any]:
-        pairs = MixlabRequests.loglikelihood(self, requests)
+        """(loss, is greedy) per request, as lmms-eval's own models answer: lmms-eval picks a multiple-choice option
+        by the *smallest* first value (argmin), so it gets the continuation's negative log-likelihood, not mixlab's
+        log-likelihood (with which it would pick the least likely option)."""
+        pairs = [(-ll, greedy) for ll, greedy in MixlabRequests.loglikelihood(self, requests)]
         if _loglikelihoods_get_stringified():  # wrapped so that the pair reaches the task's metrics intact
             return [instance.GenerationResult(text=pair) for pair in pairs]
         return pairs
