@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 FAILED_REPORT = "report-failed.json"
 
 
-def ground_truth(chosen: list[dict[str, Any]], pool: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+def ground_truth(
+    chosen: Sequence[Mapping[str, Any]], pool: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any] | None:
     """What a training set holds of the known truth (toy world: per-sample noise flags, per-source quality).
 
     With the pool a selector chose from, also the selection's precision and recall: of the samples it removed, the
@@ -36,7 +38,7 @@ def ground_truth(chosen: list[dict[str, Any]], pool: list[dict[str, Any]] | None
     kept = {s["id"] for s in chosen}
     removed = [s for s in pool if s["id"] not in kept]
 
-    def removal(bad: Callable[[dict[str, Any]], bool]) -> dict[str, float | None]:
+    def removal(bad: Callable[[Mapping[str, Any]], bool]) -> dict[str, float | None]:
         n_bad = sum(1 for s in pool if bad(s))
         hits = sum(1 for s in removed if bad(s))
         return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mixlab.report_tables import benchmarks_of, distinguishable, fmt_ci, fmt_num, rows_of
+from mixlab.report_tables import benchmarks_of, distinguishable, fmt_ci, fmt_num, interval_of, rows_of
 
 
 def plot(report: dict[str, Any], run_dir: Path) -> list[str]:
@@ -41,8 +41,8 @@ def _plot_arms(report: dict[str, Any], rows: dict[str, dict[str, Any]], run_dir:
         if with_average:
             heights.append(arm.get("score") or 0)
         ax.bar(xs, heights, width, label=name)
-        ci, score = arm.get("score_ci"), arm.get("score")
-        if with_average and fmt_ci(ci) != "-" and fmt_num(score) != "-":
+        ci, score = interval_of(arm.get("score_ci")), arm.get("score")
+        if with_average and ci is not None and isinstance(score, int | float) and fmt_num(score) != "-":
             err = [[max(score - ci[0], 0.0)], [max(ci[1] - score, 0.0)]]
             ax.errorbar([xs[-1]], [score], yerr=err, fmt="none", ecolor="k", capsize=3, label="_score_ci")
     labelled = False
@@ -79,9 +79,9 @@ def plot_forest(report: dict[str, Any], run_dir: Path) -> str:
         if last is not None and name != last:
             y += 0.8  # a gap between arms
         last = name
-        delta, ci = x.get("delta"), x.get("ci")
-        if fmt_num(delta) != "-":
-            err = [[max(delta - ci[0], 0.0)], [max(ci[1] - delta, 0.0)]] if fmt_ci(ci) != "-" else None
+        delta, ci = x.get("delta"), interval_of(x.get("ci"))
+        if isinstance(delta, int | float) and fmt_num(delta) != "-":
+            err = [[max(delta - ci[0], 0.0)], [max(ci[1] - delta, 0.0)]] if ci is not None else None
             average = label.endswith(": average")
             ax.errorbar(
                 [delta],
@@ -148,7 +148,14 @@ def plot_progression(block: dict[str, Any], run_dir: Path) -> str:
             seen.add(label)
             if base is not None and fmt_num(tolerance) != "-":
                 threshold = None if "threshold" in seen else f"keep threshold (baseline - {tolerance:g})"
-                ax.hlines(base - tolerance, cx - 0.06, cx + 0.06, colors="grey", linestyles="dotted", label=threshold)
+                ax.hlines(
+                    base - tolerance,
+                    cx - 0.06,
+                    cx + 0.06,
+                    colors="grey",
+                    linestyles="dotted",
+                    label=threshold or "_nolegend_",
+                )
                 seen.add("threshold")
     ax.set_xticks(xs, [r.get("category", "") for r in rounds], rotation=20)
     ax.set_ylabel("score after round")

@@ -37,6 +37,13 @@ def fmt_num(value: Any, spec: str = ".1f") -> str:
     return format(value, spec)
 
 
+def interval_of(ci: Any) -> tuple[float, float] | None:
+    """A usable interval (two finite numbers), or None."""
+    if not isinstance(ci, list | tuple) or len(ci) != 2 or "-" in (fmt_num(ci[0]), fmt_num(ci[1])):
+        return None
+    return float(ci[0]), float(ci[1])
+
+
 def fmt_ci(ci: Any, spec: str = "+.2f") -> str:
     """An interval as "[lo, hi]", or "-" without one."""
     if not isinstance(ci, list | tuple) or len(ci) != 2 or "-" in (fmt_num(ci[0]), fmt_num(ci[1])):
@@ -55,8 +62,8 @@ def distinguishable(comparison: dict[str, Any]) -> bool | None:
     """The comparison's verdict: its own ``distinguishable``, else whether its interval excludes 0."""
     if "distinguishable" in comparison:
         return comparison["distinguishable"]
-    ci = comparison.get("ci")
-    return None if fmt_ci(ci) == "-" else not (ci[0] <= 0.0 <= ci[1])
+    ci = interval_of(comparison.get("ci"))
+    return None if ci is None else not (ci[0] <= 0.0 <= ci[1])
 
 
 def _mark(comparison: dict[str, Any] | None) -> str:
