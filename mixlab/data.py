@@ -56,6 +56,11 @@ def to_messages(sample: Sample) -> list[dict[str, Any]]:
     return messages
 
 
+def sample_text(sample: Sample) -> str:
+    """The sample's words: every turn's text, one per line, without the image marker."""
+    return "\n".join(turn["value"].replace(IMAGE_TOKEN, "") for turn in sample["conversations"])
+
+
 def fix_image_parts(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
     """Make the count of {"type": "image"} parts n_images (0 or 1): add one to the first user turn or drop extras."""
     seen = 0

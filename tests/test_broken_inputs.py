@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import re
-import sys
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mixlab import cli
 from mixlab.errors import UserError
+from tests.test_commands import invoke
 
 HINT = re.compile(
     r"\b(give|set|use|add|remove|fix|check|rerun|choose|drop|name|write|restore|create|delete|retype|save|convert|"
@@ -126,18 +125,6 @@ def write_world(folder: Path, text: str = RECIPE) -> Path:
     (folder / "bench" / "MME_x.tsv").write_text(mme_tsv())
     (folder / "recipe.toml").write_text(text)
     return folder / "recipe.toml"
-
-
-def invoke(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the command line as the `mixlab` script does; (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["mixlab", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def assert_clear(code: int, text: str, expect: list[str], problems: int | None = 1) -> None:

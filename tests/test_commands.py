@@ -21,7 +21,7 @@ def invoke(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     try:
         cli.main()
     except SystemExit as exc:
-        code = exc.code or 0
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out = capsys.readouterr()
     return code, out.out + out.err
 

@@ -9,7 +9,7 @@ from PIL import Image
 import mixlab.models.predict as predict
 from mixlab.models.predict import PromptItem, choose, continuation_logprobs
 from mixlab.models.templates import LLAVA15_TRAINING_TEMPLATE
-from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples
+from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples, text_samples
 
 LETTERS = ["A", "B", "C", "D"]
 YES_NO = ["Yes", "No"]
@@ -159,24 +159,10 @@ def test_plan_groups_questions_by_image():
 
 
 def _samples(root):
-    from mixlab.data import Sample
 
     samples = colour_samples(4, root / "enc", seed=7)
     samples[1]["conversations"] += [{"from": "human", "value": "Are you sure?"}, {"from": "gpt", "value": "Yes"}]
-    samples += [
-        Sample(
-            id=f"text/{i}",
-            source="text",
-            category=None,
-            image=None,
-            conversations=[
-                {"from": "human", "value": "Describe the picture." + " Please." * i},
-                {"from": "gpt", "value": "There is a small object" + " on a plain background" * (i % 2)},
-            ],
-            noisy=None,
-        )
-        for i in range(3)
-    ]
+    samples += text_samples(3)
     return [samples[4], samples[0], samples[5], samples[1], samples[2], samples[6], samples[3]]
 
 

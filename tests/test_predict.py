@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixlab.data import Sample, sample_to_row
+from mixlab.data import sample_to_row
 from mixlab.models.collator import VisionCollator
 from mixlab.models.predict import PromptItem, answer_nll, choose, generate
-from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples
+from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples, text_samples
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +20,7 @@ def setup(tmp_path_factory):
     model, processor = load_model(build_test_model(root / "model", seed=3))
     samples = colour_samples(9, root / "img", seed=5)
     # text-only samples of different lengths, mixed with the image ones
-    samples += [
-        Sample(
-            id=f"text/{i}",
-            source="text",
-            category=None,
-            image=None,
-            conversations=[
-                {"from": "human", "value": "Describe the picture." + " Please." * i},
-                {"from": "gpt", "value": "There is a small object" + " on a plain background" * (i % 2)},
-            ],
-            noisy=None,
-        )
-        for i in range(4)
-    ]
+    samples += text_samples(4)
     return model, processor, samples
 
 

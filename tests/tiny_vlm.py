@@ -48,6 +48,24 @@ def colour_samples(n: int, root: Path, seed: int, prefix: str = "c") -> list[Sam
     return samples
 
 
+def text_samples(n: int) -> list[Sample]:
+    """Text-only samples of different lengths (to mix with image samples in a batch)."""
+    return [
+        Sample(
+            id=f"text/{i}",
+            source="text",
+            category=None,
+            image=None,
+            conversations=[
+                {"from": "human", "value": "Describe the picture." + " Please." * i},
+                {"from": "gpt", "value": "There is a small object" + " on a plain background" * (i % 2)},
+            ],
+            noisy=None,
+        )
+        for i in range(n)
+    ]
+
+
 def build_test_model(out_dir: Path, seed: int = 0) -> Path:
     """The tiny LLaVA used by the tests: 64 px images, 16 px patches (16 image tokens), 0.5 M parameters."""
     from mixlab.models.tiny import build_tiny_llava

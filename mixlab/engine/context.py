@@ -16,7 +16,6 @@ from mixlab.engine.keys import cache_key, plugin_code
 from mixlab.engine.remote import Remote
 from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
-from mixlab.metrics import aggregate
 from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, read_outcomes, write_outcomes
 from mixlab.progress import ProgressBoard
 from mixlab.store import Store, content_hash
@@ -219,7 +218,7 @@ class PipelineContext:
                     if bench in found.outcomes:
                         outcomes[name] = found.outcomes[bench]
             write_outcomes(stage_dir / OUTCOMES_FILE, outcomes)
-            self.record(score=round(aggregate(metrics), 3))
+            self.record(score=round(self.aggregate(metrics), 3))  # as arms are averaged ([run] weights)
             return {"metrics": metrics}
 
         return body

@@ -205,9 +205,9 @@ TURN_OVERHEAD = 8
 
 def sequence_lengths(samples: list[Sample], processor: Any, image_tokens: int) -> list[int]:
     """Estimated tokens per sample: the turns' text, the image's tokens and the template's per-turn overhead."""
-    from mixlab.data import IMAGE_TOKEN
+    from mixlab.data import sample_text
 
-    texts = ["\n".join(t["value"].replace(IMAGE_TOKEN, "") for t in s["conversations"]) for s in samples]
+    texts = [sample_text(s) for s in samples]
     ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     return [
         len(tokens) + (image_tokens if s.get("image") else 0) + TURN_OVERHEAD * len(s["conversations"])
@@ -225,7 +225,7 @@ def check_before_training(samples: list[Sample], processor: Any, max_length: int
     """
     from pathlib import Path
 
-    from mixlab.data import IMAGE_TOKEN
+    from mixlab.data import sample_text
 
     for s in samples:
         if (image := s.get("image")) and not Path(image).is_file():
@@ -243,7 +243,7 @@ def check_before_training(samples: list[Sample], processor: Any, max_length: int
         return
     if not context:
         return
-    texts = ["\n".join(t["value"].replace(IMAGE_TOKEN, "") for t in s["conversations"]) for s in samples]
+    texts = [sample_text(s) for s in samples]
     bound = [2 * len(t.encode()) + TURN_OVERHEAD * len(s["conversations"]) for s, t in zip(samples, texts, strict=True)]
     image_tokens = 0
     first = next((s for s in samples if s.get("image")), None)
