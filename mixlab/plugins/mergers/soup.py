@@ -3,8 +3,8 @@
 Uniform averages every ingredient. Greedy scores each ingredient with the recipe's evaluators, sorts them by that
 aggregate score (best first, ties by name), starts the soup with the best, and adds each next ingredient only if
 the uniform average of the soup's members plus it scores at least as well (``strict``: strictly better). The soup
-never scores below its best ingredient. Greedy scores candidates with whatever evaluators the recipe configures:
-point them at a held-out dev split, not the test split the report compares on, or the soup is tuned on the test.
+never scores below its best ingredient. Greedy scores candidates through ``ctx.evaluate``, which with
+``[run] select_on = "dev"`` gives the dev half of each benchmark, so the soup is not tuned on what is reported.
 
 LoRA adapter folders are merged into their base first; ingredients must pass ``check_compatible`` (same
 architecture, tensors, dtypes, and initialisation by cosine similarity, against the recipe's base model too when
