@@ -110,6 +110,10 @@ class Run:
 
         model = self.recipe.model
         material = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(self.ctx.source_keys.values())}
+        if model.preset == "tiny":  # the tiny model is built by mixlab's code: its chat template is part of it
+            from mixlab.models.templates import TINY_CHAT_TEMPLATE
+
+            material["template"] = TINY_CHAT_TEMPLATE
 
         def body(stage_dir: Path) -> dict[str, Any]:
             samples = self.samples_of(list(self.samples_of_source))

@@ -199,6 +199,10 @@ class TinyModel(Options):
     layers: int = Field(2, ge=1, le=64, description="Layers of the vision tower and of the language model.")
     heads: int = Field(4, ge=1, le=128, description="Attention heads.")
     vocab_size: int = Field(512, ge=300, le=262144, description="Tokenizer size (byte-level BPE: at least 300).")
+    tie_embeddings: bool = Field(
+        False,
+        description="Share the language model's input and output word embeddings (docs/toyworld.md, Learnability).",
+    )
     vision_pretrain_steps: int = Field(
         600,
         ge=0,

@@ -9,14 +9,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# The tiny model's template: <s><|system|>...<|end|><|user|>...<|end|><|assistant|>ANSWER<|end|>...
+# The tiny model's template: <s><|system|>...<|end|><|user|>...<|end|><|assistant|> ANSWER<|end|>...
+# The space before the answer makes an answer word the same token as that word inside a question ("Is the circle
+# red?" and the answer "red" both give "Ġred"), as Llama's tokenizer does after "ASSISTANT:". Without it the tiny
+# model must learn every value twice, and it never learned to match the value a yes/no question names against the
+# image (docs/toyworld.md, "Learnability").
 TINY_CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
     "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "<|assistant|>{%- generation -%}"
+    "<|assistant|>{%- generation -%}{{ ' ' }}"
     "{%- for p in parts -%}{%- if p['type'] == 'text' -%}{{ p['text'] }}{%- endif -%}{%- endfor -%}"
     "<|end|>{%- endgeneration -%}"
     "{%- else -%}"

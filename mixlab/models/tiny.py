@@ -55,6 +55,7 @@ def build_tiny_llava(
     layers: int = 2,
     heads: int = 4,
     vocab_size: int = 512,
+    tie_embeddings: bool = False,
 ) -> Path:
     """Train a tokenizer on `corpus`, build a random-init LLaVA, save a standard HF dir in `out_dir`, return it.
 
@@ -103,7 +104,7 @@ def build_tiny_llava(
         pad_token_id=ids[PAD],
         bos_token_id=ids[BOS],
         eos_token_id=ids[EOS],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision,

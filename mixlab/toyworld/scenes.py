@@ -347,3 +347,15 @@ MAKERS: dict[str, Maker] = {
     "science": science,
     "text": text,
 }
+
+
+def mixed(categories: tuple[str, ...]) -> Maker:
+    """A maker that draws each sample from one of the categories, uniformly (a source that mixes several tasks)."""
+    if len(categories) == 1:
+        return MAKERS[categories[0]]
+
+    def make(rng: np.random.Generator, size: int) -> Item:
+        return MAKERS[categories[int(rng.integers(len(categories)))]](rng, size)
+
+    make.__name__ = "mixed_" + "_".join(categories)
+    return make

@@ -11,7 +11,7 @@ from mixlab.toyworld.benchmarks import BUILDERS
 from mixlab.toyworld.sources import SOURCES, build_source
 from mixlab.toyworld.writer import atomic_dir, write_json, write_lines, write_tsv
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 CATEGORIES = ("caption", "color", "shape", "count", "spatial", "ocr", "chart", "science", "text")
 PARAMS = ("generator_version", "seed", "n_train", "n_bench", "image_size")
 
@@ -84,6 +84,8 @@ def _build(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         }
         if spec.n_unique:
             sources[spec.name]["n_unique"] = min(spec.n_unique, n_train)
+        if spec.near_dup:
+            sources[spec.name]["near_dup"] = spec.near_dup
 
     benchmarks: dict[str, Any] = {}
     for builder in BUILDERS:
