@@ -1,6 +1,6 @@
-"""The recipe's DAG: sources → model (→ align) → reference arms → scorers → per arm: select → train → eval →
-soup → report. Each step is a stage of the engine (mixlab.engine.stages), keyed by content and resumable; plugins
-see the run through its context (mixlab.engine.context)."""
+"""The recipe's DAG: sources → model (→ scorers → select → align) → reference arms → scorers → per arm: select
+(→ align) → train → eval → soup → report. Each step is a stage of the engine (mixlab.engine.stages), keyed by content
+and resumable; plugins see the run through its context (mixlab.engine.context)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
 from mixlab.progress import ProgressBoard
 from mixlab.recipe import Recipe
-from mixlab.results import ArmResult, Replicate, RunResult, SoupResult
-from mixlab.sections import Section
+from mixlab.results import AlignResult, ArmResult, Replicate, RunResult, SoupResult
+from mixlab.sections import AlignSection, Section
 from mixlab.store import SAMPLES_FILE, Store, load_samples, save_samples
 
 
@@ -45,6 +45,7 @@ class Run:
             stages=self.engine.entries,
         )
         self.samples_of_source: dict[str, list[Sample]] = {}
+        self.unaligned: tuple[Path, str] = (Path(), "")  # the base model before any alignment, and its stage key
 
     def execute(self) -> dict[str, Any]:
         """Run every stage, then write report.json / report.md; returns the report."""
@@ -58,7 +59,7 @@ class Run:
                 self.build_model()
                 for arm in reference_arms(self.recipe):  # arms whose model a scorer uses go first
                     self.run_arm(arm, {})
-                scores = self.score()
+                scores = self.score(scorers_needed(self.recipe))
                 for arm in self.recipe.arms:
                     if arm not in self.result.arms:
                         self.run_arm(arm, scores)
@@ -97,12 +98,23 @@ class Run:
         return [s for name in names for s in self.samples_of_source[name]]
 
     def build_model(self) -> None:
-        """The base model, aligned on [model.align]'s sources when the recipe says so."""
-        self.build_base_model()
+        """The base model, aligned on [model.align]'s sources (those its selector keeps) when the recipe says so."""
+        self.unaligned = (self.build_base_model(), self.ctx.base_key)
         align = self.recipe.model.align
         if align is not None:
-            aligned = self.ctx.train(self.samples_of(align.sources), "align", align.trainer)
-            self.ctx.set_base_model(aligned, self.engine.keys["train:align"])
+            scores = self.score(pool_scorers(self.recipe, [(align.selector, align.sources)]), "align/")
+            path, key, result = self.align("align", align, scores)
+            self.ctx.set_base_model(path, key)
+            self.result.align = result if align.selector else None
+
+    def align(self, tag: str, align: AlignSection, scores: Scores) -> tuple[Path, str, AlignResult]:
+        """Select from an alignment pool (stage ``select:<tag>``), then align the unaligned base model on what was
+        kept, once (stage ``train:<tag>``); returns the aligned model, its stage key and the selection."""
+        pool = self.samples_of(align.sources)
+        chosen, info = self.select(tag, align.selector, pool, scores, self.ctx)
+        with self.engine.downstream_of(f"select:{tag}"):
+            path = self.ctx.with_base(*self.unaligned).train(chosen, tag, align.trainer)
+        return path, self.engine.keys[f"train:{tag}"], AlignResult(pool, chosen, info)
 
     def build_base_model(self) -> Path:
         """The model stage: the tiny preset built on the pool's texts, or the checkpoint at [model].path."""
@@ -136,12 +148,13 @@ class Run:
         return self.ctx.base_model
 
     # ---- scores ---------------------------------------------------------------------------------------------
-    def score(self) -> dict[str, Path]:
-        """Run each scorer that a used selector names, over the sources of the arms that need it."""
-        folders: dict[str, Path] = {}
-        for label, arm_sources in scorers_needed(self.recipe).items():
+    def score(self, needed: dict[str, list[str]], prefix: str = "") -> Scores:
+        """Run each scorer of ``needed`` over its sources (the scorer's own ``sources`` when given), as stage
+        ``score:<prefix><scorer>``; returns scorer → (folder, stage key)."""
+        folders: Scores = {}
+        for label, pool_sources in needed.items():
             section = self.recipe.scorers[label]
-            names = section.core.get("sources") or arm_sources
+            names = section.core.get("sources") or pool_sources
             samples = self.samples_of(names)
             reference = section.core.get("reference_arm")
             reference_dir = self.result.arms[reference].model_dir if reference else None
@@ -154,7 +167,8 @@ class Run:
             }
 
             body = partial(self.score_stage, section, samples, reference_dir)
-            _, folders[label] = self.engine.stage(f"score:{label}", material, body)
+            _, folder = self.engine.stage(f"score:{prefix}{label}", material, body)
+            folders[label] = (folder, self.engine.keys[f"score:{prefix}{label}"])
         return folders
 
     def score_stage(
@@ -164,50 +178,37 @@ class Run:
         return {"columns": self.ctx.score(section, samples, reference_dir, stage_dir)}
 
     # ---- arms -----------------------------------------------------------------------------------------------
-    def select(self, arm_name: str, pool: list[Sample], score_dirs: dict[str, Path]) -> tuple[list[Sample], dict]:
-        """The arm's selector applied to its pool (all of it without a selector)."""
-        arm = self.recipe.arms[arm_name]
-        if not arm.selector:
+    def select(
+        self, tag: str, selector: str | None, pool: list[Sample], scores: Scores, ctx: PipelineContext
+    ) -> tuple[list[Sample], dict[str, Any]]:
+        """A selector applied to a pool (all of it without a selector) in ``ctx`` (the base model the selector's own
+        trainings start from), as stage ``select:<tag>``."""
+        if not selector:
             return pool, {}
-        section = self.recipe.selectors[arm.selector]
-        used = section.core.get("scorers", [])
-        material = {
-            "section": section.raw,
-            "code": plugin_code(section.cls),
-            "pool": self.ctx.samples_material(pool),
-            "scores": {s: self.engine.keys[f"score:{s}"] for s in used},
-            "base": self.ctx.base_key,
-        }
-        if getattr(section.cls, "trains_models", False):  # its result depends on the trainer and the evaluators too
-            material["trainer"] = {"section": self.recipe.trainer.raw, "code": plugin_code(self.recipe.trainer.cls)}
-            material["evaluators"] = {
-                k: {"section": s.raw, "code": plugin_code(s.cls)} for k, s in self.recipe.evaluators.items()
-            }
-
-        def body(stage_dir: Path) -> dict[str, Any]:
-            columns = aligned_scores(pool, {s: score_dirs[s] for s in used}, section)
-            selection: Selection = section.build().select(pool, columns, self.ctx)
-            unknown = set(selection.ids) - {s["id"] for s in pool}
-            if unknown:
-                raise RuntimeError(f"selector {section.type!r} returned ids outside the pool: {sorted(unknown)[:3]}")
-            self.ctx.record(n_selected=len(selection.ids))
-            return {"ids": selection.ids, "info": selection.info}
-
-        result, _ = self.engine.stage(f"select:{arm_name}", material, body)
+        section = self.recipe.selectors[selector]
+        used = {s: scores[s] for s in section.core.get("scorers", [])}
+        material = select_material(self.recipe, section, ctx.samples_material(pool), used, ctx.base_key)
+        body = partial(select_body, section, pool, {s: folder for s, (folder, _) in used.items()}, ctx)
+        result, _ = self.engine.stage(f"select:{tag}", material, body)
         keep = set(result["ids"])
         return [s for s in pool if s["id"] in keep], result["info"]
 
-    def run_arm(self, arm_name: str, score_dirs: dict[str, Path]) -> None:
-        """Select, then train once per seed and evaluate each model (on the report part)."""
+    def run_arm(self, arm_name: str, scores: Scores) -> None:
+        """Align on the arm's own alignment pool if it has one; select, then train once per seed (from the arm's
+        aligned model, or the run's base model) and evaluate each model (on the report part)."""
         arm = self.recipe.arms[arm_name]
+        ctx, aligned = self.ctx, None
+        if arm.align is not None:
+            path, key, aligned = self.align(f"{arm_name}/align", arm.align, scores)
+            ctx = self.ctx.with_base(path, key)
         pool = self.samples_of(arm.sources)
-        chosen, info = self.select(arm_name, pool, score_dirs)
+        chosen, info = self.select(arm_name, arm.selector, pool, scores, ctx)
         save_samples(self.store.selection_file(arm_name), chosen)  # what `mixlab export` writes out
         with self.engine.downstream_of(f"select:{arm_name}"):
-            models = self.ctx.replicates([(chosen, arm_name)], arm.trainer)[0]
+            models = ctx.replicates([(chosen, arm_name)], arm.trainer)[0]
             replicates = [self.replicate(arm_name, seed, path) for seed, path in models.items()]
         metrics, score = self.means(replicates)
-        self.result.arms[arm_name] = ArmResult(arm_name, pool, chosen, replicates, metrics, score, info)
+        self.result.arms[arm_name] = ArmResult(arm_name, pool, chosen, replicates, metrics, score, info, align=aligned)
 
     def replicate(self, tag: str, seed: int, model_dir: Path) -> Replicate:
         """One seed's model evaluated, as the report shows it (every item, or the test part)."""
@@ -243,25 +244,72 @@ class Run:
         )
 
 
+Scores = dict[str, tuple[Path, str]]
+"""Scorer label → the folder of its scores and the key of its stage."""
+
+
 def reference_arms(recipe: Recipe) -> list[str]:
     """Arms named by a scorer's ``reference_arm``: their trained model is the scorer's reference model."""
     refs = [s.core["reference_arm"] for s in recipe.scorers.values() if "reference_arm" in s.core]
     for arm in refs:
-        selector = recipe.arms[arm].selector
-        if selector and recipe.selectors[selector].core.get("scorers"):
+        if pool_scorers(recipe, arm_pools(recipe, [arm])):
             raise UserError(f"arm {arm!r} is a scorer's reference_arm, so it cannot itself use scores.")
     return list(dict.fromkeys(refs))
 
 
+def arm_pools(recipe: Recipe, names: list[str]) -> list[tuple[str | None, list[str]]]:
+    """(selector, sources) of each pool of these arms: the arm's own, then its alignment pool if it has one."""
+    pools: list[tuple[str | None, list[str]]] = [(recipe.arms[n].selector, recipe.arms[n].sources) for n in names]
+    aligns = [a for n in names if (a := recipe.arms[n].align) is not None]
+    return pools + [(a.selector, a.sources) for a in aligns]
+
+
 def scorers_needed(recipe: Recipe) -> dict[str, list[str]]:
-    """Each scorer a used selector names → the sources of the arms that need it."""
+    """Each scorer a used selector of an arm names → the sources of the arms' pools that need it (alignment pools
+    included)."""
+    return pool_scorers(recipe, arm_pools(recipe, list(recipe.arms)))
+
+
+def pool_scorers(recipe: Recipe, pools: list[tuple[str | None, list[str]]]) -> dict[str, list[str]]:
+    """Each scorer named by the selectors of these (selector, sources) pools → the sources of the pools needing it."""
     needed: dict[str, list[str]] = {}
-    for arm in recipe.arms.values():
-        if arm.selector:
-            for scorer in recipe.selectors[arm.selector].core.get("scorers", []):
-                needed.setdefault(scorer, [])
-                needed[scorer] += [s for s in arm.sources if s not in needed[scorer]]
+    for selector, sources in pools:
+        for scorer in recipe.selectors[selector].core.get("scorers", []) if selector else []:
+            needed.setdefault(scorer, [])
+            needed[scorer] += [s for s in sources if s not in needed[scorer]]
     return needed
+
+
+def select_material(
+    recipe: Recipe, section: Section, pool: dict[str, Any], scores: Scores, base_key: str
+) -> dict[str, Any]:
+    """A select stage's key material: the selector, its pool, the keys of its scores and of the base model."""
+    material = {
+        "section": section.raw,
+        "code": plugin_code(section.cls),
+        "pool": pool,
+        "scores": {s: key for s, (_, key) in scores.items()},
+        "base": base_key,
+    }
+    if getattr(section.cls, "trains_models", False):  # its result depends on the trainer and the evaluators too
+        material["trainer"] = {"section": recipe.trainer.raw, "code": plugin_code(recipe.trainer.cls)}
+        material["evaluators"] = {
+            k: {"section": s.raw, "code": plugin_code(s.cls)} for k, s in recipe.evaluators.items()
+        }
+    return material
+
+
+def select_body(
+    section: Section, pool: list[Sample], score_dirs: dict[str, Path], ctx: RunContext, stage_dir: Path
+) -> dict[str, Any]:
+    """A select stage's body: the selector's ids (checked to lie in the pool) and info."""
+    columns = aligned_scores(pool, score_dirs, section)
+    selection: Selection = section.build().select(pool, columns, ctx)
+    unknown = set(selection.ids) - {s["id"] for s in pool}
+    if unknown:
+        raise RuntimeError(f"selector {section.type!r} returned ids outside the pool: {sorted(unknown)[:3]}")
+    ctx.record(n_selected=len(selection.ids))
+    return {"ids": selection.ids, "info": selection.info}
 
 
 def soup_ingredients(section: Section, seed: int, arms: dict[str, ArmResult], run_dir: Path) -> dict[str, Path]:
@@ -333,6 +381,12 @@ def aligned_scores(pool: list[Sample], score_dirs: dict[str, Path], selector: Se
     for scorer, folder in score_dirs.items():
         data = np.load(folder / SCORES_FILE)
         row_of = {sid: i for i, sid in enumerate(data[IDS_COLUMN].tolist())}
+        missing = next((s["id"] for s in pool if s["id"] not in row_of), None)
+        if missing is not None:
+            raise UserError(
+                f"[scorers.{scorer}] did not score sample {missing!r}, which selector {selector.label!r} must rank: "
+                "add its source to the scorer's `sources`, or drop `sources`."
+            )
         rows = np.array([row_of[s["id"]] for s in pool], dtype=int)
         for col in data.files:
             if col == IDS_COLUMN:

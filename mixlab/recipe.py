@@ -138,6 +138,7 @@ def validate_data(
         check_overrides(v, trainer, ("model", "align", "trainer"), model.align.trainer if model and model.align else {})
         for label, arm in arms.items():
             check_overrides(v, trainer, ("arms", label, "trainer"), arm.trainer)
+            check_overrides(v, trainer, ("arms", label, "align", "trainer"), arm.align.trainer if arm.align else {})
 
     if v.problems:
         raise RecipeError(path, unique_problems(v.problems), key_lines(text))

@@ -14,7 +14,7 @@ from mixlab.report_tables import print_tables, render_markdown
 from mixlab.store import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from mixlab.results import ArmResult, Replicate, RunResult
+    from mixlab.results import AlignResult, ArmResult, Replicate, RunResult
 
 FAILED_REPORT = "report-failed.json"
 
@@ -75,6 +75,8 @@ def build_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
         report["benchmarks"] = {b: finite(h.to_json()) for b, h in result.health.items()}
     if result.unsplit:
         report["unsplit_benchmarks"] = result.unsplit
+    if result.align is not None:
+        report["align_selection"] = align_entry(result.align)
     for arm in result.arms.values():
         if "individual_select" in arm.selection:
             report["individual_select"] = arm.selection["individual_select"]
@@ -139,6 +141,19 @@ def arm_entry(arm: ArmResult) -> dict[str, Any]:
         entry["ground_truth"] = truth
     if arm.selection:
         entry["selection"] = {k: v for k, v in arm.selection.items() if k != "individual_select"}
+    if arm.align is not None:
+        entry["align_selection"] = align_entry(arm.align)
+    return entry
+
+
+def align_entry(align: AlignResult) -> dict[str, Any]:
+    """An alignment pool's selection: its size, what was kept, the selector's info and, where samples carry a noise
+    flag, the noisy samples in the pool, those kept and the share of them removed."""
+    entry: dict[str, Any] = {"n_pool": len(align.pool), "n_selected": len(align.chosen), "info": align.info}
+    if any(s.get("noisy") is not None for s in align.pool):
+        noisy = sum(1 for s in align.pool if s.get("noisy"))
+        kept = sum(1 for s in align.chosen if s.get("noisy"))
+        entry.update(noisy_in_pool=noisy, noisy_kept=kept, noisy_removed=round(1 - kept / noisy, 4) if noisy else None)
     return entry
 
 

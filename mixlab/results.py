@@ -37,6 +37,16 @@ class Replicate:
 
 
 @dataclass
+class AlignResult:
+    """An alignment pool ([model.align]'s or an arm's own), the samples its selector kept (all without one) and the
+    selector's info."""
+
+    pool: list[Sample]
+    chosen: list[Sample]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ArmResult:
     """One arm: the samples it chose from and trained on, a model per seed and their metrics.
 
@@ -54,6 +64,7 @@ class ArmResult:
     estimate: Estimate | None = None
     comparison: Comparison | None = None
     compared_to: str | None = None
+    align: AlignResult | None = None  # the arm's own alignment (its `align` key)
 
     @property
     def model_dir(self) -> Path:
@@ -96,5 +107,6 @@ class RunResult:
     stages: list[StageEntry] = field(default_factory=list)
     arms: dict[str, ArmResult] = field(default_factory=dict)
     soup: SoupResult | None = None
+    align: AlignResult | None = None  # [model.align]'s pool and selection
     health: dict[str, Health] = field(default_factory=dict)  # benchmark → its signal, noise, chance, ...
     unsplit: list[str] = field(default_factory=list)  # benchmarks reported whole (no per-item outcomes to split)

@@ -232,9 +232,12 @@ class TinyModel(Options):
 
 
 class AlignSection(Options):
-    """[model.align]: train the base model once on these sources before any arm (cached)."""
+    """[model.align] (or an arm's `align`): train the unaligned base model once on these sources (cached)."""
 
     sources: list[str] = Field(min_length=1, description="Sources to align on (e.g. captions).")
+    selector: str | None = Field(
+        None, description="A [selectors.<name>] section choosing from the alignment pool (default: all of it)."
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Trainer options overridden for alignment.")
 
 
@@ -259,6 +262,11 @@ class ArmSection(Options):
     sources: list[str] = Field(min_length=1, description="Sources whose samples form the arm's pool.")
     selector: str | None = Field(None, description="A [selectors.<name>] section choosing from that pool.")
     trainer: dict[str, Any] = Field(default_factory=dict, description="Trainer options overridden for this arm.")
+    align: AlignSection | None = Field(
+        None,
+        description="The arm's own alignment: the unaligned base model aligned on these (selected) sources, instead "
+        "of [model.align]'s model; the arm's trainings start from it.",
+    )
 
 
 @dataclass

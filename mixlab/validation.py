@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
-from mixlab.sections import ArmSection, ModelSection, RunSection, Section
+from mixlab.sections import AlignSection, ArmSection, ModelSection, RunSection, Section
 
 CORE_KEYS: dict[str, dict[str, Any]] = {
     # section → core keys the pipeline reads (everything else is the plugin's own options)
@@ -383,12 +383,20 @@ def cross_references(
         if twice:
             v.add(path, f"lists source {twice[0]!r} twice: name each source once.")
 
+    def align_refs(path: tuple, align: AlignSection) -> None:
+        source_refs((*path, "sources"), align.sources)
+        selector = align.selector
+        if selector is not None and v.ref((*path, "selector"), selector, selectors, "selector", "selectors"):
+            _check_align_selector(v, path, selectors[selector], scorers)
+
     for label, arm in arms.items():
         source_refs(("arms", label, "sources"), arm.sources)
         if arm.selector is not None:
             v.ref(("arms", label, "selector"), arm.selector, selectors, "selector", "selectors")
+        if arm.align is not None:
+            align_refs(("arms", label, "align"), arm.align)
     if model and model.align:
-        source_refs(("model", "align", "sources"), model.align.sources)
+        align_refs(("model", "align"), model.align)
     for label, section in scorers.items():
         source_refs(("scorers", label, "sources"), section.core.get("sources", []))
     for label, section in selectors.items():
@@ -403,15 +411,16 @@ def cross_references(
         ref = scorer.core.get("reference_arm")
         if ref is None or not v.ref(("scorers", label, "reference_arm"), ref, arms, "arm", "arms"):
             continue
-        selector = arms[ref].selector
-        used = selectors[selector].core.get("scorers", []) if selector in selectors else []
-        if used:
-            cycle = " (itself: a cycle)" if label in used else ""
-            v.add(
-                ("scorers", label, "reference_arm"),
-                f"arm {ref!r} is this scorer's reference model, so it trains before any scoring; but its selector "
-                f"{selector!r} uses scorers {used}{cycle}. Choose a reference arm without scored selection.",
-            )
+        align = arms[ref].align
+        for what, selector in (("selector", arms[ref].selector), ("align selector", align and align.selector)):
+            used = selectors[selector].core.get("scorers", []) if selector in selectors else []
+            if used:
+                cycle = " (itself: a cycle)" if label in used else ""
+                v.add(
+                    ("scorers", label, "reference_arm"),
+                    f"arm {ref!r} is this scorer's reference model, so it trains before any scoring; but its {what} "
+                    f"{selector!r} uses scorers {used}{cycle}. Choose a reference arm without scored selection.",
+                )
 
     for label, arm in arms.items():
         chosen = selectors.get(arm.selector or "")
@@ -437,6 +446,30 @@ def cross_references(
                     f"arm {candidates!r} does not use an individual_select selector, so it has no candidate models: "
                     'name an arm whose selector has type = "individual_select".',
                 )
+
+
+def _check_align_selector(v: Validator, path: tuple, section: Section, scorers: dict[str, Section]) -> None:
+    """An alignment pool's selector: one that does not train models, and for [model.align] (which every arm and
+    reference arm starts from) one whose scorers need no reference arm."""
+    where = "[model.align]" if path == ("model", "align") else f"arm {path[1]!r}'s alignment"
+    if getattr(section.cls, "trains_models", False):
+        v.add(
+            (*path, "selector"),
+            f"selector {section.label!r} (type {section.type!r}) trains and evaluates models to decide, which "
+            f"{where} cannot use (an alignment is trained once, before the arms): choose a selector that ranks or "
+            'samples the pool, e.g. type = "fraction" or "random".',
+        )
+    if path != ("model", "align"):
+        return
+    for name in section.core.get("scorers", []):
+        scorer = scorers.get(name)
+        if scorer is not None and "reference_arm" in scorer.core:
+            v.add(
+                (*path, "selector"),
+                f"selector {section.label!r} uses scorer {name!r}, whose reference_arm trains after [model.align]: "
+                "give that scorer a `model` path instead, or drop its reference_arm (it then scores with the "
+                "unaligned base model).",
+            )
 
 
 def _check_columns(v: Validator, label: str, section: Section, scorers: dict[str, Section]) -> None:

@@ -105,6 +105,7 @@ class FakeTrainer(Trainer):
         model.mkdir(exist_ok=True)
         (model / "ids.json").write_text(json.dumps(sorted(s["id"] for s in samples)))
         (model / "seed.json").write_text(json.dumps(ctx.seed))
+        (model / "base.txt").write_text(str(base_model))  # the model this training started from
         return TrainResult(model, {"samples": len(samples)})
 
 

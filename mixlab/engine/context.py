@@ -58,6 +58,12 @@ class PipelineContext:
         """The model every training starts from, and the stage key that produced it."""
         self._base_model, self._base_key = path, key
 
+    def with_base(self, path: Path, key: str) -> PipelineContext:
+        """A view of this context whose trainings start from ``path`` (made by the stage of key ``key``)."""
+        view = copy.copy(self)
+        view.set_base_model(path, key)
+        return view
+
     # ---- RunContext ----------------------------------------------------------------------------------------
     def progress(self, description: str, total: int | None) -> AbstractContextManager[Callable[..., None]]:
         return self.board.task(description, total)
