@@ -225,7 +225,7 @@ class Comparison:
     """Arm A − arm B (score points): the difference of the seed means, its interval, P(A better).
 
     ``mcnemar_p`` (one seed, mean-rule benchmarks only): the exact McNemar test on discordant items; it covers item
-    noise only, never seed noise. ``se``: standard deviation of the draws (for ``mdd``).
+    noise only, never seed noise. ``se``: the draws' normal-equivalent spread (``_spread``; for ``mdd``).
     """
 
     delta: float
@@ -396,6 +396,18 @@ def _combine(part: _Part, t: np.ndarray | None) -> tuple[IntervalKind, np.ndarra
     return kind, draws
 
 
+def _spread(draws: np.ndarray) -> float:
+    """The standard error a normal distribution with the draws' central 95 % would have: (q97.5 − q2.5) / (2 · 1.96).
+
+    Not the draws' standard deviation: with two or three seeds the seed term is t(1)- or t(2)-distributed, which has
+    no finite variance, so that deviation is dominated by a few extreme draws (hundreds of points).
+    """
+    if len(draws) < 2:
+        return 0.0
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return float(hi - lo) / (2 * float(_sps.norm.ppf(0.975)))
+
+
 def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
@@ -445,7 +457,7 @@ def estimate(
         kind, draws = _combine(part, t)
         if draws is None:
             return Estimate(part.point, None, kind, None, len(part.per_seed), benchmarks)
-        se = float(np.std(draws, ddof=1)) if len(draws) > 1 else 0.0
+        se = _spread(draws)
         return Estimate(part.point, _interval(draws, level), kind, se, len(part.per_seed), benchmarks)
 
     return one(avg, {b: one(p, {}) for b, p in parts.items()})
@@ -486,7 +498,7 @@ def compare(
         if draws is None:
             return Comparison(part.point, None, None, kind, mcnemar_p, None, n, benchmarks)
         p_better = float(np.mean(draws > 0) + 0.5 * np.mean(draws == 0))
-        se = float(np.std(draws, ddof=1)) if len(draws) > 1 else 0.0
+        se = _spread(draws)
         return Comparison(part.point, _interval(draws, level), p_better, kind, mcnemar_p, se, n, benchmarks)
 
     per_bench = {}

@@ -126,3 +126,18 @@ def test_reference_arm_must_exist(fake_recipe, tmp_path):
     text = fakes.RECIPE.replace('type = "fake_quality"', 'type = "fake_quality"\nreference_arm = "nope"')
     with pytest.raises(UserError, match="unknown arm 'nope'"):
         load_recipe(fakes.write_recipe(tmp_path, text))
+
+
+def test_decisions_are_counted_by_known_quality():
+    from mixlab.plugins.selectors.individual_select import decisions_by_quality, known_quality
+
+    assert known_quality([{"quality": "noisy"}]) == {"quality": "noisy"} and known_quality([{}]) == {}
+    rounds = [
+        {"candidates": []},
+        {"candidates": [{"quality": "clean", "kept": True}, {"quality": "noisy", "kept": False}]},
+        {"candidates": [{"quality": "noisy", "kept": True}, {"kept": True}]},
+    ]
+    assert decisions_by_quality(rounds) == {
+        "clean": {"kept": 1, "candidates": 1},
+        "noisy": {"kept": 1, "candidates": 2},
+    }

@@ -115,10 +115,11 @@ def test_golden_mask_tiny_template(tiny):
     tok = processor.tokenizer
     batch = VisionCollator(processor)([sample_to_row(_two_turn(image))])
     assert tok.decode(batch["input_ids"][0]) == (
-        "<s><|user|>" + "<image>" * 16 + "What color is the square?<|end|><|assistant|>red<|end|>"
-        "<|user|>Are you sure?<|end|><|assistant|>Yes, it is red.<|end|>"
+        "<s><|user|>" + "<image>" * 16 + "What color is the square?<|end|><|assistant|> red<|end|>"
+        "<|user|>Are you sure?<|end|><|assistant|> Yes, it is red.<|end|>"
     )
-    assert _trained_runs(batch, 0, tok) == ["red<|end|>", "Yes, it is red.<|end|>"]
+    # the space before an answer is the tiny template's and is trained: " red" is one token, as in a question
+    assert _trained_runs(batch, 0, tok) == [" red<|end|>", " Yes, it is red.<|end|>"]
     image_id = tok.convert_tokens_to_ids("<image>")
     labels, ids = batch["labels"][0], batch["input_ids"][0]
     assert (labels[ids == image_id] == -100).all() and int((ids == image_id).sum()) == 16
@@ -152,8 +153,8 @@ def test_mixed_batch_text_only_and_image(tiny):
     tok = processor.tokenizer
     batch = VisionCollator(processor)([sample_to_row(_text_only()), sample_to_row(_two_turn(image))])
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 1
-    assert _trained_runs(batch, 0, tok) == ["one square<|end|>"]
-    assert _trained_runs(batch, 1, tok) == ["red<|end|>", "Yes, it is red.<|end|>"]
+    assert _trained_runs(batch, 0, tok) == [" one square<|end|>"]
+    assert _trained_runs(batch, 1, tok) == [" red<|end|>", " Yes, it is red.<|end|>"]
     pad = batch["attention_mask"][0] == 0
     assert pad.any() and (batch["labels"][0][pad] == -100).all()
 
@@ -172,10 +173,10 @@ def test_mask_preview(tiny):
     processor, image = tiny
     preview = mask_preview(_two_turn(image), processor)
     assert ("<image×16>", False) in preview
-    assert "".join(t for t, trained in preview if trained) == "red<|end|>Yes, it is red.<|end|>"
+    assert "".join(t for t, trained in preview if trained) == " red<|end|> Yes, it is red.<|end|>"
     assert "".join(t for t, _ in preview) == (
-        "<s><|user|><image×16>What color is the square?<|end|><|assistant|>red<|end|>"
-        "<|user|>Are you sure?<|end|><|assistant|>Yes, it is red.<|end|>"
+        "<s><|user|><image×16>What color is the square?<|end|><|assistant|> red<|end|>"
+        "<|user|>Are you sure?<|end|><|assistant|> Yes, it is red.<|end|>"
     )
 
 

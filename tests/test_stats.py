@@ -281,6 +281,9 @@ def test_score_only_inputs():
     assert e.ci is None and e.interval == "none" and e.value == pytest.approx(50.0)
     e3 = stats.estimate(a)
     assert e3.interval == "seeds" and e3.ci[0] < e3.value < e3.ci[1]
+    # se (and so mdd) follows the interval, not the t(2) draws' unbounded standard deviation
+    assert c.se == pytest.approx((c.ci[1] - c.ci[0]) / (2 * 1.959964), rel=1e-6)
+    assert stats.mdd(c) == pytest.approx(2.8016 * c.se, rel=1e-3) and stats.mdd(c) < 3 * (c.ci[1] - c.ci[0])
 
 
 def test_estimate_with_items():

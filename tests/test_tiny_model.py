@@ -93,3 +93,19 @@ def test_load_model_cpu_and_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a directory"):
         load_model(tmp_path / "file")
+
+
+def test_answer_words_are_the_question_words_tokens(tmp_path):
+    """An answer after <|assistant|> tokenizes as the same word inside a question does (" red" both times), as Llama's
+    tokenizer does after "ASSISTANT:"; without it a yes/no question's value and the answer word were unrelated ids."""
+    from transformers import AutoTokenizer
+
+    from mixlab.models.tiny import build_tiny_llava
+
+    corpus = ["Is the circle red? Please answer yes or no.", "What color is the circle?", "red", "blue"] * 40
+    tok = AutoTokenizer.from_pretrained(build_tiny_llava(tmp_path / "m", corpus, vocab_size=300))
+    chat = [{"role": "user", "content": "Is the circle red?"}, {"role": "assistant", "content": "red"}]
+    ids = tok.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    answer = [t for t, m in zip(ids["input_ids"], ids["assistant_masks"], strict=True) if m]
+    question = tok("Is the circle red?")["input_ids"]
+    assert answer[0] in question and tok.convert_ids_to_tokens(answer[0]).endswith("red")

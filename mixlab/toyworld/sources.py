@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from mixlab.toyworld import scenes
-from mixlab.toyworld.formats import render, verbose
+from mixlab.toyworld.formats import Rendered, render, verbose
 from mixlab.toyworld.rng import stream
 from mixlab.toyworld.scenes import Maker
 from mixlab.toyworld.writer import save_png
@@ -182,9 +182,9 @@ def build_source(spec: SourceSpec, seed: int, n_train: int, size: int, images_di
     rng = stream(seed, f"train/{spec.name}")
     n = max(1, round(spec.size * n_train))
     n_unique = min(spec.n_unique or n, n)
-    uniques = []
+    uniques: list[tuple[scenes.Item, Rendered, str | None, str]] = []
     for i, fmt in enumerate(_formats(rng, spec.mix, n_unique)):
-        if spec.near_dup and uniques and rng.random() < spec.near_dup:  # the same scene asked again, its image lightly re-noised
+        if spec.near_dup and uniques and rng.random() < spec.near_dup:  # a scene asked again, its image re-noised
             item = uniques[int(rng.integers(len(uniques)))][0]
             item = replace(item, image=_jitter(item.image, rng))
         else:

@@ -69,7 +69,7 @@ class IndividualSelect(Selector):
             # the round's candidates are independent: trained at once where [run.executor] allows
             jobs = [(mix([*current, c]), f"{self.label}/{category}/+{c}") for c in candidates]
             results = [
-                self._judge(category, source, trial, baseline, ctx)
+                {**self._judge(category, source, trial, baseline, ctx), **known_quality(by_source[source])}
                 for source, trial in zip(candidates, ctx.trials(jobs), strict=True)
             ]
             added = [r["source"] for r in results if r["kept"]]
@@ -78,12 +78,15 @@ class IndividualSelect(Selector):
                 baseline = ctx.trials([(mix(current), f"{self.label}/{category}/baseline")])[0]
             rounds.append(self._round(category, results, current, baseline))
         keep = set(current)
-        block = {
+        block: dict[str, Any] = {
             "rule": self.options.rule,
             "tolerance": self.options.tolerance,
             "rounds": rounds,
             "selected_sources": current,
         }
+        kinds = decisions_by_quality(rounds)
+        if kinds:
+            block["decisions_by_quality"] = kinds
         return Selection(ids=[s["id"] for s in samples if s["source"] in keep], info={"individual_select": block})
 
     def _judge(self, category: str, source: str, trial: Trial, baseline: Trial, ctx: RunContext) -> dict[str, Any]:
@@ -143,6 +146,24 @@ class IndividualSelect(Selector):
             "baseline_model_dir": next(iter(trial.model_dirs.values())),
             "baseline_model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
         }
+
+
+def known_quality(rows: list[Sample]) -> dict[str, str]:
+    """The source's known quality where its samples carry one (the toy world: clean, noisy, duplicate, offtask)."""
+    quality = rows[0].get("quality")
+    return {"quality": str(quality)} if quality else {}
+
+
+def decisions_by_quality(rounds: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per known quality: how many candidates were kept, of how many (the decisions against the known truth)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rounds:
+        for c in r["candidates"]:
+            if "quality" in c:
+                counts = out.setdefault(c["quality"], {"kept": 0, "candidates": 0})
+                counts["kept"] += int(c["kept"])
+                counts["candidates"] += 1
+    return out
 
 
 @hookimpl
