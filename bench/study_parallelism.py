@@ -87,49 +87,33 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--packing", action="store_true", help="defaults against packing + vision cache, inline")
     args = parser.parse_args()
-    if args.packing:
-        return packing(args.seeds, args.n_train)
+    if args.packing:  # the trainer's defaults (before) against packing and the vision cache (after), inline
+        settings = {"padded": ("", ""), "packed": ("", "packing = true\nvision_cache = true")}
+        compare("study_packing", settings, args.seeds, args.n_train)
+        return
     cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory() as tmp:
-        inline_s, inline_n = run(Path(tmp) / "inline", "", args.seeds, args.n_train)
-        local = f'executor = {{ type = "local", workers = {cores} }}'
-        local_s, local_n = run(Path(tmp) / "local", local, args.seeds, args.n_train)
-    per_hour = {"inline": 3600 * inline_n / inline_s, "local": 3600 * local_n / local_s}
-    print(
-        f"inline (one process, {cores} threads): {inline_n} trainings in {inline_s:.1f} s: {per_hour['inline']:.0f}/h"
-    )
-    print(f"local ({cores} workers, 1 thread each): {local_n} trainings in {local_s:.1f} s: {per_hour['local']:.0f}/h")
-    ratio = per_hour["local"] / per_hour["inline"]
-    print(f"local / inline trainings per hour: {ratio:.2f}x")
-    summary = {
-        "bench": "study_parallelism",
-        "ratio": round(ratio, 3),
-        "identical": inline_n == local_n,
-        "inline_seconds": round(inline_s, 1),
-        "local_seconds": round(local_s, 1),
-        "trainings": inline_n,
-        "cores": cores,
-    }
-    print(json.dumps(summary))
+    local = f'executor = {{ type = "local", workers = {cores} }}'
+    compare("study_parallelism", {"inline": ("", ""), "local": (local, "")}, args.seeds, args.n_train, cores=cores)
 
 
-def packing(seeds: int, n_train: int) -> None:
-    """The study inline with the trainer's defaults (before) and with packing and the vision cache (after)."""
+def compare(bench: str, settings: dict[str, tuple[str, str]], seeds: int, n_train: int, **extra: int) -> None:
+    """Run the study once per setting (label → executor line, trainer lines), the first being the baseline; print
+    trainings per hour for each, the ratio of the second to the first, and the JSON line."""
     with tempfile.TemporaryDirectory() as tmp:
-        padded_s, padded_n = run(Path(tmp) / "padded", "", seeds, n_train)
-        packed_s, packed_n = run(Path(tmp) / "packed", "", seeds, n_train, "packing = true\nvision_cache = true")
-    per_hour = {"padded": 3600 * padded_n / padded_s, "packed": 3600 * packed_n / packed_s}
-    print(f"before (trainer defaults): {padded_n} trainings in {padded_s:.1f} s: {per_hour['padded']:.0f}/h")
-    print(f"after (packing + vision cache): {packed_n} trainings in {packed_s:.1f} s: {per_hour['packed']:.0f}/h")
-    ratio = per_hour["packed"] / per_hour["padded"]
-    print(f"after / before trainings per hour: {ratio:.2f}x")
+        done = {label: run(Path(tmp) / label, ex, seeds, n_train, tr) for label, (ex, tr) in settings.items()}
+    per_hour = {label: 3600 * n / seconds for label, (seconds, n) in done.items()}
+    for label, (seconds, n) in done.items():
+        print(f"{label}: {n} trainings in {seconds:.1f} s: {per_hour[label]:.0f}/h")
+    base, other = list(done)
+    ratio = per_hour[other] / per_hour[base]
+    print(f"{other} / {base} trainings per hour: {ratio:.2f}x")
     summary = {
-        "bench": "study_packing",
+        "bench": bench,
         "ratio": round(ratio, 3),
-        "identical": padded_n == packed_n,
-        "padded_seconds": round(padded_s, 1),
-        "packed_seconds": round(packed_s, 1),
-        "trainings": padded_n,
+        "identical": done[base][1] == done[other][1],
+        **{f"{label}_seconds": round(seconds, 1) for label, (seconds, _) in done.items()},
+        "trainings": done[base][1],
+        **extra,
     }
     print(json.dumps(summary))
 

@@ -86,14 +86,11 @@ def _dup(cat: str) -> SourceSpec:
 
 
 def _base(cat: str) -> SourceSpec:
-    return SourceSpec(
-        f"{cat}_base",
-        cat,
-        "clean",
-        scenes.MAKERS[cat],
-        f"A little clean {cat} data ({BASE_SIZE:g} of n_train): one part of the baseline mix that already covers "
-        "every category (the role LLaVA-665K plays in Individual Select).",
-        SCIENCE_MIX if cat == "science" else dict(MIX),
+    return replace(
+        _clean(cat, SCIENCE_MIX if cat == "science" else None),
+        name=f"{cat}_base",
+        description=f"A little clean {cat} data ({BASE_SIZE:g} of n_train): one part of the baseline mix that already "
+        "covers every category (the role LLaVA-665K plays in Individual Select).",
         size=BASE_SIZE,
     )
 
