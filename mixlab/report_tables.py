@@ -206,6 +206,28 @@ def _health_table(report: dict[str, Any]) -> tuple[list[str], list[tuple[list[st
     return headers, table
 
 
+def _align_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The selected alignment pools ([model.align] and each arm's `align`): sizes and, where samples carry a noise
+    flag, the noisy samples kept and the share removed."""
+    headers = ["alignment of", "pool", "selected", "noisy in pool", "noisy kept", "noisy removed"]
+    entries = [("[model.align]", report["align_selection"])] if report.get("align_selection") else []
+    entries += [(name, arm["align_selection"]) for name, arm in rows_of(report).items() if arm.get("align_selection")]
+    table = []
+    for name, a in entries:
+        removed = a.get("noisy_removed")
+        table.append(
+            [
+                name,
+                str(a["n_pool"]),
+                str(a["n_selected"]),
+                str(a.get("noisy_in_pool", "-")),
+                str(a.get("noisy_kept", "-")),
+                "-" if removed is None else f"{removed:.0%}",
+            ]
+        )
+    return headers, table
+
+
 def _rule_line(block: dict[str, Any]) -> str:
     """Individual Select's keep rule, in words."""
     rule, tol = block.get("rule"), fmt_num(block.get("tolerance"), "g")
@@ -285,7 +307,8 @@ def _rich_table(title: str, headers: list[str], right: int = 1) -> Table:
 
 
 def print_tables(report: dict[str, Any]) -> None:
-    """The report's tables on the terminal: arms, comparisons, benchmark health, Individual Select, stages."""
+    """The report's tables on the terminal: arms, comparisons, benchmark health, alignment data, Individual Select,
+    stages."""
     if report.get("error"):
         console.print(f"[bold red]run failed:[/] {escape(str(report['error']))}")
     for line in _split_lines(report):
@@ -317,6 +340,12 @@ def print_tables(report: dict[str, Any]) -> None:
             table.add_row(*[escape(c) for c in cells], style="bold red" if flagged else None)
         console.print(table)
         console.print(escape(HEALTH_LEGEND), style="dim")
+    headers, aligns = _align_table(report)
+    if aligns:
+        table = _rich_table("alignment data", headers)
+        for cells in aligns:
+            table.add_row(*[escape(c) for c in cells])
+        console.print(table)
     block = report.get("individual_select")
     if block:
         headers, isel = _isel_table(block)
@@ -342,7 +371,8 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any], images: list[str]) -> str:
-    """report.md: the arms table, the plots, comparisons, benchmark health, metrics, Individual Select, stages."""
+    """report.md: the arms table, the plots, comparisons, benchmark health, alignment data, metrics, Individual
+    Select, stages."""
     lines = [f"# mixlab report: {Path(report['recipe']).name}", "", f"mixlab {report.get('mixlab_version', '?')}", ""]
     if report.get("error"):
         lines += [f"**Run failed:** {report['error']}", ""]
@@ -369,6 +399,10 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
         flag = [[f"**{c}**" if c != "-" else c for c in cells] if at else cells for cells, at in health]
         lines += _md_table(headers, flag)
         lines += ["", HEALTH_LEGEND]
+    headers, aligns = _align_table(report)
+    if aligns:
+        lines += ["", "## Alignment data", ""]
+        lines += _md_table(headers, aligns)
     lines += ["", "## Metrics", ""]
     for name, arm in rows_of(report).items():
         lines.append(f"### {name}")

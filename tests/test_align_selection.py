@@ -132,6 +132,11 @@ def test_an_arm_aligns_the_unaligned_base_on_its_own_selection(recipe):
     assert own["noisy_removed"] == 1.0 and own["info"]["kept"] == 10
     assert report["arms"]["own_all"]["align_selection"]["noisy_removed"] == 0.0
     assert "align_selection" not in report["arms"]["shared"]
+    md = (recipe.parent / "run" / "report.md").read_text()
+    table = md.split("## Alignment data")[1].split("##")[0]
+    assert "| [model.align] | 20 | 5 | 10 | 0 | 100% |" in table
+    assert "| own | 20 | 10 | 10 | 0 | 100% |" in table and "| own_all | 20 | 20 | 10 | 10 | 0% |" in table
+    assert "| shared |" not in table
 
 
 def test_an_arm_alignment_is_trained_once_whatever_the_seeds(recipe):
