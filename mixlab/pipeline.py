@@ -129,8 +129,9 @@ class Run:
 
         def body(stage_dir: Path) -> dict[str, Any]:
             samples = self.samples_of(list(self.samples_of_source))
-            steps = model.tiny.vision_pretrain_steps if model.preset == "tiny" else 0
-            with self.ctx.progress("pretrain vision tower", steps or None) as advance:
+            tiny = model.tiny
+            steps = tiny.vision_pretrain_steps + tiny.language_pretrain_steps if model.preset == "tiny" else 0
+            with self.ctx.progress("pretrain the tiny model", steps or None) as advance:
                 path = prepare_base_model(
                     model,
                     samples,

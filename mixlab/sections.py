@@ -210,6 +210,13 @@ class TinyModel(Options):
         description="Supervised pretraining steps of the vision tower on labelled toy scenes (the tiny stand-in "
         "for CLIP; docs/toyworld.md). 0: a random-init tower.",
     )
+    language_pretrain_steps: int = Field(
+        1500,
+        ge=0,
+        le=1_000_000,
+        description="Text-only pretraining steps of the language model on reading questions about described toy "
+        "scenes (the tiny stand-in for Vicuna; docs/toyworld.md). 0: a random-init language model.",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> TinyModel:

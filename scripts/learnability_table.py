@@ -1,7 +1,8 @@
 """Print docs/toyworld.md's learnability table from a run of recipes/toyworld_learnability.toml.
 
 For each category with arms ``<cat>_without``, ``<cat>_clean``, ``<cat>_noisy`` and ``<cat>_clean_noisy``: the
-category's accuracy on each toy benchmark (MMBench circular, SEED, MME acc) and the arms' average score.
+category's accuracy on each toy benchmark (MMBench circular, SEED, MME acc) and the arms' average score with its 95%
+interval (as the report gives it: over the benchmark items with one seed, seeds and items with several).
 
     python scripts/learnability_table.py runs/learnability/report.json
 """
@@ -22,6 +23,12 @@ def benchmark_metrics(category: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+def average_with_interval(arm: dict) -> str:
+    """The arm's average score and, where the report has it, its 95% interval: "77.1 [75.0, 79.2]"."""
+    ci = arm.get("score_ci")
+    return f"{arm['score']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
 def main(paths: list[str]) -> None:
     arms: dict = {}
     for path in paths:  # several reports of the same recipe's arms (e.g. a run of some arms only) are merged
@@ -38,7 +45,8 @@ def main(paths: list[str]) -> None:
         for label, bench, key in benchmark_metrics(cat):
             cells = [f"{a['metrics'].get(bench, {}).get(key, float('nan')):.1f}" for a in trio]
             print(f"| {cat} | {label} | " + " | ".join(cells) + " |")
-        print(f"| {cat} | **average score (all benchmarks)** | " + " | ".join(f"{a['score']:.1f}" for a in trio) + " |")
+        averages = [average_with_interval(a) for a in trio]
+        print(f"| {cat} | **average score (all benchmarks)** | " + " | ".join(averages) + " |")
 
 
 if __name__ == "__main__":

@@ -308,6 +308,20 @@ RECIPE_CASES = [
         "trainer",
         ["trainer", "vision_cache = true needs a frozen vision tower", "drop vision_lr"],
     ),
+    R(
+        "freeze-lm-with-lora",
+        "learning_rate = 2e-5",
+        "learning_rate = 2e-5\nfreeze_language_model = true\nlora = { r = 8 }",
+        "trainer",
+        ["trainer", "freeze_language_model = true leaves no language model weights for LoRA", "drop one"],
+    ),
+    R(
+        "freeze-lm-str",
+        "learning_rate = 2e-5",
+        'learning_rate = 2e-5\nfreeze_language_model = "yes"',
+        "freeze_language_model",
+        ["trainer.freeze_language_model", "not the string 'yes'"],
+    ),
     # executor bounds
     R(
         "processes-huge",
@@ -388,6 +402,13 @@ RECIPE_CASES = [
         TINY + "tiny = { patch_size = 7 }\n",
         "tiny =",
         ["patch_size 7 does not divide image_size 64"],
+    ),
+    R(
+        "tiny-language-steps",
+        '[model]\npath = "base"\n',
+        TINY + "tiny = { language_pretrain_steps = -1 }\n",
+        "tiny =",
+        ["model.tiny.language_pretrain_steps", "greater than or equal to 0"],
     ),
     R(
         "tiny-vocab",

@@ -17,7 +17,7 @@ executor = {{ processes = {processes} }}
 
 [model]
 preset = "tiny"
-tiny = {{ vision_pretrain_steps = 0, vision_hidden = 32, text_hidden = 32 }}
+tiny = {{ vision_pretrain_steps = 0, language_pretrain_steps = 0, vision_hidden = 32, text_hidden = 32 }}
 
 [sources.toy]
 type = "toyworld"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mixlab.models.compose import compose_llava
 from mixlab.recipe import load_recipe
+from tests.test_compose import write_parts
 from tests.test_pipeline import run_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -69,9 +71,14 @@ def stand_in(tmp_path_factory) -> Path:
     (data / "eval").mkdir()
     for stem, name in TSV_NAMES.items():
         shutil.copy(world / "bench" / f"{stem}.tsv", data / "eval" / f"{name}.tsv")
-    samples = [{"conversations": r["conversations"]} for r in mix]
+    captions = _plain_records(world, "caption_web")
+    (data / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(captions))
+    shutil.copytree(world / "images", data / "llava_pretrain_images")
+    samples = [{"conversations": r["conversations"]} for r in mix + captions]
     model = build_tiny_llava(root / "models" / "llava-1.5-7b-hf", corpus_of(samples), vision_hidden=32, text_hidden=32)
     shutil.copytree(model, root / "models" / "reference-vlm-hf")
+    vision, language = write_parts(root / "parts")
+    compose_llava(vision, language, root / "models" / "llava-1.5-7b-stage0-hf")
     return root
 
 
@@ -102,12 +109,24 @@ def test_individual_select_recipe_runs_on_stand_ins(stand_in, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "selected"), [("llava15_7b_coincide", "coincide_20"), ("llava15_7b_points_ppl", "ppl_20")]
-)
-def test_scoring_recipes_run_on_stand_ins(stand_in, tmp_path, name, selected):
-    report = run_recipe(_localise(RECIPES / f"{name}.toml", stand_in, tmp_path))
+def test_coincide_recipe_runs_on_stand_ins(stand_in, tmp_path):
+    report = run_recipe(_localise(RECIPES / "llava15_7b_coincide.toml", stand_in, tmp_path))
     full = report["arms"]["full"]["n_samples"]
     assert full == 16 * len(BASELINE)
-    assert report["arms"][selected]["n_samples"] == report["arms"]["random_20"]["n_samples"] == int(0.2 * full)
+    assert report["arms"]["coincide_20"]["n_samples"] == report["arms"]["random_20"]["n_samples"] == int(0.2 * full)
     assert all(arm["metrics"] for arm in report["arms"].values())
+
+
+@pytest.mark.slow
+def test_points_recipe_filters_the_alignment_captions_on_stand_ins(stand_in, tmp_path):
+    """The unaligned model (composed from its parts) aligned on each arm's captions, then instruction-tuned."""
+    report = run_recipe(_localise(RECIPES / "llava15_7b_points_ppl.toml", stand_in, tmp_path))
+    arms = report["arms"]
+    n_captions = 32  # caption_web at n_train = 16
+    assert {a: arms[a]["align_selection"]["n_selected"] for a in ("ppl_20", "random_20")} == {
+        "ppl_20": int(0.2 * n_captions),
+        "random_20": int(0.2 * n_captions),
+    }
+    assert arms["all"]["align_selection"]["n_selected"] == n_captions
+    assert all(arm["n_samples"] == 16 * len(BASELINE) and arm["metrics"] for arm in arms.values())
+    assert report["soup"]["method"] == "greedy"

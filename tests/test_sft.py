@@ -146,6 +146,24 @@ def test_part_lrs_really_apply(data, tmp_path):
     assert max_change("lm") > 1e-4
 
 
+def test_freeze_language_model_trains_only_the_projector(data, tmp_path):
+    """LLaVA's alignment stage: the language model and the tower stay bit-identical, the projector moves."""
+    base, train, _ = data
+    settings = SFTSettings(epochs=1, learning_rate=1e-3, batch_size=16, warmup_ratio=0.0, freeze_language_model=True)
+    trainer, _, _ = make_trainer(train[:32], base, tmp_path / "groups", settings)
+    assert {g["part"] for g in trainer.create_optimizer().param_groups} == {"projector"}
+    train_llava(train[:64], base, tmp_path, settings)
+    before, after = _weights(base), _weights(tmp_path / "model")
+    change = {
+        part: max(float((after[k] - before[k]).abs().max()) for k in before if param_part(k) == part)
+        for part in ("vision", "projector", "lm")
+    }
+    assert change["vision"] == 0.0 and change["lm"] == 0.0
+    assert change["projector"] > 1e-4
+    with pytest.raises(ValueError, match="no language model weights for LoRA"):
+        SFTSettings(freeze_language_model=True, lora=LoraSettings())
+
+
 def test_lora_gives_merged_plain_dir(data, tmp_path):
     from transformers import LlavaForConditionalGeneration
 

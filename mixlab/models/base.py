@@ -31,15 +31,25 @@ def prepare_base_model(
     if model.preset == "tiny":
         from mixlab.models.tiny import build_tiny_llava
 
-        shape = model.tiny.model_dump(exclude={"vision_pretrain_steps"})
+        tiny = model.tiny
+        shape = tiny.model_dump(exclude={"vision_pretrain_steps", "language_pretrain_steps"})
         out = build_tiny_llava(stage_dir / "model", corpus_of(samples), seed=seed, **shape)
-        if model.tiny.vision_pretrain_steps:
+        if tiny.vision_pretrain_steps or tiny.language_pretrain_steps:
+            from mixlab.models.language_pretrain import LanguagePretraining, pretrain_language
             from mixlab.models.loading import load_model
             from mixlab.models.vision_pretrain import VisionPretraining, pretrain_vision
 
             net, processor = load_model(out)
-            settings = VisionPretraining(steps=model.tiny.vision_pretrain_steps)
-            record(vision_pretrain_accuracy=pretrain_vision(net, processor, seed, settings, progress))
+            total = tiny.vision_pretrain_steps + tiny.language_pretrain_steps
+            if tiny.vision_pretrain_steps:
+                vision = VisionPretraining(steps=tiny.vision_pretrain_steps)
+                done = (lambda step, _: progress(step, total)) if progress else None
+                record(vision_pretrain_accuracy=pretrain_vision(net, processor, seed, vision, done))
+            if tiny.language_pretrain_steps:
+                language = LanguagePretraining(steps=tiny.language_pretrain_steps)
+                offset = tiny.vision_pretrain_steps
+                done = (lambda step, _: progress(offset + step, total)) if progress else None
+                record(language_pretrain_accuracy=pretrain_language(net, processor, seed, language, done))
             net.save_pretrained(out)
         return out
     path = Path(model.path or "").expanduser()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mixlab.models.pretraining import train_steps
 from mixlab.toyworld import scenes
 from mixlab.toyworld.rng import stream
 from mixlab.toyworld.vocab import COLOR_NAMES, COUNTS, LETTERS, POSITIONS, SHAPES
@@ -76,10 +77,6 @@ def pretrain_vision(
     hidden = tower.config.hidden_size
     heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(values)) for _, values in TASKS.values())
     params = list(tower.parameters()) + list(heads.parameters())
-    optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        optim, settings.learning_rate, total_steps=settings.steps, pct_start=0.05
-    )
     task_t, label_t = torch.as_tensor(tasks), torch.as_tensor(labels)
 
     def logits_and_loss(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,15 +92,13 @@ def pretrain_vision(
 
     tower.train()
     rng = np.random.default_rng(seed)
-    for step in range(settings.steps):
-        batch = rng.choice(train, size=settings.batch_size, replace=False)
-        loss, _ = logits_and_loss(batch)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        sched.step()
-        if progress:
-            progress(step + 1, settings.steps)
+    train_steps(
+        params,
+        settings.learning_rate,
+        settings.steps,
+        lambda _: logits_and_loss(rng.choice(train, size=settings.batch_size, replace=False))[0],
+        progress,
+    )
     tower.eval()
     with torch.no_grad():
         _, correct = logits_and_loss(val)

@@ -38,6 +38,9 @@ class Item:
                   letter or count, the mirrored position, the second tallest bar
     hint          a context paragraph (science) or None
     image         the picture, or None for a text-only item
+    statement     what the picture shows that the question needs, in one sentence ("The circle is red."): the
+                  text the tiny language model's reading pretraining puts in place of the picture; never written
+                  to a source or benchmark
     """
 
     category: str
@@ -49,6 +52,7 @@ class Item:
     confused: str
     hint: str | None = None
     image: Image.Image | None = None
+    statement: str = ""
 
 
 Maker = Callable[[np.random.Generator, int], Item]
@@ -121,6 +125,7 @@ def color(rng: np.random.Generator, size: int) -> Item:
         f"Is the {kind} {{}}?",
         confused,
         image=img,
+        statement=f"The {kind} is {col}.",
     )
 
 
@@ -144,6 +149,7 @@ def shape(rng: np.random.Generator, size: int) -> Item:
         "Is there a {} in the image?",
         confused,
         image=img,
+        statement=f"There is a {kind} in the image.",
     )
 
 
@@ -162,6 +168,10 @@ def _count_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, int]
     return img, n
 
 
+def _count_statement(n: int) -> str:
+    return "There is 1 shape." if n == 1 else f"There are {n} shapes."
+
+
 def count(rng: np.random.Generator, size: int) -> Item:
     """Counting: "How many shapes are there?" → "3"."""
     img, n = _count_scene(rng, size)
@@ -175,6 +185,7 @@ def count(rng: np.random.Generator, size: int) -> Item:
         "Is the number of shapes {}?",
         _next(COUNTS, str(n)),
         image=img,
+        statement=_count_statement(n),
     )
 
 
@@ -192,6 +203,7 @@ def calculation(rng: np.random.Generator, size: int) -> Item:
         "Is the number of shapes plus one equal to {}?",
         _next(values, str(n + 1)),
         image=img,
+        statement=_count_statement(n),
     )
 
 
@@ -222,6 +234,7 @@ def spatial(rng: np.random.Generator, size: int) -> Item:
         f"Is the {kind} on the {{}} of the image?",
         MIRROR[pos],
         image=img,
+        statement=f"The {kind} is on the {pos} of the image.",
     )
 
 
@@ -244,6 +257,7 @@ def ocr(rng: np.random.Generator, size: int) -> Item:
         "Is the letter {} shown in the image?",
         confused,
         image=img,
+        statement=f"The letter {letter} is shown in the image.",
     )
 
 
@@ -259,6 +273,7 @@ def chart(rng: np.random.Generator, size: int) -> Item:
         draw.bar(img, i * slot + 0.2 * slot, 0.6 * slot, base, heights[int(k)], draw.color_rgb(rng, colors[int(k)]))
     draw.hline(img, base)
     answer, bars = colors[0], tuple(colors[1:])
+    second, third = bars if heights[1] > heights[2] else bars[::-1]
     absent = one(rng, others(COLOR_NAMES, *colors))
     return Item(
         "chart",
@@ -267,8 +282,9 @@ def chart(rng: np.random.Generator, size: int) -> Item:
         bars,
         (*bars, absent),
         "Is the {} bar the tallest?",
-        colors[1] if heights[1] > heights[2] else colors[2],  # the second tallest
+        second,
         image=img,
+        statement=f"The {answer} bar is the tallest, then the {second} bar, then the {third} bar.",
     )
 
 
@@ -310,6 +326,7 @@ def science(rng: np.random.Generator, size: int) -> Item:
         p2,
         hint=" ".join(facts),
         image=img,
+        statement=f"The {kind} is {c1}.",
     )
 
 
@@ -332,7 +349,15 @@ def brightness(rng: np.random.Generator, size: int) -> Item:
     img, _, _ = _single_shape(rng, size, tone)
     other = "dark" if tone == "light" else "light"
     return Item(
-        "color", "Is the background light or dark?", tone, (other,), (other,), "Is the background {}?", other, image=img
+        "color",
+        "Is the background light or dark?",
+        tone,
+        (other,),
+        (other,),
+        "Is the background {}?",
+        other,
+        image=img,
+        statement=f"The background is {tone}.",
     )
 
 

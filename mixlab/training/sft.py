@@ -46,6 +46,11 @@ class SFTSettings(BaseModel, extra="forbid"):
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate of the language model.")
     projector_lr: float | None = Field(None, gt=0, description="Peak lr of the projector; None means learning_rate.")
     vision_lr: float | None = Field(None, gt=0, description="Peak lr of the vision tower; None freezes it.")
+    freeze_language_model: bool = Field(
+        False,
+        description="Train only the projector (and the vision tower when vision_lr is set), as LLaVA's first stage "
+        "(alignment on captions) does; learning_rate is then unused.",
+    )
     batch_size: int = Field(8, ge=1, description="Samples per device per step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps with linear lr warm-up.")
@@ -90,6 +95,10 @@ class SFTSettings(BaseModel, extra="forbid"):
             )
         if self.vision_cache_dir is not None and not self.vision_cache:
             raise ValueError("vision_cache_dir is set but vision_cache is false: set vision_cache = true.")
+        if self.freeze_language_model and self.lora is not None:
+            raise ValueError(
+                "freeze_language_model = true leaves no language model weights for LoRA to adapt: drop one of them."
+            )
         return self
 
 
@@ -305,10 +314,10 @@ def make_trainer(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     train_vision = settings.vision_lr is not None
-    if not train_vision:
-        for name, param in model.named_parameters():
-            if param_part(name) == VISION:
-                param.requires_grad_(False)
+    frozen = ({LM} if settings.freeze_language_model else set()) | (set() if train_vision else {VISION})
+    for name, param in model.named_parameters():
+        if param_part(name) in frozen:
+            param.requires_grad_(False)
 
     args = SFTConfig(
         output_dir=str(Path(out_dir) / "checkpoints"),
