@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from mixlab.data import Sample, sample_to_row
+from mixlab.models.parts import LM, param_part
 from mixlab.models.pretraining import train_steps
 from mixlab.toyworld import scenes
 from mixlab.toyworld.formats import render
 from mixlab.toyworld.rng import stream
+from mixlab.toyworld.sources import MIX
 
 CATEGORIES = ("color", "shape", "count", "spatial", "ocr", "chart", "science", "text")
-FORMAT_SHARES = {"short": 0.4, "yes_no": 0.3, "mc": 0.3}
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class LanguagePretraining:
 
 def reading_questions(seed: int, per_category: int, image_size: int) -> list[Sample]:
     """Text-only samples: "Context: <what the scene shows>" and a question about it, in a random format."""
-    names = sorted(FORMAT_SHARES)
-    shares = np.array([FORMAT_SHARES[k] for k in names])
+    names = sorted(MIX)  # the instruction sources' format mix
+    shares = np.array([MIX[k] for k in names])
     samples: list[Sample] = []
     for category in CATEGORIES:
         rng = stream(seed, f"pretrain-text/{category}")
@@ -74,7 +75,7 @@ def pretrain_language(
     answer token the most likely one) per category (20% of the pool)."""
     import torch
 
-    from mixlab.models.collator import VisionCollator
+    from mixlab.models.collator import IGNORE, VisionCollator
 
     torch.manual_seed(seed)
     samples = reading_questions(seed, settings.pool, model.config.vision_config.image_size)
@@ -86,7 +87,7 @@ def pretrain_language(
     def batch(idx: np.ndarray) -> dict[str, Any]:
         return dict(collator([sample_to_row(samples[int(i)]) for i in idx]))
 
-    params = [p for name, p in model.named_parameters() if "vision_tower" not in name and "projector" not in name]
+    params = [p for name, p in model.named_parameters() if param_part(name) == LM]
     model.train()
     rng = np.random.default_rng(seed)
     train_steps(
@@ -104,7 +105,7 @@ def pretrain_language(
             labels = inputs.pop("labels")
             predicted = model(**inputs).logits[:, :-1].argmax(-1)
             target = labels[:, 1:]
-            trained = target != -100
+            trained = target != IGNORE
             exact[start : start + len(labels)] = ((predicted == target) | ~trained).all(-1).numpy()
     category = np.array([samples[int(i)]["category"] for i in val])
     return {name: round(float(exact[category == name].mean()), 3) for name in CATEGORIES}

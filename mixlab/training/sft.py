@@ -12,17 +12,15 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydantic import BaseModel, Field, model_validator
 
 from mixlab.data import Sample
 from mixlab.errors import UserError
+from mixlab.models.parts import LM, PROJECTOR, VISION, param_part
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-VISION: Final = "vision"
-PROJECTOR: Final = "projector"
-LM: Final = "lm"
 ONE_ROW: Final = 1 << 40
 """pack_length that puts a whole batch in one row."""
 
@@ -100,15 +98,6 @@ class SFTSettings(BaseModel, extra="forbid"):
                 "freeze_language_model = true leaves no language model weights for LoRA to adapt: drop one of them."
             )
         return self
-
-
-def param_part(name: str) -> Literal["vision", "projector", "lm"]:
-    """Which part of a LLaVA model a parameter belongs to, from its name."""
-    if "vision_tower" in name:
-        return VISION
-    if "multi_modal_projector" in name:
-        return PROJECTOR
-    return LM
 
 
 def _sft_trainer_class() -> type:
