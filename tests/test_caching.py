@@ -1,14 +1,18 @@
-"""What reruns a stage: a local plugin's source code, --fresh, and a clash of score columns."""
+"""What reruns a stage: a local plugin's source code, mixlab's own code, --fresh, and a clash of score columns."""
 
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
+import mixlab
 from mixlab import registry
 from mixlab.cli import main
+from mixlab.engine import keys
 from mixlab.errors import UserError
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
@@ -98,3 +102,24 @@ def test_two_scorers_writing_one_column_is_an_error_naming_both(fake_recipe):
     fake_recipe.write_text(text)
     with pytest.raises(UserError, match=r"'quality' and 'quality_again' both write a column named 'badness'"):
         run(fake_recipe)
+
+
+def test_editing_mixlab_itself_changes_every_key_in_a_checkout(tmp_path, monkeypatch):
+    """From a source checkout, mixlab's own code (models, training, rules) is in every key, not just its version."""
+    package = tmp_path / "mixlab"
+    shutil.copytree(Path(mixlab.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(mixlab, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(keys, "_distribution", lambda top_level: None)  # not an installed release
+    keys.mixlab_code.cache_clear()
+    try:
+        before = (keys.stage_key("model", {"preset": "tiny"}), keys.cache_key({"kind": "ppl"}))
+        assert keys.mixlab_code().startswith(f"mixlab-{mixlab.__version__}+")
+        keys.mixlab_code.cache_clear()
+        assert (keys.stage_key("model", {"preset": "tiny"}), keys.cache_key({"kind": "ppl"})) == before  # stable
+        tiny = package / "models" / "tiny.py"
+        tiny.write_text(tiny.read_text() + "\n# an edit\n")
+        keys.mixlab_code.cache_clear()
+        after = (keys.stage_key("model", {"preset": "tiny"}), keys.cache_key({"kind": "ppl"}))
+        assert after[0] != before[0] and after[1] != before[1]
+    finally:
+        keys.mixlab_code.cache_clear()  # the next caller hashes the real package again

@@ -1,4 +1,4 @@
-"""The one key function: a stage's content key from its material, mixlab's version and the code of its plugins."""
+"""The one key function: a stage's content key from its material, mixlab's own code and the code of its plugins."""
 
 from __future__ import annotations
 
@@ -11,20 +11,40 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mixlab import __version__
+import mixlab
 from mixlab.store import content_hash
-
-CODE_VERSION = f"mixlab-{__version__}"
 
 
 def stage_key(ident: str, material: Any) -> str:
-    """The content key of a stage: what it is (``ident``), what it is made of, and mixlab's version."""
-    return content_hash({"stage": ident, "material": material, "code": CODE_VERSION})
+    """The content key of a stage: what it is (``ident``), what it is made of, and mixlab's own code."""
+    return content_hash({"stage": ident, "material": material, "code": mixlab_code()})
 
 
 def cache_key(key: Any) -> str:
     """The key of a reusable cache folder (shared across stages), from a plugin's own key material."""
-    return content_hash({"key": key, "code": CODE_VERSION})
+    return content_hash({"key": key, "code": mixlab_code()})
+
+
+@functools.cache
+def mixlab_code() -> str:
+    """What identifies mixlab's own code (its models, training, evaluation rules) in every key.
+
+    ``mixlab-<version>`` for an installed, non-editable release; from a source checkout (an editable install) the
+    version plus a hash of every file of the package, so that editing mixlab itself reruns what it computed.
+    """
+    dist = _distribution("mixlab")
+    if dist is not None and dist.version and not _editable(dist):
+        return f"mixlab-{dist.version}"
+    return f"mixlab-{mixlab.__version__}+{tree_digest(Path(mixlab.__file__).parent)}"
+
+
+def tree_digest(root: Path) -> str:
+    """A hash of every file's path and bytes under ``root`` (``__pycache__`` left out)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def plugin_code(cls: type) -> str:
