@@ -1,0 +1,67 @@
+"""The analysis scripts the docs name, on small run folders written here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mixlab.outcomes import ItemOutcomes, write_outcomes
+from mixlab.store import Store
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+CATEGORIES = ["attribute_recognition", "object_counting"]  # MMBench categories testing colour and count
+
+
+def mmbench(right_colour: np.ndarray, right_count: np.ndarray) -> ItemOutcomes:
+    """MMBench-style outcomes (one item per question) for 40 colour and 40 count questions."""
+    correct = np.concatenate([right_colour, right_count])
+    return ItemOutcomes(
+        rule="mean",
+        items=[str(i) for i in range(80)],
+        clusters=[str(i) for i in range(80)],
+        correct=correct,
+        chance=np.full(80, 0.25),
+        strata=[CATEGORIES[0]] * 40 + [CATEGORIES[1]] * 40,
+    )
+
+
+def write_run(run_dir: Path) -> None:
+    """Arms baseline and color_noisy over three seeds: the noisy arm loses colour questions, count is the same."""
+    rng = np.random.default_rng(0)
+    store, stages, arms = Store(run_dir), [], {}
+    for arm, colour_rate in (("baseline", 0.9), ("color_noisy", 0.4)):
+        per_seed = {}
+        for seed in (0, 1, 2):
+            key = f"{arm}{seed}".ljust(12, "0")
+            outcomes = mmbench(rng.random(40) < colour_rate, rng.random(40) < 0.7)
+            folder = store.stage_dir("eval", key)
+            folder.mkdir(parents=True)
+            write_outcomes(folder / "outcomes.json", {"MMBench_toy": outcomes})
+            stages.append({"name": f"eval:{arm}@seed{seed}", "key": key})
+            per_seed[str(seed)] = {"score": 100 * float(outcomes.correct.mean())}
+        arms[arm] = {"per_seed": per_seed}
+    (run_dir / "report.json").write_text(json.dumps({"seeds": [0, 1, 2], "stages": stages, "arms": arms}))
+
+
+def test_clean_vs_noisy_prints_each_effect_with_its_interval_against_the_floor(tmp_path):
+    write_run(tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "clean_vs_noisy.py"), str(tmp_path), "--floor", "1.0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "noise floor 1.00 (given); three times it: 3.00" in out
+    header = next(line for line in out.splitlines() if line.startswith("| category |"))
+    assert header.rstrip(" |").endswith("MMBench_toy")  # one column per benchmark after the average
+    rows = [line for line in out.splitlines() if line.startswith("| color |")]
+    assert len(rows) == 1 and "| count |" not in out  # only categories whose two arms ran
+    average, verdict, mmbench_toy = (cell.strip() for cell in rows[0].split("|")[4:7])
+    assert average == mmbench_toy  # a single benchmark: its effect is the average
+    delta, low, high = (float(x.strip("[],")) for x in average.split())
+    assert 15 < delta < 35 and low < delta < high  # 40 of 80 items drop from 90 % to 40 % right: 25 points
+    assert verdict == ("yes, the whole interval" if low >= 3.0 else "the estimate only")
