@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from mixlab.outcomes import ItemOutcomes, read_outcomes
+from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, read_outcomes
 from mixlab.stats import Comparison, compare
 from mixlab.store import Store
 
@@ -44,7 +44,7 @@ def per_seed_outcomes(run_dir: Path, report: dict, arm: str) -> list[dict[str, I
         name = next((n for n in (f"eval:{arm}@seed{seed}", f"eval:{arm}") if n in keys), None)
         if name is None:
             fail(f"{run_dir}: no evaluation of arm {arm!r} for seed {seed} in report.json")
-        out.append(read_outcomes(store.stage_dir("eval", keys[name]) / "outcomes.json"))
+        out.append(read_outcomes(store.stage_dir("eval", keys[name]) / OUTCOMES_FILE))
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixlab.outcomes import ItemOutcomes, write_outcomes
+from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, write_outcomes
 from mixlab.store import Store
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -40,7 +40,7 @@ def write_run(run_dir: Path) -> None:
             outcomes = mmbench(rng.random(40) < colour_rate, rng.random(40) < 0.7)
             folder = store.stage_dir("eval", key)
             folder.mkdir(parents=True)
-            write_outcomes(folder / "outcomes.json", {"MMBench_toy": outcomes})
+            write_outcomes(folder / OUTCOMES_FILE, {"MMBench_toy": outcomes})
             stages.append({"name": f"eval:{arm}@seed{seed}", "key": key})
             per_seed[str(seed)] = {"score": 100 * float(outcomes.correct.mean())}
         arms[arm] = {"per_seed": per_seed}
