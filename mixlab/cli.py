@@ -106,47 +106,14 @@ def plugins(as_json: bool) -> None:
     console.print(table)
 
 
-def _read_report(run_dir: Path) -> dict:
-    """RUN_DIR/report.json as a dict, or a UserError saying what is wrong with the folder or the file."""
-    if not run_dir.is_dir():
-        what = "is a file" if run_dir.exists() else "does not exist"
-        raise UserError(f"{run_dir} {what}: give the run directory that `mixlab run` wrote (e.g. runs/<name>).")
-    path = run_dir / "report.json"
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a report: remove it and rerun `mixlab run` to write the report.")
-    if not path.is_file():
-        raise UserError(
-            f"{path} does not exist: give a run directory that `mixlab run` has written a report to (rerun the "
-            "recipe to write it)."
-        )
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as UTF-8 text ({e}). Rerun `mixlab run` to rewrite it.") from None
-    if not text.strip():
-        raise UserError(f"{path} is empty (a run stopped while writing it?). Rerun `mixlab run` to rewrite it.")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is cut short or edited. Rerun `mixlab run` to "
-            "rewrite it."
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("arms"), dict):
-        raise UserError(
-            f"{path}: not a mixlab report (no `arms` table). Give a run directory's report.json, or rerun "
-            "`mixlab run` to rewrite it."
-        )
-    return data
-
-
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR's report.md, plots and tables from its report.json (nothing is retrained)."""
     from mixlab.report import render
+    from mixlab.run_folder import read_report
 
-    data = _read_report(run_dir)
+    data = read_report(run_dir)
     try:
         render(data, run_dir)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a report.json cut short or edited
@@ -173,6 +140,35 @@ def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
 
     n = export_arm(run_dir, arm, out, image_root)
     click.echo(f"{out}: {n} samples of arm {arm!r}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("arm_a")
+@click.argument("arm_b")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool) -> None:
+    """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals (nothing reruns)."""
+    from mixlab.compare import compare_arms, verdict
+
+    c, seeds, part = compare_arms(run_dir, arm_a, arm_b)
+    rows = {"average": c, **c.benchmarks}
+    if as_json:
+        out = {
+            name: {"delta": x.delta, "ci": x.ci, "p_better": x.p_better, "interval": x.interval, "verdict": verdict(x)}
+            for name, x in rows.items()
+        }
+        click.echo(json.dumps({"a": arm_a, "b": arm_b, "seeds": seeds, "part": part, **out}, indent=2))
+        return
+    items = "the test part of each benchmark" if part == "test" else "every benchmark item"
+    click.echo(f"{arm_a} − {arm_b}, seeds {seeds}, on {items}; interval: {c.interval}")
+    click.echo(f"{'':<16} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  verdict")
+    for name, x in rows.items():
+        ci = "-" if x.ci is None else f"[{x.ci[0]:+.2f}, {x.ci[1]:+.2f}]"
+        p = "-" if x.p_better is None else f"{x.p_better:.2f}"
+        click.echo(f"{name:<16} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x)}")
+    if len(seeds) == 1:
+        click.echo("One seed: the interval covers the benchmark items only, not training noise.")
 
 
 @cli.command()

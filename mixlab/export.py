@@ -7,34 +7,8 @@ from pathlib import Path
 from mixlab.data import write_llava_json
 from mixlab.errors import UserError
 from mixlab.registry import did_you_mean
+from mixlab.run_folder import run_arms
 from mixlab.store import Store, load_samples
-
-
-def run_arms(run_dir: Path) -> list[str]:
-    """The arms of a run, from its recipe copy (so a run that stopped early still lists them)."""
-    import tomllib
-
-    if not run_dir.is_dir():
-        what = "is a file" if run_dir.exists() else "does not exist"
-        raise UserError(f"{run_dir} {what}: give the run directory that `mixlab run` wrote (e.g. runs/<name>).")
-    recipe = run_dir / "recipe.toml"
-    if not recipe.is_file():
-        raise UserError(
-            f"{run_dir} is not a mixlab run directory (no recipe.toml). Give the folder `mixlab run` wrote."
-        )
-    try:
-        data = tomllib.loads(recipe.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise UserError(f"{recipe}: not UTF-8 text. Restore the run's recipe copy (rerun `mixlab run`).") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(
-            f"{recipe}: the run's recipe copy is not valid TOML ({e}). Restore it from your recipe, or rerun "
-            "`mixlab run`."
-        ) from None
-    arms = data.get("arms", {})
-    if not isinstance(arms, dict):
-        raise UserError(f"{recipe}: `arms` is not a table of [arms.<name>] sections; restore the run's recipe copy.")
-    return list(arms)
 
 
 def export_arm(run_dir: Path, arm: str, out: Path, image_root: Path | None = None) -> int:

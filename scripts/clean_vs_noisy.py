@@ -12,15 +12,14 @@ it with five seeds) or, without it, this run's baseline over its seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, read_outcomes
-from mixlab.stats import Comparison, compare
-from mixlab.store import Store
+from mixlab.compare import compare_arms
+from mixlab.errors import UserError
+from mixlab.run_folder import read_report
+from mixlab.stats import Comparison
 
 PAIRS = {  # category → (arm with the clean source, arm with the noisy source)
     "color": ("baseline", "color_noisy"),
@@ -30,50 +29,27 @@ PAIRS = {  # category → (arm with the clean source, arm with the noisy source)
 }
 
 
-def fail(message: str) -> NoReturn:
-    """Bad input: one message, exit code 2."""
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
-
-
-def per_seed_outcomes(run_dir: Path, report: dict, arm: str) -> list[dict[str, ItemOutcomes]]:
-    """The arm's evaluation outcomes, one dict (benchmark → items) per seed, in the report's seed order."""
-    keys = {s["name"]: s["key"] for s in report["stages"]}
-    store, out = Store(run_dir), []
-    for seed in report["seeds"]:
-        name = next((n for n in (f"eval:{arm}@seed{seed}", f"eval:{arm}") if n in keys), None)
-        if name is None:
-            fail(f"{run_dir}: no evaluation of arm {arm!r} for seed {seed} in report.json")
-        out.append(read_outcomes(store.stage_dir("eval", keys[name]) / OUTCOMES_FILE))
-    return out
-
-
 def cell(c: Comparison) -> str:
     assert c.ci is not None
     return f"{c.delta:+.2f} [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}]"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--floor", type=float, help="the noise floor (seed std of the reference arm's average)")
-    args = parser.parse_args()
-    path = args.run_dir / "report.json"
-    if not path.is_file():
-        fail(f"{path}: no such file; give the folder of a finished run of recipes/clean_vs_noisy.toml")
-    report = json.loads(path.read_text())
-    if len(report["seeds"]) < 2:
-        fail("the run has one seed: intervals need the seeds of recipes/clean_vs_noisy.toml")
-    baseline = [report["arms"]["baseline"]["per_seed"][str(s)]["score"] for s in report["seeds"]]
-    floor = args.floor if args.floor is not None else statistics.stdev(baseline)
-    source = "given" if args.floor is not None else f"this run's baseline over seeds {report['seeds']}"
-    print(f"seeds {report['seeds']}; noise floor {floor:.2f} ({source}); three times it: {3 * floor:.2f}")
-    rows = []
-    for category, (clean_arm, noisy_arm) in PAIRS.items():
-        if clean_arm in report["arms"] and noisy_arm in report["arms"]:
-            clean = per_seed_outcomes(args.run_dir, report, clean_arm)
-            noisy = per_seed_outcomes(args.run_dir, report, noisy_arm)
-            rows.append((category, clean_arm, noisy_arm, compare(clean, noisy)))
+def table(run_dir: Path, floor: float | None) -> None:
+    report = read_report(run_dir)
+    seeds = report.get("seeds") or []
+    if len(seeds) < 2:
+        raise UserError(f"{run_dir}: the run has one seed; intervals need the seeds of recipes/clean_vs_noisy.toml")
+    if floor is None:
+        floor = statistics.stdev(report["arms"]["baseline"]["per_seed"][str(s)]["score"] for s in seeds)
+        source = f"this run's baseline over seeds {seeds}"
+    else:
+        source = "given"
+    print(f"seeds {seeds}; noise floor {floor:.2f} ({source}); three times it: {3 * floor:.2f}")
+    rows = [
+        (category, clean, noisy, compare_arms(run_dir, clean, noisy)[0])
+        for category, (clean, noisy) in PAIRS.items()
+        if clean in report["arms"] and noisy in report["arms"]
+    ]
     benchmarks = list(rows[0][3].benchmarks) if rows else []
     print(
         "| category | clean arm | noisy arm | clean − noisy, average [95% CI] | ≥ 3 × floor | "
@@ -81,14 +57,26 @@ def main() -> None:
         + " |"
     )
     print("|---|---|---|---|---|" + "---|" * len(benchmarks))
-    for category, clean_arm, noisy_arm, effect in rows:
+    for category, clean, noisy, effect in rows:
         assert effect.ci is not None
         if effect.ci[0] >= 3 * floor:
             verdict = "yes, the whole interval"
         else:
             verdict = "the estimate only" if effect.delta >= 3 * floor else "no"
         per_bench = " | ".join(cell(effect.benchmarks[b]) for b in benchmarks)
-        print(f"| {category} | {clean_arm} | {noisy_arm} | {cell(effect)} | {verdict} | {per_bench} |")
+        print(f"| {category} | {clean} | {noisy} | {cell(effect)} | {verdict} | {per_bench} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--floor", type=float, help="the noise floor (seed std of the reference arm's average)")
+    args = parser.parse_args()
+    try:
+        table(args.run_dir, args.floor)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 
 from mixlab import __version__, cli
+from mixlab.pipeline import Run
+from mixlab.recipe import load_recipe
 from mixlab.records import collect
 from mixlab.store import Store, save_samples
+from tests import fakes
 from tests.test_pipeline import run_recipe
 
 
@@ -105,7 +108,42 @@ def test_env_reports_versions_and_plugins(monkeypatch, capsys):
     assert {"kind": "trainer", "name": "llava_sft"} in [{k: p[k] for k in ("kind", "name")} for p in info["plugins"]]
 
 
-@pytest.mark.parametrize("command", ["export", "report", "init", "env"])
+@pytest.mark.parametrize("command", ["export", "report", "init", "env", "compare"])
 def test_new_commands_are_in_help(monkeypatch, capsys, command):
     code, text = invoke(monkeypatch, capsys, "--help")
     assert code == 0 and f"  {command} " in text
+
+
+def test_compare_reads_back_the_reports_comparison_and_any_other_pair(fake_plugins, monkeypatch, capsys, tmp_path):
+    text = fakes.RECIPE.replace('type = "fake_bench"', 'type = "fake_noisy_bench"')
+    text = text.replace("seed = 1\n", 'seed = 1\nseeds = [0, 1, 2]\nselect_on = "dev"\n', 1)
+    report = Run(load_recipe(fakes.write_recipe(tmp_path, text)), tmp_path / "run", show_progress=False).execute()
+    capsys.readouterr()
+    stored = report["arms"]["curated"]["compare"]  # curated − full, as the report computed it (test part)
+    assert stored["to"] == "full" and stored["ci"] is not None
+    code, out = invoke(monkeypatch, capsys, "compare", str(tmp_path / "run"), "curated", "full", "--json")
+    assert code == 0, out
+    again = json.loads(out)
+    assert again["seeds"] == [0, 1, 2] and again["part"] == "test"
+    assert again["average"]["delta"] == pytest.approx(stored["delta"])
+    assert again["average"]["ci"] == pytest.approx(stored["ci"]) and again["average"]["verdict"] == "better"
+    assert again["noisybench"]["p_better"] == pytest.approx(stored["benchmarks"]["noisybench"]["p_better"])
+    code, out = invoke(monkeypatch, capsys, "compare", str(tmp_path / "run"), "full", "curated")  # the other way
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("full − curated, seeds [0, 1, 2], on the test part")
+    assert lines[2].split()[:2] == ["average", f"{-stored['delta']:+.2f}"] and lines[2].endswith("worse")
+    code, out = invoke(monkeypatch, capsys, "compare", str(tmp_path / "run"), "soup", "full")
+    assert code == 0 and out.startswith("soup − full, seeds [0, 1, 2]")
+
+
+def test_compare_errors(fake_recipe, monkeypatch, capsys, tmp_path):
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curatd", "full")
+    assert code == 2 and "no arm 'curatd'" in text and "Did you mean 'curated'" in text and "Traceback" not in text
+    code, text = invoke(monkeypatch, capsys, "compare", str(tmp_path / "nowhere"), "a", "b")
+    assert code == 2 and "does not exist" in text and "Traceback" not in text
+    for stage in (run_dir / "stages").glob("eval-*"):
+        (stage / "DONE").unlink()
+    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
+    assert code == 2 and "no finished evaluation of 'curated'" in text and "Traceback" not in text

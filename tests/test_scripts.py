@@ -38,12 +38,15 @@ def write_run(run_dir: Path) -> None:
         for seed in (0, 1, 2):
             key = f"{arm}{seed}".ljust(12, "0")
             outcomes = mmbench(rng.random(40) < colour_rate, rng.random(40) < 0.7)
+            score = 100 * float(outcomes.correct.mean())
             folder = store.stage_dir("eval", key)
             folder.mkdir(parents=True)
             write_outcomes(folder / OUTCOMES_FILE, {"MMBench_toy": outcomes})
+            Store.finish(folder, {"metrics": {"MMBench_toy": {"score": score}}})
             stages.append({"name": f"eval:{arm}@seed{seed}", "key": key})
-            per_seed[str(seed)] = {"score": 100 * float(outcomes.correct.mean())}
+            per_seed[str(seed)] = {"score": score}
         arms[arm] = {"per_seed": per_seed}
+    (run_dir / "recipe.toml").write_text('[run]\nname = "clean_vs_noisy"\nseeds = [0, 1, 2]\n')
     (run_dir / "report.json").write_text(json.dumps({"seeds": [0, 1, 2], "stages": stages, "arms": arms}))
 
 
@@ -65,3 +68,10 @@ def test_clean_vs_noisy_prints_each_effect_with_its_interval_against_the_floor(t
     delta, low, high = (float(x.strip("[],")) for x in average.split())
     assert 15 < delta < 35 and low < delta < high  # 40 of 80 items drop from 90 % to 40 % right: 25 points
     assert verdict == ("yes, the whole interval" if low >= 3.0 else "the estimate only")
+
+
+def test_clean_vs_noisy_on_a_folder_that_is_not_a_run(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "clean_vs_noisy.py"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "report.json does not exist" in done.stderr and "Traceback" not in done.stderr

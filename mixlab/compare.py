@@ -1,0 +1,63 @@
+"""`mixlab compare`: any two arms of a finished run (or an arm and the soup), paired by seed and by benchmark item,
+on the part the report shows (the test part with ``select_on = "dev"``), as the report compares each arm with
+``compare_to``. Nothing is trained or evaluated again: the run's stored evaluations are read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixlab.components import Evaluation
+from mixlab.decisions import Decisions
+from mixlab.errors import UserError
+from mixlab.outcomes import OUTCOMES_FILE, read_outcomes
+from mixlab.registry import did_you_mean
+from mixlab.run_folder import read_report, recipe_copy
+from mixlab.sections import RunSection
+from mixlab.stats import Comparison
+from mixlab.store import Store
+
+
+def arm_evaluations(run_dir: Path, report: dict, arm: str) -> dict[int, Evaluation]:
+    """Seed → the arm's stored evaluation (every item), for each seed the run evaluated it with."""
+    seeds = report.get("seeds") or [0]
+    names = [*report["arms"], *(["soup"] if report.get("soup") else [])]
+    if arm not in names:
+        raise UserError(f"{run_dir} has no arm {arm!r}.{did_you_mean(arm, names)} Its arms: {', '.join(names)}.")
+    keys = {s.get("name"): s.get("key") for s in report.get("stages", []) if isinstance(s, dict)}
+    store, out = Store(run_dir), {}
+    for seed in seeds:
+        tag = arm if len(seeds) == 1 else f"{arm}@seed{seed}"
+        key = keys.get(f"eval:{tag}")
+        stage_dir = None if key is None else store.stage_dir("eval", key)
+        if stage_dir is None or not Store.is_done(stage_dir):
+            continue
+        out[int(seed)] = Evaluation(Store.result(stage_dir)["metrics"], read_outcomes(stage_dir / OUTCOMES_FILE))
+    if not out:
+        raise UserError(
+            f"{run_dir}: no finished evaluation of {arm!r} is stored (stage eval:{arm}…). Rerun `mixlab run` on the "
+            "recipe to evaluate it."
+        )
+    return out
+
+
+def compare_arms(run_dir: Path, a: str, b: str) -> tuple[Comparison, list[int], str]:
+    """A − B on the run's report part: (the comparison, the seeds both have, the part: "all" or "test")."""
+    report = read_report(run_dir)
+    try:
+        decisions = Decisions(RunSection.model_validate({"name": "compare", **recipe_copy(run_dir).get("run", {})}))
+    except ValueError as e:
+        raise UserError(f"{run_dir / 'recipe.toml'}: its [run] section is not valid ({e}).") from None
+    first, second = arm_evaluations(run_dir, report, a), arm_evaluations(run_dir, report, b)
+    seeds = sorted(set(first) & set(second))
+    if not seeds:
+        raise UserError(f"{a!r} ({sorted(first)}) and {b!r} ({sorted(second)}) share no seed to pair on.")
+    part = decisions.report_on
+    views = [[decisions.view(arm[s], part) for s in seeds] for arm in (first, second)]
+    return decisions.compare(views[0], views[1]), seeds, part
+
+
+def verdict(c: Comparison) -> str:
+    """What the interval supports: "better", "worse" or "not distinguishable" (no interval: "no interval")."""
+    if c.ci is None:
+        return "no interval"
+    return "better" if c.ci[0] > 0 else "worse" if c.ci[1] < 0 else "not distinguishable"

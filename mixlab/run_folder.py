@@ -1,0 +1,78 @@
+"""A finished run's folder, read back: the arms of its recipe copy and its report.json, with one clear message for
+each way the folder can be wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mixlab.errors import UserError
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A UserError unless run_dir is a folder."""
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(f"{run_dir} {what}: give the run directory that `mixlab run` wrote (e.g. runs/<name>).")
+
+
+def recipe_copy(run_dir: Path) -> dict:
+    """The recipe copy a run keeps (RUN_DIR/recipe.toml), parsed."""
+    import tomllib
+
+    check_run_dir(run_dir)
+    recipe = run_dir / "recipe.toml"
+    if not recipe.is_file():
+        raise UserError(
+            f"{run_dir} is not a mixlab run directory (no recipe.toml). Give the folder `mixlab run` wrote."
+        )
+    try:
+        return tomllib.loads(recipe.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise UserError(f"{recipe}: not UTF-8 text. Restore the run's recipe copy (rerun `mixlab run`).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(
+            f"{recipe}: the run's recipe copy is not valid TOML ({e}). Restore it from your recipe, or rerun "
+            "`mixlab run`."
+        ) from None
+
+
+def run_arms(run_dir: Path) -> list[str]:
+    """The arms of a run, from its recipe copy (so a run that stopped early still lists them)."""
+    recipe, data = run_dir / "recipe.toml", recipe_copy(run_dir)
+    arms = data.get("arms", {})
+    if not isinstance(arms, dict):
+        raise UserError(f"{recipe}: `arms` is not a table of [arms.<name>] sections; restore the run's recipe copy.")
+    return list(arms)
+
+
+def read_report(run_dir: Path) -> dict:
+    """RUN_DIR/report.json as a dict, or a UserError saying what is wrong with the folder or the file."""
+    check_run_dir(run_dir)
+    path = run_dir / "report.json"
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a report: remove it and rerun `mixlab run` to write the report.")
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist: give a run directory that `mixlab run` has written a report to (rerun the "
+            "recipe to write it)."
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as UTF-8 text ({e}). Rerun `mixlab run` to rewrite it.") from None
+    if not text.strip():
+        raise UserError(f"{path} is empty (a run stopped while writing it?). Rerun `mixlab run` to rewrite it.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is cut short or edited. Rerun `mixlab run` to "
+            "rewrite it."
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("arms"), dict):
+        raise UserError(
+            f"{path}: not a mixlab report (no `arms` table). Give a run directory's report.json, or rerun "
+            "`mixlab run` to rewrite it."
+        )
+    return data
