@@ -175,10 +175,16 @@ def transferability(
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def gaussian_kernel(x: np.ndarray, sigma: float = 1.0, rows: np.ndarray | slice | None = None) -> np.ndarray:
-    """K[a, b] = exp(-‖x_a − x_b‖² / (2σ²)) in float64, for the given rows of x (default all) against all of x."""
+def gaussian_kernel(
+    x: np.ndarray, sigma: float = 1.0, rows: np.ndarray | slice | None = None, sq: np.ndarray | None = None
+) -> np.ndarray:
+    """K[a, b] = exp(-‖x_a − x_b‖² / (2σ²)) in float64, for the given rows of x (default all) against all of x.
+
+    ``sq``: the rows' squared norms (``squared_norms(x)``) when the caller asks for many blocks of one x.
+    """
     x = np.asarray(x, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", x, x)
+    if sq is None:
+        sq = squared_norms(x)
     if rows is None:
         rows = slice(None)
     d2 = sq[rows][:, None] + sq[None, :] - 2.0 * (x[rows] @ x.T)
@@ -186,9 +192,14 @@ def gaussian_kernel(x: np.ndarray, sigma: float = 1.0, rows: np.ndarray | slice 
     return np.exp(-d2 / (2.0 * sigma**2))
 
 
-def _kernel_row(x: np.ndarray, sigma: float, i: int) -> np.ndarray:
+def squared_norms(x: np.ndarray) -> np.ndarray:
+    """‖x_a‖² of every row (float64 x)."""
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _kernel_row(x: np.ndarray, sigma: float, sq: np.ndarray, i: int) -> np.ndarray:
     """Row i of the Gaussian kernel of x, computed on demand (when the whole kernel does not fit in memory)."""
-    return gaussian_kernel(x, sigma, np.array([i]))[0]
+    return gaussian_kernel(x, sigma, np.array([i]), sq)[0]
 
 
 def density(x_cluster: np.ndarray, sigma: float = 1.0) -> float:
@@ -205,8 +216,9 @@ def _kernel_stats(x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, 
         return kernel.mean(axis=0), np.diag(kernel).copy(), kernel
     colsum = np.zeros(m)
     diag = np.empty(m)
+    sq = squared_norms(x)
     for start in range(0, m, rows_per_block):
-        block = gaussian_kernel(x, sigma, slice(start, start + rows_per_block))
+        block = gaussian_kernel(x, sigma, slice(start, start + rows_per_block), sq)
         colsum += block.sum(axis=0)
         diag[start : start + len(block)] = block[np.arange(len(block)), np.arange(start, start + len(block))]
     return colsum / m, diag, None
@@ -334,7 +346,7 @@ def select_from_clusters(
             if kernel is not None:
                 local = _greedy_mmd(kernel.__getitem__, colmean, diag, int(taken[c]))
             else:
-                local = _greedy_mmd(partial(_kernel_row, xc, sigma), colmean, diag, int(taken[c]))
+                local = _greedy_mmd(partial(_kernel_row, xc, sigma, squared_norms(xc)), colmean, diag, int(taken[c]))
             picked += rows[local].tolist()
         stats.pop(int(c), None)
         if advance:
