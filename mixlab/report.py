@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixlab import __version__
+from mixlab.engine.keys import mixlab_code
 from mixlab.report_plots import plot
 from mixlab.report_tables import print_tables, render_markdown
 from mixlab.store import atomic_write_json, atomic_write_text
@@ -64,6 +65,7 @@ def build_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
     arms = {name: arm_entry(arm) for name, arm in result.arms.items()}
     report: dict[str, Any] = {
         "mixlab_version": __version__,
+        "mixlab_code": mixlab_code(),
         "recipe": str(result.recipe),
         "run_dir": str(result.run_dir),
         "seeds": result.seeds,

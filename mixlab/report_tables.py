@@ -373,7 +373,11 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def render_markdown(report: dict[str, Any], images: list[str]) -> str:
     """report.md: the arms table, the plots, comparisons, benchmark health, alignment data, metrics, Individual
     Select, stages."""
-    lines = [f"# mixlab report: {Path(report['recipe']).name}", "", f"mixlab {report.get('mixlab_version', '?')}", ""]
+    version = f"mixlab {report.get('mixlab_version', '?')}"
+    code = str(report.get("mixlab_code", ""))
+    if "+" in code:  # from a source checkout: the hash of the code that ran, as the cache keys see it
+        version += f" (code {code})"
+    lines = [f"# mixlab report: {Path(report['recipe']).name}", "", version, ""]
     if report.get("error"):
         lines += [f"**Run failed:** {report['error']}", ""]
     split = _split_lines(report)

@@ -63,6 +63,7 @@ def test_editing_a_local_plugin_reruns_exactly_the_stages_that_use_it(local_plug
     recipe = fakes.write_recipe(tmp_path, fakes.RECIPE.replace('type = "fake_quality"', 'type = "local_length"'))
     first = run(recipe)
     assert set(statuses(first).values()) == {"done"}
+    assert first["mixlab_code"] == keys.mixlab_code()  # the report names the code identity its keys used
     local_plugin.write_text(PLUGIN.replace("{weight}", "2.0"))  # same selection, different code
     registry.unregister_plugin(sys.modules["local_scorer"])
     registry.register_plugin(importlib.reload(sys.modules["local_scorer"]))

@@ -315,3 +315,11 @@ def test_malformed_report_still_raises():
     del report["arms"]["a"]["metrics"]
     with pytest.raises(KeyError):
         render_markdown(report, [])
+
+
+def test_markdown_names_the_code_that_ran_when_it_is_a_checkout():
+    report = new_report([0])
+    report["mixlab_code"] = "mixlab-0.1.0+0123456789abcdef"
+    assert "\nmixlab 0.1 (code mixlab-0.1.0+0123456789abcdef)\n" in render_markdown(report, [])
+    report["mixlab_code"] = "mixlab-0.1.0"  # a release: its version says it all
+    assert "\nmixlab 0.1\n" in render_markdown(report, [])
