@@ -150,16 +150,19 @@ def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
 def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool) -> None:
     """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals (nothing reruns)."""
     from mixlab.compare import compare_arms, verdict
+    from mixlab.stats import Comparison
 
     c, seeds, part = compare_arms(run_dir, arm_a, arm_b)
-    rows = {"average": c, **c.benchmarks}
     if as_json:
-        out = {
-            name: {"delta": x.delta, "ci": x.ci, "p_better": x.p_better, "interval": x.interval, "verdict": verdict(x)}
-            for name, x in rows.items()
-        }
-        click.echo(json.dumps({"a": arm_a, "b": arm_b, "seeds": seeds, "part": part, **out}, indent=2))
+
+        def fields(x: Comparison) -> dict:
+            return {"delta": x.delta, "ci": x.ci, "p_better": x.p_better, "interval": x.interval, "verdict": verdict(x)}
+
+        benchmarks = {name: fields(x) for name, x in c.benchmarks.items()}
+        out = {"a": arm_a, "b": arm_b, "seeds": seeds, "part": part, "average": fields(c), "benchmarks": benchmarks}
+        click.echo(json.dumps(out, indent=2))
         return
+    rows = {"average": c, **c.benchmarks}
     items = "the test part of each benchmark" if part == "test" else "every benchmark item"
     click.echo(f"{arm_a} − {arm_b}, seeds {seeds}, on {items}; interval: {c.interval}")
     click.echo(f"{'':<16} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  verdict")

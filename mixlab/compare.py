@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mixlab.components import Evaluation
 from mixlab.decisions import Decisions
+from mixlab.engine.keys import seed_tag
 from mixlab.errors import UserError
 from mixlab.outcomes import OUTCOMES_FILE, read_outcomes
 from mixlab.registry import did_you_mean
@@ -26,8 +27,7 @@ def arm_evaluations(run_dir: Path, report: dict, arm: str) -> dict[int, Evaluati
     keys = {s.get("name"): s.get("key") for s in report.get("stages", []) if isinstance(s, dict)}
     store, out = Store(run_dir), {}
     for seed in seeds:
-        tag = arm if len(seeds) == 1 else f"{arm}@seed{seed}"
-        key = keys.get(f"eval:{tag}")
+        key = keys.get(f"eval:{seed_tag(arm, seed, seeds)}")
         stage_dir = None if key is None else store.stage_dir("eval", key)
         if stage_dir is None or not Store.is_done(stage_dir):
             continue

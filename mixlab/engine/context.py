@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mixlab.components import Evaluation, Metrics, Trial
 from mixlab.decisions import Decisions
 from mixlab.engine.bodies import SCORES_FILE, save_scores, score_body, train_body
-from mixlab.engine.keys import cache_key, plugin_code
+from mixlab.engine.keys import cache_key, plugin_code, seed_tag
 from mixlab.engine.remote import Remote
 from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
@@ -139,7 +139,7 @@ class PipelineContext:
 
     def seed_tag(self, tag: str, seed: int) -> str:
         """A training's tag for one seed: unchanged with a single seed, ``tag@seed<n>`` with several."""
-        return tag if len(self.seeds) == 1 else f"{tag}@seed{seed}"
+        return seed_tag(tag, seed, self.seeds)
 
     def relative(self, path: Path) -> str:
         """A path relative to the run folder where it lies inside it."""

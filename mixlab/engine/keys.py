@@ -1,4 +1,5 @@
-"""The one key function: a stage's content key from its material, mixlab's own code and the code of its plugins."""
+"""The one key function: a stage's content key from its material, mixlab's own code and the code of its plugins;
+and the per-seed tag in a stage's name."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ import hashlib
 import inspect
 import json
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mixlab
 from mixlab.store import content_hash
+
+
+def seed_tag(tag: str, seed: int, seeds: Sequence[int]) -> str:
+    """A training's (or evaluation's) tag for one seed of a run: unchanged with a single seed, ``tag@seed<n>`` with
+    several."""
+    return tag if len(seeds) == 1 else f"{tag}@seed{seed}"
 
 
 def stage_key(ident: str, material: Any) -> str:
