@@ -146,7 +146,8 @@ def _arms_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], lis
     if any(row[len(benches) + 4] for row in table):
         notes.append(
             f"{SAME}: not distinguishable from {reference} (the 95% CI of Δ contains 0); {BETTER} / {WORSE}: "
-            f"distinguishably better / worse. P(better): share of resampled differences above 0 (not a p-value)."
+            f"distinguishably better / worse. P(better): share of resampled differences above 0 (not a p-value). "
+            "Any other pair: mixlab compare RUN_DIR A B."
         )
     if with_interval:
         kinds = sorted({a["score_interval"] for a in rows.values() if a.get("score_interval")})
