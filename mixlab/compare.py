@@ -43,8 +43,11 @@ def arm_evaluations(run_dir: Path, report: dict, arm: str) -> dict[int, Evaluati
 def compare_arms(run_dir: Path, a: str, b: str) -> tuple[Comparison, list[int], str]:
     """A − B on the run's report part: (the comparison, the seeds both have, the part: "all" or "test")."""
     report = read_report(run_dir)
+    run = recipe_copy(run_dir).get("run", {})
     try:
-        decisions = Decisions(RunSection.model_validate({"name": "compare", **recipe_copy(run_dir).get("run", {})}))
+        if not isinstance(run, dict):
+            raise ValueError("it is not a table")
+        decisions = Decisions(RunSection.model_validate({"name": "compare", **run}))
     except ValueError as e:
         raise UserError(f"{run_dir / 'recipe.toml'}: its [run] section is not valid ({e}).") from None
     first, second = arm_evaluations(run_dir, report, a), arm_evaluations(run_dir, report, b)

@@ -150,3 +150,11 @@ def test_compare_errors(fake_recipe, monkeypatch, capsys, tmp_path):
         (stage / "DONE").unlink()
     code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
     assert code == 2 and "no finished evaluation of 'curated'" in text and "Traceback" not in text
+
+
+def test_compare_on_a_run_whose_recipe_copy_has_a_broken_run_section(fake_recipe, monkeypatch, capsys):
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    (run_dir / "recipe.toml").write_text('run = "fake"\n[arms.full]\nsources = ["good"]\n')
+    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
+    assert code == 2 and "recipe.toml: its [run] section is not valid" in text and "Traceback" not in text
