@@ -21,7 +21,7 @@ from mixlab.errors import UserError
 from mixlab.progress import ProgressBoard
 from mixlab.recipe import Recipe
 from mixlab.results import AlignResult, ArmResult, Replicate, RunResult, SoupResult
-from mixlab.sections import AlignSection, Section
+from mixlab.sections import AlignSection, ModelSection, Section
 from mixlab.store import SAMPLES_FILE, Store, load_samples, save_samples
 
 
@@ -45,6 +45,7 @@ class Run:
             stages=self.engine.entries,
         )
         self.samples_of_source: dict[str, list[Sample]] = {}
+        self.selections: dict[str, list[Sample]] = {}  # arm → the samples it trains on, written at the end
         self.unaligned: tuple[Path, str] = (Path(), "")  # the base model before any alignment, and its stage key
 
     def execute(self) -> dict[str, Any]:
@@ -70,7 +71,9 @@ class Run:
                 failed = exc
         keep_earlier = failed is not None and is_finished_report(self.run_dir / "report.json")
         report = write_report(self.result, None if failed is None else f"{type(failed).__name__}: {failed}")
-        if not keep_earlier:  # a failed rerun leaves an earlier finished run's recipe copy (and report) alone
+        if not keep_earlier:  # a failed rerun leaves an earlier finished run's files (report, recipe, selections) alone
+            for name, chosen in self.selections.items():
+                save_samples(self.store.selection_file(name), chosen)  # what `mixlab export` writes out
             shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
         if failed is not None:
             raise failed
@@ -118,31 +121,14 @@ class Run:
 
     def build_base_model(self) -> Path:
         """The model stage: the tiny preset built on the pool's texts, or the checkpoint at [model].path."""
-        from mixlab.models.base import prepare_base_model
-
         model = self.recipe.model
         material = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(self.ctx.source_keys.values())}
         if model.preset == "tiny":  # the tiny model is built by mixlab's code: its chat template is part of it
             from mixlab.models.templates import TINY_CHAT_TEMPLATE
 
             material["template"] = TINY_CHAT_TEMPLATE
-
-        def body(stage_dir: Path) -> dict[str, Any]:
-            samples = self.samples_of(list(self.samples_of_source))
-            tiny = model.tiny
-            steps = tiny.vision_pretrain_steps + tiny.language_pretrain_steps if model.preset == "tiny" else 0
-            with self.ctx.progress("pretrain the tiny model", steps or None) as advance:
-                path = prepare_base_model(
-                    model,
-                    samples,
-                    stage_dir,
-                    self.ctx.seed,
-                    self.recipe.path.resolve().parent,
-                    record=self.ctx.record,
-                    progress=lambda done, total: advance(completed=done),
-                )
-            return {"model_dir": str(path.relative_to(stage_dir) if path.is_relative_to(stage_dir) else path)}
-
+        corpus = self.samples_of(list(self.samples_of_source))
+        body = partial(pretrain_body, model, corpus, self.ctx, self.recipe.path.resolve().parent)
         result, stage_dir = self.engine.stage("model", material, body)
         base = Path(result["model_dir"])
         self.ctx.set_base_model(base if base.is_absolute() else stage_dir / base, self.engine.keys["model"])
@@ -167,16 +153,10 @@ class Run:
                 "reference": self.ctx.model_key(reference_dir) if reference_dir else None,
             }
 
-            body = partial(self.score_stage, section, samples, reference_dir)
+            body = partial(score_stage_body, self.ctx, section, samples, reference_dir)
             _, folder = self.engine.stage(f"score:{prefix}{label}", material, body)
             folders[label] = (folder, self.engine.keys[f"score:{prefix}{label}"])
         return folders
-
-    def score_stage(
-        self, section: Section, samples: list[Sample], reference_dir: Path | None, stage_dir: Path
-    ) -> dict[str, Any]:
-        """A scorer stage's body: its columns into scores.npz."""
-        return {"columns": self.ctx.score(section, samples, reference_dir, stage_dir)}
 
     # ---- arms -----------------------------------------------------------------------------------------------
     def select(
@@ -204,7 +184,7 @@ class Run:
             ctx = self.ctx.with_base(path, key)
         pool = self.samples_of(arm.sources)
         chosen, info = self.select(arm_name, arm.selector, pool, scores, ctx)
-        save_samples(self.store.selection_file(arm_name), chosen)  # what `mixlab export` writes out
+        self.selections[arm_name] = chosen
         with self.engine.downstream_of(f"select:{arm_name}"):
             models = ctx.replicates([(chosen, arm_name)], arm.trainer)[0]
             replicates = [self.replicate(arm_name, seed, path) for seed, path in models.items()]
@@ -279,6 +259,34 @@ def pool_scorers(recipe: Recipe, pools: list[tuple[str | None, list[str]]]) -> d
             needed.setdefault(scorer, [])
             needed[scorer] += [s for s in sources if s not in needed[scorer]]
     return needed
+
+
+def pretrain_body(
+    model: ModelSection, corpus: list[Sample], ctx: PipelineContext, recipe_dir: Path, stage_dir: Path
+) -> dict[str, Any]:
+    """The model stage's body: the base model prepared in ``stage_dir`` (the tiny preset pretrained on the texts
+    and images of ``corpus``; a checkpoint is used where it lies)."""
+    from mixlab.models.base import prepare_base_model
+
+    steps = model.tiny.vision_pretrain_steps + model.tiny.language_pretrain_steps if model.preset == "tiny" else 0
+    with ctx.progress("pretrain the tiny model", steps or None) as advance:
+        path = prepare_base_model(
+            model,
+            corpus,
+            stage_dir,
+            ctx.seed,
+            recipe_dir,
+            record=ctx.record,
+            progress=lambda done, total: advance(completed=done),
+        )
+    return {"model_dir": str(path.relative_to(stage_dir) if path.is_relative_to(stage_dir) else path)}
+
+
+def score_stage_body(
+    ctx: PipelineContext, section: Section, samples: list[Sample], reference_dir: Path | None, stage_dir: Path
+) -> dict[str, Any]:
+    """A scorer stage's body: its columns into scores.npz."""
+    return {"columns": ctx.score(section, samples, reference_dir, stage_dir)}
 
 
 def select_material(

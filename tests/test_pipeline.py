@@ -149,3 +149,22 @@ def test_failed_stage_keeps_finished_work_and_reports(fake_recipe, monkeypatch):
     assert status["train:full"] == "done" and status["eval:full"] == "failed"
     again = run_recipe(fake_recipe)
     assert {s["name"]: s["status"] for s in again["stages"]}["train:full"] == "cached"
+
+
+def test_failed_rerun_leaves_the_finished_runs_files_alone(fake_recipe, monkeypatch):
+    """report.json, the recipe copy and every arm's selection (what `mixlab export` writes) stay the finished run's."""
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    kept = ["report.json", "recipe.toml", "selections/curated.parquet", "selections/full.parquet"]
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    fake_recipe.write_text(fake_recipe.read_text().replace("count = 10", "count = 5"))  # a new selection ...
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "not-a-number")  # ... whose training fails
+    try:
+        run_recipe(fake_recipe)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("the failure must propagate")
+    assert '"stage": "select:curated"' in (run_dir / "events.jsonl").read_text()  # the new selection was made
+    assert {name: (run_dir / name).read_bytes() for name in kept} == before
+    assert (run_dir / "report-failed.json").is_file()

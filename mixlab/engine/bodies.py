@@ -1,16 +1,18 @@
-"""Stage bodies that run the same in the pipeline's process or in a worker: a training, a scoring."""
+"""Stage bodies that run the same in the pipeline's process or in a worker: a training, an evaluation, a scoring."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mixlab.components import Evaluation
 from mixlab.errors import UserError
+from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, write_outcomes
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from mixlab.components import RunContext, Trainer
+    from mixlab.components import Evaluator, Metrics, RunContext, Trainer
     from mixlab.data import Sample
     from mixlab.sections import Section
 
@@ -30,6 +32,26 @@ def train_body(
     result = trainer.train(samples, base_model, stage_dir, ctx, overrides)
     ctx.record(**{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))})
     return {"model_dir": str(Path(result.model_dir).relative_to(stage_dir)), "stats": result.stats}
+
+
+def eval_body(evaluators: dict[str, Evaluator], model_dir: Path, ctx: RunContext, stage_dir: Path) -> dict[str, Any]:
+    """Every evaluator on one model: metrics per benchmark (a name two evaluators share is prefixed with the
+    evaluator's label) and per-item outcomes in outcomes.json; the score recorded as arms are averaged."""
+    metrics: Metrics = {}
+    outcomes: dict[str, ItemOutcomes] = {}
+    for label, evaluator in evaluators.items():
+        work = stage_dir / label
+        work.mkdir(exist_ok=True)
+        returned = evaluator.evaluate(model_dir, work, ctx)
+        found = returned if isinstance(returned, Evaluation) else Evaluation(returned)
+        for bench, values in found.metrics.items():
+            name = bench if bench not in metrics else f"{label}/{bench}"
+            metrics[name] = values
+            if bench in found.outcomes:
+                outcomes[name] = found.outcomes[bench]
+    write_outcomes(stage_dir / OUTCOMES_FILE, outcomes)
+    ctx.record(score=round(ctx.aggregate(metrics), 3))
+    return {"metrics": metrics}
 
 
 def score_body(

@@ -6,17 +6,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixlab.components import Evaluation, Metrics, Trial
 from mixlab.decisions import Decisions
-from mixlab.engine.bodies import SCORES_FILE, save_scores, score_body, train_body
+from mixlab.engine.bodies import SCORES_FILE, eval_body, save_scores, score_body, train_body
 from mixlab.engine.keys import cache_key, plugin_code, seed_tag
 from mixlab.engine.remote import Remote
 from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
-from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, read_outcomes, write_outcomes
+from mixlab.outcomes import OUTCOMES_FILE, read_outcomes
 from mixlab.progress import ProgressBoard
 from mixlab.store import Store, content_hash
 
@@ -108,7 +109,9 @@ class PipelineContext:
             "code": {k: plugin_code(s.cls) for k, s in self.recipe.evaluators.items()},
             "model": self.model_key(model_dir),
         }
-        result, stage_dir = self.engine.stage(f"eval:{tag}", material, self._eval_body(Path(model_dir)), kind="eval")
+        result, stage_dir = self.engine.stage(
+            f"eval:{tag}", material, partial(eval_body, self._evaluators, Path(model_dir), self), kind="eval"
+        )
         self.decisions.check_names(list(result["metrics"]))
         return Evaluation(result["metrics"], read_outcomes(stage_dir / OUTCOMES_FILE))
 
@@ -208,26 +211,6 @@ class PipelineContext:
     ) -> Callable[[Path], dict[str, Any]]:
         ctx = self.with_seed(seed)
         return lambda stage_dir: train_body(self._trainer, samples, self.base_model, stage_dir, ctx, overrides)
-
-    def _eval_body(self, model_dir: Path) -> Callable[[Path], dict[str, Any]]:
-        def body(stage_dir: Path) -> dict[str, Any]:
-            metrics: Metrics = {}
-            outcomes: dict[str, ItemOutcomes] = {}
-            for label, evaluator in self._evaluators.items():
-                work = stage_dir / label
-                work.mkdir(exist_ok=True)
-                returned = evaluator.evaluate(model_dir, work, self)
-                found = returned if isinstance(returned, Evaluation) else Evaluation(returned)
-                for bench, values in found.metrics.items():
-                    name = bench if bench not in metrics else f"{label}/{bench}"
-                    metrics[name] = values
-                    if bench in found.outcomes:
-                        outcomes[name] = found.outcomes[bench]
-            write_outcomes(stage_dir / OUTCOMES_FILE, outcomes)
-            self.record(score=round(self.aggregate(metrics), 3))  # as arms are averaged ([run] weights)
-            return {"metrics": metrics}
-
-        return body
 
     def score(self, section: Section, samples: list[Sample], reference_dir: Path | None, stage_dir: Path) -> list[str]:
         """Run a scorer into ``stage_dir/scores.npz`` (in shards of worker processes with ``processes > 1``)."""
