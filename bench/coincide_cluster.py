@@ -16,7 +16,7 @@ faiss-cpu wheels bundle their own OpenBLAS (0.3.15 in faiss-cpu 1.15), which doe
 `--openblas-coretype SkylakeX` (or `OPENBLAS_CORETYPE=SkylakeX` in the environment; `Haswell` on AVX2-only CPUs)
 picks a proper kernel; it must be set before faiss is imported. The script prints the core each OpenBLAS uses.
 
-Without arguments a reduced size (20,000 × 1,024, k = 200) that runs in about a minute on 2 cores; the issue's full
+Without arguments a reduced size (20,000 × 1,024, k = 200) that runs in about a minute on 2 cores; the full
 size is
 
     python bench/coincide_cluster.py --n 100000 --dim 2048 --k 1000 --niter 20

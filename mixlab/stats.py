@@ -205,7 +205,7 @@ class Estimate:
     value: float
     ci: tuple[float, float] | None
     interval: IntervalKind
-    se: float | None = None  # standard deviation of the draws
+    se: float | None = None  # the interval's width / (2 × 1.96)
     n_seeds: int = 1
     benchmarks: dict[str, Estimate] = field(default_factory=dict)
 
