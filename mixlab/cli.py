@@ -75,7 +75,8 @@ def check_fresh(patterns: tuple[str, ...]) -> None:
     help="Check the recipe itself but not the files and folders it names (a recipe written for another machine).",
 )
 def validate(recipe: Path, no_path_checks: bool) -> None:
-    """Check RECIPE and every file it names; report every problem at once (exit 2 if any)."""
+    """Check RECIPE, the paths it names and its benchmark TSVs (training data is read by `run` and `data inspect`);
+    report every problem at once (exit 2 if any)."""
     from mixlab.recipe import load_recipe
 
     loaded = load_recipe(recipe, check_paths=not no_path_checks)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from mixlab.components import Evaluation
 from mixlab.decisions import Decisions
 from mixlab.engine.keys import seed_tag
@@ -42,15 +44,21 @@ def arm_evaluations(run_dir: Path, report: dict, arm: str) -> dict[int, Evaluati
 
 def compare_arms(run_dir: Path, a: str, b: str) -> tuple[Comparison, list[int], str]:
     """A − B on the run's report part: (the comparison, the seeds both have, the part: "all" or "test")."""
+    if a == b:
+        raise UserError(f"A and B are both {a!r}: name two different arms (or an arm and the soup).")
     report = read_report(run_dir)
     run = recipe_copy(run_dir).get("run", {})
     try:
         if not isinstance(run, dict):
             raise ValueError("it is not a table")
         decisions = Decisions(RunSection.model_validate({"name": "compare", **run}))
+    except ValidationError as e:
+        what = "; ".join(f"run.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UserError(f"{run_dir / 'recipe.toml'}: its [run] section is not valid ({what}). Restore it.") from None
     except ValueError as e:
-        raise UserError(f"{run_dir / 'recipe.toml'}: its [run] section is not valid ({e}).") from None
+        raise UserError(f"{run_dir / 'recipe.toml'}: its [run] section is not valid ({e}). Restore it.") from None
     first, second = arm_evaluations(run_dir, report, a), arm_evaluations(run_dir, report, b)
+    decisions.check_names(list(next(iter(first.values())).metrics))
     seeds = sorted(set(first) & set(second))
     if not seeds:
         raise UserError(f"{a!r} ({sorted(first)}) and {b!r} ({sorted(second)}) share no seed to pair on.")

@@ -30,10 +30,11 @@ Metrics = dict[str, dict[str, float]]
 
 
 class Options(BaseModel):
-    """Base for a component's options: unknown keys are errors, and no value changes type ("8" is not an int; an
-    int is still a float). Recipes are validated with lists accepted for tuples, and the same strict scalars."""
+    """Base for a component's options: unknown keys are errors, no value changes type ("8" is not an int; an int is
+    still a float), and no number is NaN or infinite. Recipes are validated with lists accepted for tuples, and the
+    same strict scalars."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Component:

@@ -66,6 +66,11 @@ class Decisions:
                     f"[run] {key} names {unknown}, but the evaluators give the benchmarks {benchmarks}. "
                     f"Fix the names in `{key}`.{did_you_mean(unknown[0], benchmarks)}"
                 )
+        if benchmarks and all(b in self.exclude or self.weights.get(b, 1.0) == 0 for b in benchmarks):
+            raise UserError(
+                f"[run] weights and exclude leave none of the benchmarks {benchmarks} in the average score: "
+                "keep at least one with a weight above 0."
+            )
 
     def aggregate(self, metrics: Metrics) -> float:
         """The weighted mean of the benchmarks' 0-100 ``score`` (``weights``, default 1; ``exclude`` left out)."""

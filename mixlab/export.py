@@ -19,6 +19,11 @@ def export_arm(run_dir: Path, arm: str, out: Path, image_root: Path | None = Non
         raise UserError(f"{run_dir} has no arm {arm!r}.{hint} Its arms: {', '.join(arms) or 'none'}.")
     if out.is_dir():
         raise UserError(f"{out} is a folder: give the JSON file to write, e.g. {out / (arm + '.json')}.")
+    if out.resolve().is_relative_to(run_dir.resolve()):
+        raise UserError(
+            f"{out} is inside the run directory {run_dir}, whose files the run needs: give a path outside it, "
+            f"e.g. {arm}.json."
+        )
     for folder in out.parents:
         if folder.exists():
             if not folder.is_dir():

@@ -16,9 +16,9 @@ from mixlab.errors import UserError
 console = Console()
 
 
-def _recipe_samples(path: Path) -> tuple[list[Sample], Any, int, int | None]:
-    """A recipe's sources (loaded through the run's cache), its base model's processor and context length, and the
-    trainer's max_length."""
+def _recipe_samples(path: Path, only: list[str]) -> tuple[list[Sample], Any, int, int | None]:
+    """A recipe's sources (loaded through the run's cache; ``only`` checked against them), its base model's processor
+    and context length, and the trainer's max_length."""
     from mixlab.models.loading import load_model
     from mixlab.pipeline import Run
     from mixlab.progress import quiet_libraries
@@ -26,11 +26,12 @@ def _recipe_samples(path: Path) -> tuple[list[Sample], Any, int, int | None]:
 
     quiet_libraries()
     recipe = load_recipe(path)
-    if recipe.model.preset == "tiny":  # only the processor is needed: the same tokenizer, no tower pretraining
-        recipe.model.tiny.vision_pretrain_steps = 0
+    if recipe.model.preset == "tiny":  # only the processor is needed: the same tokenizer, no pretraining
+        recipe.model.tiny.vision_pretrain_steps = recipe.model.tiny.language_pretrain_steps = 0
     run = Run(recipe, show_progress=False)
     with run.board:
         run.load_sources()
+        check_sources(only, list(run.samples_of_source))
         model_dir = run.build_base_model()
     model, processor = load_model(model_dir)
     context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
@@ -52,6 +53,18 @@ def _json_samples(path: Path, image_root: Path | None) -> list[Sample]:
     return samples
 
 
+def check_sources(only: list[str], known: list[str]) -> None:
+    """Each --source names a source of the data (else the table would be silently empty)."""
+    from mixlab.registry import did_you_mean
+
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise UserError(
+            f"--source {unknown[0]}: no such source in the data.{did_you_mean(unknown[0], known)} Name one of: "
+            f"{', '.join(known)}."
+        )
+
+
 def inspect_target(target: Path, only: list[str], preview: int, image_root: Path | None = None) -> None:
     if not target.exists():
         raise UserError(f"{target} not found. Give a recipe (.toml) or a LLaVA JSON file.")
@@ -64,9 +77,10 @@ def inspect_target(target: Path, only: list[str], preview: int, image_root: Path
         raise UserError(f"--image-root {image_root} {what}: give the folder the records' image paths start from.")
     processor, context, max_length = None, 0, None
     if target.suffix == ".toml":
-        samples, processor, context, max_length = _recipe_samples(target)
+        samples, processor, context, max_length = _recipe_samples(target, only)
     else:
         samples = _json_samples(target, image_root)
+        check_sources(only, sorted({s["source"] for s in samples}))
     if only:
         samples = [s for s in samples if s["source"] in only]
     by_source: dict[str, list[Sample]] = {}

@@ -193,6 +193,6 @@ def read_records(path: Path) -> list:
     if not isinstance(data, list):
         raise UserError(
             f'{path}: expected a JSON list of LLaVA records ([{{"id": ..., "conversations": [...]}}, ...]), '
-            f"got a JSON {type(data).__name__}."
+            f"got a JSON {type(data).__name__}. Put the records in one top-level list, [ ... ]."
         )
     return data

@@ -7,7 +7,7 @@ import builtins
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -121,8 +121,8 @@ class RunSection(Options):
         'and arms are reported on the rest (test); "all": both use every item.',
     )
     dev_fraction: float = Field(0.5, gt=0, lt=1, description='With select_on = "dev": the share of clusters in dev.')
-    weights: dict[str, float] = Field(
-        default_factory=dict, description="Benchmark → weight in an arm's average score (default 1 each)."
+    weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="Benchmark → weight (≥ 0) in an arm's average score (default 1 each)."
     )
     exclude: list[str] = Field(default_factory=list, description="Benchmarks left out of the average score.")
     output_dir: str | None = Field(None, description="Run directory (relative to the working directory).")

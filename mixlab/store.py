@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mixlab.errors import UserError
+
 if TYPE_CHECKING:
     from mixlab.data import Sample
 
@@ -51,7 +53,12 @@ class Store:
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create the run directory {run_dir} ({exc.strerror or exc}): choose another output directory."
+            ) from None
         self.events_path = run_dir / "events.jsonl"
 
     def stage_dir(self, name: str, key: str) -> Path:

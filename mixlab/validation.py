@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
 from mixlab.sections import AlignSection, ArmSection, ModelSection, RunSection, Section
+from mixlab.store import slug
 
 CORE_KEYS: dict[str, dict[str, Any]] = {
     # section → core keys the pipeline reads (everything else is the plugin's own options)
@@ -170,13 +171,16 @@ def _strict_problems(
         if SCALAR_TYPES[err["type"]] not in wanted:
             wanted.append(SCALAR_TYPES[err["type"]])
     return [
-        Problem(
-            prefix + loc,
-            f"must be {' or '.join(wanted)}, not {_describe(given)}: values keep their TOML type (write numbers "
-            "without quotes, e.g. batch_size = 8).",
-        )
+        Problem(prefix + loc, f"must be {' or '.join(wanted)}, not {_describe(given)}: {_type_hint(wanted)}")
         for loc, (wanted, given) in found.items()
     ]
+
+
+def _type_hint(wanted: list[str]) -> str:
+    """What to write instead, for the kinds of value a key takes."""
+    if wanted == ["true or false"]:
+        return "write true or false without quotes (TOML booleans are lower case)."
+    return "values keep their TOML type (write numbers without quotes, e.g. batch_size = 8)."
 
 
 def validate_options(prefix: tuple, model: type[BaseModel], value: dict[str, Any], allowed: list[str]) -> tuple:
@@ -295,7 +299,11 @@ class Validator:
             )
             return {}
         if not isinstance(value, dict):
-            self.add((section,), f"must be named tables like [{section}.<name>], not {_describe(value)}.")
+            self.add(
+                (section,),
+                f"must be named tables like [{section}.<name>], not {_describe(value)}: write each {noun} as its own "
+                f"table, [{section}.<name>], with its keys below it.",
+            )
             return {}
         return value
 
@@ -338,13 +346,15 @@ def provided_sources(v: Validator, sources: dict[str, Section]) -> dict[str, str
             v.add(("sources", label), str(exc))
             v.broken["sources"].add(label)
             continue
+        clashes: dict[str, list[str]] = {}  # the section that already provides them → the names
         for name in names:
             if name in provided:
-                v.add(
-                    ("sources", label),
-                    f"source name {name!r} is provided twice (also by [sources.{provided[name]}]): rename one section.",
-                )
+                clashes.setdefault(provided[name], []).append(name)
             provided[name] = label
+        for other, twice in clashes.items():
+            listed = ", ".join(map(repr, twice[:3])) + (f" and {len(twice) - 3} more" if len(twice) > 3 else "")
+            what = f"source name {listed} is" if len(twice) == 1 else f"source names {listed} are"
+            v.add(("sources", label), f"{what} provided twice (also by [sources.{other}]): rename one section.")
     return provided
 
 
@@ -389,7 +399,20 @@ def cross_references(
         if selector is not None and v.ref((*path, "selector"), selector, selectors, "selector", "selectors"):
             _check_align_selector(v, path, selectors[selector], scorers)
 
+    files: dict[str, str] = {}
     for label, arm in arms.items():
+        file = slug(label)
+        if not label.strip():
+            v.add(("arms", label), "has an empty name: give the arm a name, e.g. [arms.curated].")
+        elif file in files:
+            v.add(
+                ("arms", label),
+                f"is saved under the same file name ({file}) as arm {files[file]!r}, so one would overwrite the other: "
+                "rename one of them.",
+            )
+        files.setdefault(file, label)
+        if label == "soup" and soup is not None:
+            v.add(("arms", label), "is the name the [soup] section's model goes by: rename the arm.")
         source_refs(("arms", label, "sources"), arm.sources)
         if arm.selector is not None:
             v.ref(("arms", label, "selector"), arm.selector, selectors, "selector", "selectors")
@@ -580,8 +603,18 @@ def run_dir_problem(target: Path) -> str | None:
             return f"{folder} is a file, but it would be {what}: remove it or choose another output directory."
         if not os.access(folder, os.W_OK | os.X_OK):
             return f"cannot write in {folder} (permission denied): choose another output directory."
+        if folder == target and any(target.iterdir()) and not is_run_dir(target):
+            return (
+                f"{target} holds other files and is not a mixlab run directory (no events.jsonl), so a run would mix "
+                "its files with them: choose a new or empty folder, or an earlier run's."
+            )
         return None
     return None
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A folder a run has written to (its event log is the first thing a run writes)."""
+    return (folder / "events.jsonl").is_file()
 
 
 def check_output_dir(v: Validator, run: RunSection) -> None:

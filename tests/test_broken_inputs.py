@@ -22,10 +22,11 @@ from PIL import Image
 from mixlab.errors import UserError
 from tests.test_commands import invoke
 
-HINT = re.compile(
-    r"\b(give|set|use|add|remove|fix|check|rerun|choose|drop|name|write|restore|create|delete|retype|save|convert|"
-    r"keep|lower|raise|rename|list|did you mean|change|restore|point|replace)\b",
-    re.IGNORECASE,
+HINT = re.compile(  # what to do: an instruction that starts a clause, not a word of the key or of what is wrong
+    r"(?:^|[.;:!?]\s+|\(\s*|\b(?:or|then|and|to)\s+|,\s+|—\s+)"
+    r"(give|set|use|add|remove|fix|check|rerun|choose|drop|name|write|restore|create|delete|retype|save|convert|"
+    r"keep|lower|raise|rename|list|did you mean|change|point|replace|put|run|install|pass)\b(?![.\[_-])",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 # ---- the world every case breaks one thing of ---------------------------------------------------------------------
@@ -136,7 +137,7 @@ def assert_clear(code: int, text: str, expect: list[str], problems: int | None =
         assert " ".join(piece.split()) in flat, f"{piece!r} not in:\n{text}"
     assert HINT.search(text), f"no hint of what to do in:\n{text}"
     if problems is not None and "problem" in text.split("\n")[0]:
-        assert text.split("\n")[0].count(f"{problems} problem") == 1, text
+        assert len(re.findall(rf"\b{problems} problems?\b", text.split("\n")[0])) == 1, text
 
 
 @pytest.fixture
@@ -281,6 +282,14 @@ RECIPE_CASES = [
     ),
     R("exclude-str", "seed = 0", 'seed = 0\nexclude = "MME_x"', "exclude", ["run.exclude", "list"]),
     R(
+        "weights-negative",
+        "seed = 0",
+        "seed = 0\nweights = { MME_x = -1.0 }",
+        "weights",
+        ["run.weights.MME_x", "greater than or equal to 0 (got -1.0)"],
+    ),
+    R("weights-nan", "seed = 0", "seed = 0\nweights = { MME_x = nan }", "weights", ["run.weights.MME_x", "finite"]),
+    R(
         "isel-rule",
         'baseline = ["color_clean"]',
         'baseline = ["color_clean"]\nrule = "interval"',
@@ -295,11 +304,18 @@ RECIPE_CASES = [
         ["evaluators.bench.extraction", "'vlmevalkit' or 'extended'"],
     ),
     R(
+        "column-int",
+        'column = "ppl"',
+        "column = 3",
+        "column = 3",
+        ["selectors.low_ppl.column", "should be a valid string (got 3)", "write text in quotes"],
+    ),
+    R(
         "packing-str",
         "learning_rate = 2e-5",
         'learning_rate = 2e-5\npacking = "yes"',
         "packing",
-        ["trainer.packing", "not the string 'yes'"],
+        ["trainer.packing", "not the string 'yes'", "write true or false without quotes"],
     ),
     R(
         "vision-cache-trained-tower",
@@ -637,6 +653,18 @@ RECIPE_CASES = [
         "[sources.color_clean]",
         ["source name 'color_clean' is provided twice", "rename one section"],
     ),
+    R(
+        "toyworld-twice",
+        "[scorers.ppl]",
+        '[sources.toy2]\ntype = "toyworld"\nsources = ["color_clean", "color_noisy", "shape_clean", "count_clean"]'
+        "\n\n[scorers.ppl]",
+        "[sources.toy2]",
+        [
+            "sources.toy2: source names 'color_clean', 'color_noisy', 'shape_clean' are provided twice "
+            "(also by [sources.toy])",
+            "rename one section",
+        ],
+    ),
     # scorers and selectors
     R(
         "scorers-string",
@@ -966,6 +994,28 @@ RECIPE_CASES = [
         'seed = 0\noutput_dir = ""',
         "output_dir",
         ["run.output_dir", "must be a folder path"],
+    ),
+    # arm names
+    R(
+        "arm-file-name-clash",
+        "[arms.filtered]",
+        '[arms."full "]\nsources = ["data"]\n\n[arms.filtered]',
+        '[arms."full "]',
+        ["arms.full : is saved under the same file name (full) as arm 'full'", "rename one of them"],
+    ),
+    R(
+        "arm-named-soup",
+        "[arms.filtered]",
+        '[arms.soup]\nsources = ["data"]\n\n[arms.filtered]',
+        "[arms.soup]",
+        ["arms.soup: is the name the [soup] section's model goes by", "rename the arm"],
+    ),
+    R(
+        "arm-empty-name",
+        "[arms.filtered]",
+        '[arms.""]\nsources = ["data"]\n\n[arms.filtered]',
+        '[arms.""]',
+        ["arms.: has an empty name", "give the arm a name"],
     ),
     # top level
     R("unknown-section", "[soup]", "[soupp]", "[soupp]", ["soupp: unknown section", "Did you mean 'soup'"]),
@@ -1566,6 +1616,12 @@ EXPORT_CASES = [
     ),
     ("out-is-folder", None, ["runs/r", "a", "bench"], ["bench is a folder: give the JSON file to write"]),
     (
+        "out-inside-run",
+        None,
+        ["runs/r", "a", "runs/r/report.json"],
+        ["runs/r/report.json is inside the run directory runs/r", "give a path outside it"],
+    ),
+    (
         "out-parent-file",
         None,
         ["runs/r", "a", "ok.png/out.json"],
@@ -1627,6 +1683,11 @@ COMMAND_CASES = [
     ("init-exists", ["init", "recipe.toml"], ["recipe.toml already exists; give another path"]),
     ("init-parent-file", ["init", "ok.png/recipe.toml"], ["the folder ok.png is a file: create it first"]),
     ("inspect-missing", ["data", "inspect", "nope.json"], ["nope.json not found", "Give a recipe"]),
+    (
+        "inspect-unknown-source",
+        ["data", "inspect", "data.json", "--source", "dta"],
+        ["--source dta: no such source in the data", "Did you mean 'data'", "Name one of: data"],
+    ),
     ("inspect-folder", ["data", "inspect", "bench"], ["bench is a folder: give a recipe (.toml) or a LLaVA JSON"]),
     (
         "inspect-suffix",
@@ -1644,6 +1705,11 @@ COMMAND_CASES = [
         ["recipe.toml:3: TOML syntax error", "Fix the syntax"],
     ),
     ("run-broken-recipe", ["run", "--no-progress", "recipe.toml"], ["recipe.toml:3: TOML syntax error"]),
+    (
+        "run-into-other-files",
+        ["run", "--no-progress", "--output-dir", "bench", "recipe.toml"],
+        ["--output-dir bench", "holds other files and is not a mixlab run directory", "choose a new or empty folder"],
+    ),
     ("validate-folder", ["validate", "runs"], ["runs is a folder, not a recipe"]),
 ]
 
@@ -1654,6 +1720,13 @@ def test_broken_command_input(args, expect, world, monkeypatch, capsys):
     (world / "runs").mkdir(exist_ok=True)
     code, out = invoke(monkeypatch, capsys, *args)
     assert_clear(code, out, expect)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be created")
+def test_run_directory_that_cannot_be_created(world, fake_plugins, monkeypatch, capsys):
+    (world / "recipe.toml").write_text(KEEP_RECIPE)
+    code, out = invoke(monkeypatch, capsys, "run", "--no-progress", "--output-dir", "/proc/mixlab-run", "recipe.toml")
+    assert_clear(code, out, ["cannot create the run directory /proc/mixlab-run", "choose another output directory"])
 
 
 @pytest.mark.parametrize(
@@ -1756,6 +1829,18 @@ TSV_CASES = [
         ["bench/MME_x.tsv:1: no 'index' column", "give a VLMEvalKit TSV"],
     ),
     ("empty-tsv", "MME_x.tsv", "", ["bench/MME_x.tsv:1: empty file, expected a header row"]),
+    (
+        "kind-unknown",
+        "Custom_x.tsv",
+        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tWhat colour?\tred"),
+        ["bench/Custom_x.tsv: benchmark 'Custom_x': cannot tell its kind", "Add the option columns"],
+    ),
+    (
+        "header-only",
+        "MME_x.tsv",
+        _tsv("index\timage\tquestion\tanswer"),
+        ["bench/MME_x.tsv: no rows below the header", "add the benchmark's questions"],
+    ),
     (
         "tsv-not-utf8",
         "MME_x.tsv",

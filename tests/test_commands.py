@@ -144,6 +144,8 @@ def test_compare_errors(fake_recipe, monkeypatch, capsys, tmp_path):
     run_dir = fake_recipe.parent / "runs" / "fake"
     code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curatd", "full")
     assert code == 2 and "no arm 'curatd'" in text and "Did you mean 'curated'" in text and "Traceback" not in text
+    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "full", "full")
+    assert code == 2 and "A and B are both 'full': name two different arms" in text and "Traceback" not in text
     code, text = invoke(monkeypatch, capsys, "compare", str(tmp_path / "nowhere"), "a", "b")
     assert code == 2 and "does not exist" in text and "Traceback" not in text
     for stage in (run_dir / "stages").glob("eval-*"):
@@ -155,6 +157,14 @@ def test_compare_errors(fake_recipe, monkeypatch, capsys, tmp_path):
 def test_compare_on_a_run_whose_recipe_copy_has_a_broken_run_section(fake_recipe, monkeypatch, capsys):
     run_recipe(fake_recipe)
     run_dir = fake_recipe.parent / "runs" / "fake"
-    (run_dir / "recipe.toml").write_text('run = "fake"\n[arms.full]\nsources = ["good"]\n')
-    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
-    assert code == 2 and "recipe.toml: its [run] section is not valid" in text and "Traceback" not in text
+    capsys.readouterr()  # the run's own report
+    arms = '[arms.full]\nsources = ["good"]\n'
+    for run, expect in (
+        ('run = "fake"\n', "its [run] section is not valid (it is not a table)"),
+        ('[run]\nselect_on = "bogus"\n', "its [run] section is not valid (run.select_on: Input should be 'all' or"),
+        ("[run]\nweights = { nobench = 2.0 }\n", "[run] weights names ['nobench'], but the evaluators give"),
+    ):
+        (run_dir / "recipe.toml").write_text(run + arms)
+        code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
+        assert code == 2 and expect in text and "Traceback" not in text, text
+        assert len(text.strip().splitlines()) == 1 and "http" not in text, text  # one message, no pydantic dump

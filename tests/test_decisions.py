@@ -168,6 +168,13 @@ def test_weights_naming_no_benchmark_is_a_clear_error(fake_plugins, tmp_path):
         run(tmp_path, with_run_keys(NOISY, "weights = { noisybnch = 2.0 }"))
 
 
+def test_excluding_every_benchmark_is_a_clear_error(fake_plugins, tmp_path):
+    from mixlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"leave none of the benchmarks \['noisybench'\] in the average"):
+        run(tmp_path, with_run_keys(NOISY, 'exclude = ["noisybench"]'))
+
+
 def test_weights_and_exclude_change_the_average(fake_plugins, tmp_path):
     text = NOISY.replace(
         'type = "fake_noisy_bench"', 'type = "fake_noisy_bench"\n\n[evaluators.plain]\ntype = "fake_bench"'
@@ -178,3 +185,7 @@ def test_weights_and_exclude_change_the_average(fake_plugins, tmp_path):
     assert both["score"] == pytest.approx(
         (both["metrics"]["noisybench"]["score"] + both["metrics"]["fakebench"]["score"]) / 2, abs=1e-3
     )
+    weighted = run(tmp_path / "weighted", with_run_keys(text, "weights = { noisybench = 3.0 }"))["arms"]["full"]
+    noisy, fake = weighted["metrics"]["noisybench"]["score"], weighted["metrics"]["fakebench"]["score"]
+    assert noisy != pytest.approx(fake, abs=0.5)  # else the weights could not show
+    assert weighted["score"] == pytest.approx((3 * noisy + fake) / 4, abs=1e-3)

@@ -182,6 +182,27 @@ def test_lora_gives_merged_plain_dir(data, tmp_path):
     load_model(tmp_path / "model")
 
 
+def test_lora_target_that_is_no_linear_layer_is_a_user_error(data, tmp_path):
+    base, train, _ = data
+    settings = SFTSettings(batch_size=16, lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "qproj"]))
+    with pytest.raises(UserError, match=r"target_modules: the language model has no linear layer named 'qproj'"):
+        train_llava(train[:16], base, tmp_path, settings)
+
+
+def test_scheduler_and_attention_are_checked_names():
+    from typing import get_args
+
+    from transformers.trainer_utils import SchedulerType
+
+    from mixlab.training.sft import Scheduler
+
+    assert set(get_args(Scheduler)) <= {s.value for s in SchedulerType}  # each one transformers knows
+    with pytest.raises(ValueError, match="cosine"):
+        SFTSettings(scheduler="cosin")
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        SFTSettings(attn_implementation="flash")
+
+
 def test_empty_selection_is_a_user_error(data, tmp_path):
     with pytest.raises(UserError, match="no samples"):
         train_llava([], data[0], tmp_path, SFTSettings())

@@ -149,8 +149,11 @@ def decode_image(b64: str, index: int | str | None = None) -> Image.Image:
         image = Image.open(io.BytesIO(base64.b64decode(b64, validate=False)))
         image.load()
         return image.convert("RGB")
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"row index {index}: not a valid base64 image ({e}).") from None
+    except (binascii.Error, ValueError):
+        raise UserError(f"row index {index}: the image is not valid base64.") from None
+    except (UnidentifiedImageError, OSError) as e:
+        reason = "not an image format PIL reads" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(f"row index {index}: the base64 image cannot be decoded ({reason}).") from None
 
 
 def detect_kind(name: str, columns: list[str], answers: list[str] | None = None) -> str:
@@ -166,8 +169,8 @@ def detect_kind(name: str, columns: list[str], answers: list[str] | None = None)
     if "answer" in columns and _all_yes_no(answers):
         return "mme" if "MME" in name else "pope" if "POPE" in name else "yorn"
     raise UserError(
-        f"benchmark {name!r}: cannot tell its kind; expected option columns A and B "
-        "(multiple choice) or yes/no answers."
+        f"benchmark {name!r}: cannot tell its kind; expected option columns A and B (multiple choice) or an "
+        "`answer` column of Yes/No. Add the option columns or the yes/no answers."
     )
 
 

@@ -23,7 +23,9 @@ def toyworld(directory: Path, seed: int, n_train: int, n_bench: int) -> None:
         raise UserError(f"{directory} is a file: give a folder to write the toy world to (new or empty).")
     blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise UserError(f"cannot write the toy world to {directory}: {blocker} is a file, not a folder.")
+        raise UserError(
+            f"cannot write the toy world to {directory}: {blocker} is a file, not a folder. Give a DIRECTORY elsewhere."
+        )
     if not 10 <= n_train <= 100_000 or not 4 <= n_bench <= 10_000:
         raise UserError(
             f"--n-train {n_train} / --n-bench {n_bench}: give --n-train from 10 to 100000 and --n-bench from 4 to "

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -21,11 +21,16 @@ from mixlab.errors import UserError
 from mixlab.models.parts import LM, PROJECTOR, VISION, param_part
 
 LM_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+Scheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+]
+"""transformers' learning-rate schedules that need no settings of their own."""
+Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 ONE_ROW: Final = 1 << 40
 """pack_length that puts a whole batch in one row."""
 
 
-class LoraSettings(BaseModel, extra="forbid"):
+class LoraSettings(BaseModel, extra="forbid", allow_inf_nan=False):
     """LoRA on the language model's linear layers; the projector stays fully trained."""
 
     r: int = Field(128, ge=1, description="LoRA rank.")
@@ -37,7 +42,7 @@ class LoraSettings(BaseModel, extra="forbid"):
     )
 
 
-class SFTSettings(BaseModel, extra="forbid"):
+class SFTSettings(BaseModel, extra="forbid", allow_inf_nan=False):
     """Settings of one SFT run."""
 
     epochs: float = Field(1.0, gt=0, description="Number of passes over the data (may be fractional).")
@@ -52,13 +57,13 @@ class SFTSettings(BaseModel, extra="forbid"):
     batch_size: int = Field(8, ge=1, description="Samples per device per step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps with linear lr warm-up.")
-    scheduler: str = Field("cosine", description="LR schedule after warm-up (a transformers scheduler name).")
+    scheduler: Scheduler = Field("cosine", description="LR schedule after warm-up (a transformers scheduler name).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (not on biases and norms).")
     max_length: int | None = Field(None, ge=1, description="Truncate sequences to this many tokens; None = never.")
     lora: LoraSettings | None = Field(None, description="LoRA settings; None trains the full weights.")
     deepspeed: str | None = Field(None, description="Path of a DeepSpeed JSON config; None = no DeepSpeed.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
-    attn_implementation: str = Field("auto", description='"auto", "sdpa", "eager" or "flash_attention_2".')
+    attn_implementation: Attention = Field("auto", description='"auto", "sdpa", "eager" or "flash_attention_2".')
     seed: int = Field(0, description="Seed of initialisation (LoRA), shuffling and dropout.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None = every 25% of training.")
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
@@ -160,6 +165,23 @@ def _progress_callback(progress: Callable[[int, int], None]) -> Any:
             progress(state.global_step, state.max_steps)
 
     return ProgressCallback()
+
+
+def _check_lora_targets(model: Any, lora: LoraSettings) -> None:
+    """Every name in lora.target_modules is a linear layer of the language model (else LoRA would fail or miss it)."""
+    import torch
+
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and "language_model" in name  # where _lora_config's pattern looks
+    }
+    unknown = sorted(set(lora.target_modules) - linear)
+    if unknown:
+        raise UserError(
+            f"trainer.lora.target_modules: the language model has no linear layer named {', '.join(map(repr, unknown))}"
+            f"; its linear layers: {', '.join(sorted(linear))}. Name some of those."
+        )
 
 
 def _lora_config(lora: LoraSettings, train_vision: bool) -> Any:
@@ -303,6 +325,8 @@ def make_trainer(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     train_vision = settings.vision_lr is not None
+    if settings.lora is not None:
+        _check_lora_targets(model, settings.lora)
     frozen = ({LM} if settings.freeze_language_model else set()) | (set() if train_vision else {VISION})
     for name, param in model.named_parameters():
         if param_part(name) in frozen:

@@ -90,7 +90,10 @@ class Benchmarks(Evaluator):
         outcomes: dict[str, ItemOutcomes] = {}
         for tsv in files:
             rows = load_tsv(tsv)[: self.options.limit]
-            kind = detect_kind(tsv.stem, list(rows[0]) if rows else [], [str(r.get("answer", "")) for r in rows])
+            try:
+                kind = detect_kind(tsv.stem, list(rows[0]) if rows else [], [str(r.get("answer", "")) for r in rows])
+            except UserError as e:
+                raise UserError(f"{tsv}: {e}") from None
             asked = [r for r in rows if not lacks_image(r)]  # VLMEvalKit skips rows without an image
             key = {"model": model_hash, "benchmark": tsv.name, "size": tsv.stat().st_size, **settings}
             cache = JsonlCache(ctx.cache_dir("predictions", key) / "predictions.jsonl")
@@ -154,7 +157,7 @@ class Benchmarks(Evaluator):
 
     def check(self) -> list[tuple[tuple, str]]:
         """Every `paths` pattern matches TSV files; `only` names benchmarks that exist."""
-        from mixlab.evaluation.tsv import load_tsv
+        from mixlab.evaluation.tsv import detect_kind, load_tsv
         from mixlab.registry import did_you_mean
 
         o = self.options
@@ -173,9 +176,13 @@ class Benchmarks(Evaluator):
                     problems.append((("paths", i), f"{path} is not a .tsv file: give VLMEvalKit TSV benchmarks."))
                 else:
                     try:  # every row scoring needs, checked before any training
-                        load_tsv(path)
+                        rows = load_tsv(path)
+                        if not rows:
+                            raise UserError(f"{path}: no rows below the header: add the benchmark's questions.")
+                        detect_kind(path.stem, list(rows[0]), [str(r.get("answer", "")) for r in rows])
                     except UserError as e:
-                        problems.append((("paths", i), str(e)))
+                        message = str(e)
+                        problems.append((("paths", i), message if str(path) in message else f"{path}: {message}"))
                 stems.append(path.stem)
         if o.toyworld is not None:
             stems += ["MME_toy", "MMBench_toy", "SEED_toy", "ScienceQA_toy"]
