@@ -244,10 +244,25 @@ def test_plugin_selects_unique_ids_with_progress():
     assert plugin({"embedding": x}, k=5, niter=10, layout_blocks=2).ids == sel.ids
 
 
-def test_faiss_blas_hint_is_a_message_or_none(monkeypatch):
+def test_faiss_blas_hint(monkeypatch):
+    """A message naming the core type when faiss's OpenBLAS runs generic kernels on a CPU with better ones."""
+    import threadpoolctl
+
+    def blas(architecture: str):
+        return lambda: [{"internal_api": "openblas", "architecture": architecture}]
+
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.setattr(C, "_cpu_coretype", lambda: "SkylakeX")
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", blas("Prescott"))
     hint = C.faiss_blas_hint()
-    assert hint is None or "OPENBLAS_CORETYPE=" in hint
-    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert hint is not None and "OPENBLAS_CORETYPE=SkylakeX" in hint
+    monkeypatch.setattr(C, "_cpu_coretype", lambda: None)  # a CPU without AVX2: nothing better to pick
+    assert C.faiss_blas_hint() is None
+    monkeypatch.setattr(C, "_cpu_coretype", lambda: "SkylakeX")
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", blas("Haswell"))  # proper kernels already
+    assert C.faiss_blas_hint() is None
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", blas("Prescott"))
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # the user chose: no hint
     assert C.faiss_blas_hint() is None
 
 

@@ -68,6 +68,10 @@ def test_worker_failure_names_the_training_and_keeps_finished_work(fake_recipe, 
     monkeypatch.delenv("FAKE_TRAIN_SLEEP")
     report = run(tmp_path, 'executor = { type = "local" }')
     assert report["individual_select"]["selected_sources"] == ["base", "color_good", "count_good"]
+    stages = statuses(report)  # what finished before the failure is reused; the failed training is done now
+    sources = [name for name in stages if name.startswith("source:")]
+    assert sources and {stages[name] for name in sources} == {"cached"} and stages["model"] == "cached"
+    assert stages["train:isel/baseline"] == "done"
 
 
 def test_executor_options_are_checked(fake_recipe, tmp_path):

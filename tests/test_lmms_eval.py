@@ -280,7 +280,6 @@ def test_local_tasks_through_lmms_eval_match_mixlab(model_dir, task_dir, answere
 
     own = greedy_answers(answerer, docs)
     exact = [own[i] == (own[i] if i % 2 == 0 else NAMES[d["label"]]) for i, d in enumerate(docs)]
-    assert sum(exact) >= len(docs) // 2
     assert metrics["lmms_eval/toy_colours_gen"]["exact_match"] == pytest.approx(sum(exact) / len(docs))
 
     # per-document outcomes from lmms-eval's samples: the same documents right, their mean the score

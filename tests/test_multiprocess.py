@@ -8,6 +8,7 @@ import pytest
 
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
+from mixlab.store import load_samples
 
 RECIPE = """\
 [run]
@@ -79,6 +80,8 @@ def test_two_processes_give_the_same_scores_selection_and_metrics(tmp_path):
     # the same selection, trained by two DDP processes (4 + 4 samples a step) into the same scores
     assert two["arms"]["ppl_half"]["sources"] == one["arms"]["ppl_half"]["sources"]
     assert two["arms"]["ppl_half"]["n_samples"] == one["arms"]["ppl_half"]["n_samples"] == 36
+    chosen = [sorted(s["id"] for s in load_samples(r.store.selection_file("ppl_half"))) for r in (run_one, run_two)]
+    assert len(chosen[0]) == 36 and chosen[0] == chosen[1]  # the same samples, not just as many from each source
     for arm in ("reference", "ppl_half"):
         assert two["arms"][arm]["metrics"] == one["arms"][arm]["metrics"]
     trained = [s for s in two["stages"] if s["name"].startswith("train:")]

@@ -94,14 +94,17 @@ def test_padding_side_and_template(setup):
     model, _, items, options, model_dir = setup
     left = AutoProcessor.from_pretrained(model_dir)
     left.tokenizer.padding_side = "left"
-    _assert_same(_shared(model, left, items, options, 7), _reference(model, left, items, options))
     other = AutoProcessor.from_pretrained(model_dir)
     other.chat_template = LLAVA15_TRAINING_TEMPLATE
     other.tokenizer.chat_template = LLAVA15_TRAINING_TEMPLATE
-    _assert_same(_shared(model, other, items, options, 5), _reference(model, other, items, options))
+    expected = {id(p): _reference(model, p, items, options) for p in (left, other)}
+    with pytest.MonkeyPatch.context() as patch:  # the shared path itself, not a fallback to the reference
+        patch.setattr(predict, "_reference_groups", lambda *a, **k: pytest.fail("fell back to the reference"))
+        _assert_same(_shared(model, left, items, options, 7), expected[id(left)])
+        _assert_same(_shared(model, other, items, options, 5), expected[id(other)])
 
 
-def test_equal_items_are_grouped_by_content(setup):
+def test_equal_items_are_grouped_by_content(setup, monkeypatch):
     """lmms-eval style: one request per (document, option), each with its own copy of the image, in any order."""
     model, processor, items, options, _ = setup
     pairs = [(item, opt) for item, opts in zip(items, options, strict=True) for opt in opts]
@@ -110,12 +113,15 @@ def test_equal_items_are_grouped_by_content(setup):
         PromptItem(pairs[i][0].text, pairs[i][0].image.copy() if pairs[i][0].image is not None else None) for i in order
     ]
     continuations = [pairs[i][1] for i in order]
-    calls = []
+    calls, encoded = [], []
+    real = predict._image_inputs
+    monkeypatch.setattr(predict, "_image_inputs", lambda p, pics: encoded.append(sum(map(bool, pics))) or real(p, pics))
     got = continuation_logprobs(
         model, processor, copies, continuations, batch_size=4, progress=lambda d, t: calls.append((d, t))
     )
     reference = _reference(model, processor, items, options)
     _assert_same(got, [reference[i] for i in order])
+    assert sum(encoded) == 5  # each of the five images encoded once, not once per copy
     assert calls[-1] == (len(pairs), len(pairs)) and [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
@@ -219,12 +225,16 @@ def test_per_processor_state_does_not_keep_processors_alive(setup):
 def test_cache_layout_equals_reference(setup, monkeypatch):
     """The key/value-cache layout (for attention kernels without custom masks) gives the same scores."""
     model, processor, items, options, _ = setup
+    expected = _reference(model, processor, items, options)
     monkeypatch.setattr(predict, "_tree_masks", lambda m: False)
     monkeypatch.setattr(predict, "_score_chunk_tree", lambda *a, **k: pytest.fail("tree layout used"))
+    monkeypatch.setattr(predict, "_reference_groups", lambda *a, **k: pytest.fail("fell back to the reference"))
+    calls = []
+    real = predict._score_chunk
+    monkeypatch.setattr(predict, "_score_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     for batch_size in (2, 32):
-        _assert_same(
-            _shared(model, processor, items, options, batch_size), _reference(model, processor, items, options)
-        )
+        _assert_same(_shared(model, processor, items, options, batch_size), expected)
+    assert calls  # the cache layout scored them
 
 
 def test_a_model_that_scores_differently_falls_back(setup, monkeypatch):

@@ -164,16 +164,22 @@ def test_pack_batch_rejects_unknown_entries():
         pack_batch(batch, [0, 0], pad_token_id=0)
 
 
-def test_packed_training_equals_padded(setup, tmp_path):
+def test_packed_training_equals_padded(setup, tmp_path, monkeypatch):
     """Two epochs of train_llava with packing end with the weights and loss of padded training."""
     from safetensors.torch import load_file
 
+    import mixlab.models.packing as packing
     from mixlab.training.sft import SFTSettings, train_llava
 
     base, samples = setup
+    packed_batches = []
+    real = packing.pack_batch
+    monkeypatch.setattr(packing, "pack_batch", lambda *a, **k: packed_batches.append(1) or real(*a, **k))
     common = dict(epochs=2, learning_rate=1e-3, batch_size=8, warmup_ratio=0.0, logging_steps=1, save_steps=100)
     padded = train_llava(samples, base, tmp_path / "padded", SFTSettings(**common))
+    assert not packed_batches
     packed = train_llava(samples, base, tmp_path / "packed", SFTSettings(**common, packing=True))
+    assert len(packed_batches) >= 6  # every training batch was packed (the packed run really packed)
     assert packed["steps"] == padded["steps"] == 6
     assert packed["train_loss"] == pytest.approx(padded["train_loss"], abs=1e-5)
     a, b = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("padded", "packed"))

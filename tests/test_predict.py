@@ -75,9 +75,13 @@ def test_generate_batched_equals_single(setup):
 def test_prompt_item_image_marker_is_dropped(setup):
     model, processor, _ = setup
     img = Image.new("RGB", (64, 64), (200, 0, 0))
-    a = choose(model, processor, [PromptItem(f"<image>\n{QUESTION}", img)], [NAMES])
-    b = choose(model, processor, [PromptItem(QUESTION, img)], [NAMES])
-    assert a == b
+    from mixlab.models.predict import continuation_logprobs
+
+    marked, plain = PromptItem(f"<image>\n{QUESTION}", img), PromptItem(QUESTION, img)
+    assert choose(model, processor, [marked], [NAMES]) == choose(model, processor, [plain], [NAMES])
+    a = continuation_logprobs(model, processor, [marked] * len(NAMES), NAMES)
+    b = continuation_logprobs(model, processor, [plain] * len(NAMES), NAMES)
+    np.testing.assert_allclose([lp for lp, _ in a], [lp for lp, _ in b], rtol=1e-6)  # one image, not two
 
 
 def test_continuation_logprobs_against_the_models_own_logits(setup):

@@ -69,8 +69,18 @@ def test_core_commands_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_load_plugins_env_empty_skips_installed(monkeypatch):
-    monkeypatch.setenv("MIXLAB_LOAD_PLUGINS", "")
+def test_load_plugins_env_chooses_installed_packages(monkeypatch):
+    """MIXLAB_LOAD_PLUGINS: unset loads every installed plugin package, a list loads those named, empty loads none."""
+    from importlib.metadata import EntryPoint
+
+    installed = EntryPoint(name="fakes", value="tests.fakes", group="mixlab")  # no distribution: named "fakes"
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [installed] if group == "mixlab" else [])
+    for value, loaded in ((None, True), ("fakes", True), ("other, fakes", True), ("other", False), ("", False)):
+        if value is None:
+            monkeypatch.delenv("MIXLAB_LOAD_PLUGINS", raising=False)
+        else:
+            monkeypatch.setenv("MIXLAB_LOAD_PLUGINS", value)
+        reg = registry.make_registry()
+        assert ("fake_quality" in reg.names("scorer")) is loaded, value
+        assert all(e.package == "mixlab" for e in reg.all()) is not loaded, value
     assert registry.allowed_distributions() == set()
-    reg = registry.make_registry()
-    assert all(e.package == "mixlab" for e in reg.all())

@@ -211,9 +211,9 @@ def test_score_single_pass_kinds_share_one_rule() -> None:
 
 
 def test_score_rejects_bad_input() -> None:
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="unknown benchmark kind 'nope'; expected one of mme"):
         score("nope", _mcq_rows())
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="no rows to score"):
         score("seed", [])
     with pytest.raises(UserError, match="prediction"):
         score("seed", [{"index": 0, "answer": "A"}])

@@ -50,14 +50,23 @@ def write_run(run_dir: Path) -> None:
     (run_dir / "report.json").write_text(json.dumps({"seeds": [0, 1, 2], "stages": stages, "arms": arms}))
 
 
-def test_clean_vs_noisy_prints_each_effect_with_its_interval_against_the_floor(tmp_path):
-    write_run(tmp_path)
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "clean_vs_noisy.py"), str(tmp_path), "--floor", "1.0"],
+def clean_vs_noisy(run_dir, floor: float) -> str:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "clean_vs_noisy.py"), str(run_dir), "--floor", str(floor)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def verdict_of(out: str, category: str) -> str:
+    row = next(line for line in out.splitlines() if line.startswith(f"| {category} |"))
+    return row.split("|")[5].strip()
+
+
+def test_clean_vs_noisy_prints_each_effect_with_its_interval_against_the_floor(tmp_path):
+    write_run(tmp_path)
+    out = clean_vs_noisy(tmp_path, 1.0)
     assert "noise floor 1.00 (given); three times it: 3.00" in out
     header = next(line for line in out.splitlines() if line.startswith("| category |"))
     assert header.rstrip(" |").endswith("MMBench_toy")  # one column per benchmark after the average
@@ -67,7 +76,9 @@ def test_clean_vs_noisy_prints_each_effect_with_its_interval_against_the_floor(t
     assert average == mmbench_toy  # a single benchmark: its effect is the average
     delta, low, high = (float(x.strip("[],")) for x in average.split())
     assert 15 < delta < 35 and low < delta < high  # 40 of 80 items drop from 90 % to 40 % right: 25 points
-    assert verdict == ("yes, the whole interval" if low >= 3.0 else "the estimate only")
+    assert 0 < low < 3.0 < delta and verdict == "the estimate only"  # seeded data: the interval starts below 3.00
+    assert verdict_of(clean_vs_noisy(tmp_path, low / 3 - 0.1), "color") == "yes, the whole interval"
+    assert verdict_of(clean_vs_noisy(tmp_path, delta / 3 + 0.1), "color") == "no"
 
 
 def test_clean_vs_noisy_on_a_folder_that_is_not_a_run(tmp_path):

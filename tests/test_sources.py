@@ -7,11 +7,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from mixlab.errors import UserError
+from mixlab.store import load_samples
 from tests.test_pipeline import run_recipe
 
 RECIPE = """\
@@ -104,6 +106,14 @@ def test_hf_dataset_messages_and_images(tmp_path, fake_recipe):
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
     report = run_recipe(recipe(tmp_path, type_="hf_dataset", path="ds"))
     assert report["arms"]["all"]["n_samples"] == 2
+    by_text = {
+        s["conversations"][1]["value"]: s for s in load_samples(Path(report["run_dir"]) / "selections/all.parquet")
+    }
+    red, hello = by_text["red"], by_text["hello"]
+    assert red["conversations"] == [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]
+    assert red["image"] and Image.open(red["image"]).getpixel((0, 0)) == (255, 0, 0)  # the image, written to a file
+    assert hello["conversations"] == [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    assert not hello["image"]
 
 
 def test_toyworld_and_inspect_commands(tmp_path):

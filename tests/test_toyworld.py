@@ -373,8 +373,9 @@ def test_crash_leaves_no_half_world(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     real = sources_mod.build_source
     monkeypatch.setattr(world_mod, "build_source", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="crash"):
         generate(tmp_path / "w", n_train=10, n_bench=4)
+    assert len(calls) == 4  # three sources written, the fourth crashed
     assert list(tmp_path.iterdir()) == []
 
 
