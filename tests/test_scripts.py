@@ -46,6 +46,14 @@ def write_run(run_dir: Path) -> None:
             stages.append({"name": f"eval:{arm}@seed{seed}", "key": key})
             per_seed[str(seed)] = {"score": score}
         arms[arm] = {"per_seed": per_seed}
+    world = run_dir / "toyworld" / "w"  # the run's toy world: which toy category each benchmark item tests
+    (world / "bench").mkdir(parents=True)
+    (world / "bench" / "MMBench_toy.tsv").write_text(
+        "index\tcategory\n" + "".join(f"{i}\t{CATEGORIES[i // 40]}\n" for i in range(80))
+    )
+    tests = {"attribute_recognition": "color", "object_counting": "count"}
+    manifest = {"benchmarks": {"MMBench_toy": {"tsv": "bench/MMBench_toy.tsv", "n_rows": 80, "categories": tests}}}
+    (world / "manifest.json").write_text(json.dumps(manifest))
     (run_dir / "recipe.toml").write_text('[run]\nname = "clean_vs_noisy"\nseeds = [0, 1, 2]\n')
     (run_dir / "report.json").write_text(json.dumps({"seeds": [0, 1, 2], "stages": stages, "arms": arms}))
 
@@ -70,13 +78,16 @@ def test_clean_vs_noisy_prints_each_effect_with_its_interval_against_the_floor(t
     assert "noise floor 1.00 (given); three times it: 3.00" in out
     header = next(line for line in out.splitlines() if line.startswith("| category |"))
     assert header.rstrip(" |").endswith("MMBench_toy")  # one column per benchmark after the average
-    rows = [line for line in out.splitlines() if line.startswith("| color |")]
+    rows = [line for line in out.splitlines() if line.startswith("| color | baseline |")]
     assert len(rows) == 1 and "| count |" not in out  # only categories whose two arms ran
     average, verdict, mmbench_toy = (cell.strip() for cell in rows[0].split("|")[4:7])
     assert average == mmbench_toy  # a single benchmark: its effect is the average
     delta, low, high = (float(x.strip("[],")) for x in average.split())
     assert 15 < delta < 35 and low < delta < high  # 40 of 80 items drop from 90 % to 40 % right: 25 points
     assert 0 < low < 3.0 < delta and verdict == "the estimate only"  # seeded data: the interval starts below 3.00
+    own = next(line for line in out.splitlines() if line.startswith("| color | 40 |"))  # its 40 colour items only
+    effect, own_low, own_high = (float(x.strip("[],")) for x in own.split("|")[3].split())
+    assert 40 < effect < 60 and effect > 1.5 * delta and 0 < own_low < effect < own_high  # undiluted by the count items
     assert verdict_of(clean_vs_noisy(tmp_path, low / 3 - 0.1), "color") == "yes, the whole interval"
     assert verdict_of(clean_vs_noisy(tmp_path, delta / 3 + 0.1), "color") == "no"
 
