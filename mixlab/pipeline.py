@@ -13,6 +13,7 @@ from mixlab import __version__
 from mixlab.analysis import analyse
 from mixlab.components import Metrics, RunContext, Selection, Source
 from mixlab.data import Sample
+from mixlab.decisions import Decisions
 from mixlab.engine.bodies import IDS_COLUMN, SCORES_FILE
 from mixlab.engine.context import PipelineContext
 from mixlab.engine.keys import plugin_code
@@ -21,6 +22,7 @@ from mixlab.errors import UserError
 from mixlab.progress import ProgressBoard
 from mixlab.recipe import Recipe
 from mixlab.results import AlignResult, ArmResult, Replicate, RunResult, SoupResult
+from mixlab.run_folder import is_finished_report
 from mixlab.sections import AlignSection, ModelSection, Section
 from mixlab.store import SAMPLES_FILE, Store, load_samples, save_samples
 
@@ -45,12 +47,13 @@ class Run:
             stages=self.engine.entries,
         )
         self.samples_of_source: dict[str, list[Sample]] = {}
-        self.selections: dict[str, list[Sample]] = {}  # arm → the samples it trains on, written at the end
+        self.selections: dict[str, list[Sample]] = {}  # arm → the samples it trains on
+        self.keep_finished = is_finished_report(self.run_dir / "report.json")  # its files wait for this run's end
         self.unaligned: tuple[Path, str] = (Path(), "")  # the base model before any alignment, and its stage key
 
     def execute(self) -> dict[str, Any]:
         """Run every stage, then write report.json / report.md; returns the report."""
-        from mixlab.report import is_finished_report, write_report
+        from mixlab.report import write_report
 
         self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__)
         failed: BaseException | None = None
@@ -69,11 +72,11 @@ class Run:
                 analyse(self.result, self.ctx.decisions, self.recipe.run.compare_to or next(iter(self.recipe.arms)))
             except BaseException as exc:  # keep what is finished; write a report of the failure
                 failed = exc
-        keep_earlier = failed is not None and is_finished_report(self.run_dir / "report.json")
+        keep_earlier = failed is not None and self.keep_finished
         report = write_report(self.result, None if failed is None else f"{type(failed).__name__}: {failed}")
         if not keep_earlier:  # a failed rerun leaves an earlier finished run's files (report, recipe, selections) alone
-            for name, chosen in self.selections.items():
-                save_samples(self.store.selection_file(name), chosen)  # what `mixlab export` writes out
+            for name, chosen in self.selections.items() if self.keep_finished else ():  # else saved as selected
+                save_samples(self.store.selection_file(name), chosen)
             shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
         if failed is not None:
             raise failed
@@ -185,10 +188,12 @@ class Run:
         pool = self.samples_of(arm.sources)
         chosen, info = self.select(arm_name, arm.selector, pool, scores, ctx)
         self.selections[arm_name] = chosen
+        if not self.keep_finished:
+            save_samples(self.store.selection_file(arm_name), chosen)  # what `mixlab export` writes out
         with self.engine.downstream_of(f"select:{arm_name}"):
             models = ctx.replicates([(chosen, arm_name)], arm.trainer)[0]
             replicates = [self.replicate(arm_name, seed, path) for seed, path in models.items()]
-        metrics, score = self.means(replicates)
+        metrics, score = seed_means(self.ctx.decisions, replicates)
         self.result.arms[arm_name] = ArmResult(arm_name, pool, chosen, replicates, metrics, score, info, align=aligned)
 
     def replicate(self, tag: str, seed: int, model_dir: Path) -> Replicate:
@@ -196,11 +201,6 @@ class Run:
         decisions = self.ctx.decisions
         evaluation = decisions.view(self.ctx.evaluation(model_dir, self.ctx.seed_tag(tag, seed)), decisions.report_on)
         return Replicate(seed, model_dir, evaluation, round(decisions.aggregate(evaluation.metrics), 3))
-
-    def means(self, replicates: list[Replicate]) -> tuple[Metrics, float]:
-        """Metrics and score averaged over seeds."""
-        metrics = self.ctx.decisions.mean_metrics([r.evaluation.metrics for r in replicates])
-        return metrics, round(sum(r.score for r in replicates) / len(replicates), 3)
 
     # ---- the soup -------------------------------------------------------------------------------------------
     def run_soup(self, section: Section) -> None:
@@ -218,7 +218,7 @@ class Run:
             replicates.append(self.replicate(section.label, seed, stage_dir / result["model_dir"]))
             per_seed[seed] = {"ingredients": list(ingredients), "kept": result["kept"], "info": result["info"]}
         first = per_seed[self.ctx.seeds[0]]
-        metrics, score = self.means(replicates)
+        metrics, score = seed_means(self.ctx.decisions, replicates)
         method = first["info"].get("method", section.type)
         self.result.soup = SoupResult(
             method, first["ingredients"], first["kept"], metrics, score, first["info"], replicates, per_seed
@@ -280,6 +280,12 @@ def pretrain_body(
             progress=lambda done, total: advance(completed=done),
         )
     return {"model_dir": str(path.relative_to(stage_dir) if path.is_relative_to(stage_dir) else path)}
+
+
+def seed_means(decisions: Decisions, replicates: list[Replicate]) -> tuple[Metrics, float]:
+    """Metrics and score averaged over seeds."""
+    metrics = decisions.mean_metrics([r.evaluation.metrics for r in replicates])
+    return metrics, round(sum(r.score for r in replicates) / len(replicates), 3)
 
 
 def score_stage_body(

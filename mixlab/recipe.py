@@ -74,11 +74,14 @@ def _read_text(path: Path, what: str) -> str:
     )
 
 
-def load_recipe(path: str | Path, registry: Registry | None = None, *, check_paths: bool = True) -> Recipe:
+def load_recipe(
+    path: str | Path, registry: Registry | None = None, *, check_paths: bool = True, own_output_dir: bool = True
+) -> Recipe:
     """Parse and validate a recipe; raise RecipeError listing every problem.
 
     With ``check_paths`` (the default) the files and folders it names are checked too, with each plugin's
-    ``check()``; without, only the recipe itself (for a recipe written for another machine).
+    ``check()``; without, only the recipe itself (for a recipe written for another machine). ``own_output_dir``
+    False: the run goes elsewhere (``mixlab run --output-dir``), so the recipe's own run directory is not checked.
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
@@ -90,13 +93,11 @@ def load_recipe(path: str | Path, registry: Registry | None = None, *, check_pat
         found = re.search(r"line (\d+)", str(e))
         where = f"{path}:{found.group(1)}" if found else str(path)
         raise UserError(f"{where}: TOML syntax error: {e}. Fix the syntax at that line.") from None
-    return validate_data(path, text, data, registry or get_registry(), check_paths=check_paths)
+    validator = Validator(data, registry or get_registry(), path, check_paths, own_output_dir)
+    return validate_data(path, text, data, validator)
 
 
-def validate_data(
-    path: Path, text: str, data: dict[str, Any], registry: Registry, *, check_paths: bool = True
-) -> Recipe:
-    v = Validator(data, registry, path.resolve().parent, check_paths)
+def validate_data(path: Path, text: str, data: dict[str, Any], v: Validator) -> Recipe:
     for key in data:
         if key not in TOP_LEVEL:
             v.add((key,), f"unknown section.{did_you_mean(key, TOP_LEVEL)}")
@@ -130,7 +131,7 @@ def validate_data(
 
     provided = provided_sources(v, sources)
     cross_references(v, run, model, sources, provided, scorers, selectors, arms, soup)
-    if run and v.check_paths:
+    if run and v.check_paths and v.own_output_dir:
         check_output_dir(v, run)
     if model and model.path is not None and v.check_paths:
         check_model_path(v, model.path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from mixlab import __version__
 from mixlab.engine.keys import mixlab_code
 from mixlab.report_plots import plot
 from mixlab.report_tables import print_tables, render_markdown
+from mixlab.run_folder import is_finished_report
 from mixlab.store import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -190,17 +190,6 @@ def write_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
     (run_dir / FAILED_REPORT).unlink(missing_ok=True)
     render(report, run_dir, show=error is None)  # a failed run ends with its error message alone
     return report
-
-
-def is_finished_report(path: Path) -> bool:
-    """Whether path holds the report of a run that finished: no ``error`` and no failed stage."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(report, dict):
-        return False
-    return "error" not in report and all(s.get("status") != "failed" for s in report.get("stages", []))
 
 
 def render(report: dict[str, Any], run_dir: Path, show: bool = True) -> None:

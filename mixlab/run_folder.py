@@ -76,3 +76,14 @@ def read_report(run_dir: Path) -> dict:
             "`mixlab run` to rewrite it."
         )
     return data
+
+
+def is_finished_report(path: Path) -> bool:
+    """Whether path holds the report of a run that finished: no ``error`` and no failed stage."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(report, dict):
+        return False
+    return "error" not in report and all(s.get("status") != "failed" for s in report.get("stages", []))

@@ -65,7 +65,8 @@ class Store:
         return self.run_dir / "stages" / f"{slug(name)}-{key[:12]}"
 
     def selection_file(self, arm: str) -> Path:
-        """The samples an arm trains on (written once its selection is done)."""
+        """The samples an arm trains on (written once its selection is done, or at the end of a run over a finished
+        run's folder)."""
         path = self.run_dir / "selections" / f"{slug(arm)}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path

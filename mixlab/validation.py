@@ -202,9 +202,17 @@ SECTION_KINDS = ("sources", "scorers", "selectors", "evaluators", "arms")
 
 
 class Validator:
-    def __init__(self, data: dict[str, Any], registry: Registry, base_dir: Path, check_paths: bool = True):
-        self.base_dir = base_dir
+    def __init__(
+        self,
+        data: dict[str, Any],
+        registry: Registry,
+        recipe: Path,
+        check_paths: bool = True,
+        own_output_dir: bool = True,
+    ):
+        self.base_dir = recipe.resolve().parent  # input paths are relative to the recipe's folder
         self.check_paths = check_paths
+        self.own_output_dir = own_output_dir  # False: `mixlab run --output-dir` puts the run elsewhere
         self.data = data
         self.registry = registry
         self.problems: list[Problem] = []
@@ -401,7 +409,7 @@ def cross_references(
 
     files: dict[str, str] = {}
     for label, arm in arms.items():
-        file = slug(label)
+        file = slug(label).casefold()  # file names that differ in case alone clash on macOS and Windows
         if not label.strip():
             v.add(("arms", label), "has an empty name: give the arm a name, e.g. [arms.curated].")
         elif file in files:
@@ -595,26 +603,33 @@ def run_dir_problem(target: Path) -> str | None:
     """
     target = target.expanduser()
     target = target if target.is_absolute() else Path.cwd() / target
-    for folder in (target, *target.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            what = "the run directory" if folder == target else f"a parent of the run directory {target}"
-            return f"{folder} is a file, but it would be {what}: remove it or choose another output directory."
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"cannot write in {folder} (permission denied): choose another output directory."
-        if folder == target and any(target.iterdir()) and not is_run_dir(target):
-            return (
-                f"{target} holds other files and is not a mixlab run directory (no events.jsonl), so a run would mix "
-                "its files with them: choose a new or empty folder, or an earlier run's."
-            )
-        return None
+    try:
+        for folder in (target, *target.parents):
+            if not folder.exists():
+                continue
+            if not folder.is_dir():
+                what = "the run directory" if folder == target else f"a parent of the run directory {target}"
+                return f"{folder} is a file, but it would be {what}: remove it or choose another output directory."
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"cannot write in {folder} (permission denied): choose another output directory."
+            visible = folder == target and any(not p.name.startswith(".") for p in target.iterdir())
+            if visible and not is_run_dir(target):
+                return (
+                    f"{target} holds other files and is not a mixlab run directory, so a run would mix its files with "
+                    "them: choose a new or empty folder, or an earlier run's."
+                )
+            return None
+    except OSError as exc:  # a name too long, a folder that cannot be listed
+        return f"cannot use {target} ({exc.strerror or exc}): choose another output directory."
     return None
 
 
+RUN_MARKERS = ("events.jsonl", "report.json", "recipe.toml", "stages")
+
+
 def is_run_dir(folder: Path) -> bool:
-    """A folder a run has written to (its event log is the first thing a run writes)."""
-    return (folder / "events.jsonl").is_file()
+    """A folder a run has written to: its event log (the first thing a run writes), report, recipe copy or stages."""
+    return any((folder / name).exists() for name in RUN_MARKERS)
 
 
 def check_output_dir(v: Validator, run: RunSection) -> None:

@@ -712,7 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--warmup-steps", type=int, default=None, help="steps left out of the steady rate (8 / 1)")
     run.add_argument("--score-samples", type=int, default=None, help="samples scored (256 / 16)")
     run.add_argument("--score-batch-size", type=int, default=None, help="scoring batch (32 / 8)")
-    run.add_argument("--attn", action="append", help="attention kernel(s); default sdpa (+ flash_attention_2)")
+    run.add_argument(
+        "--attn",
+        action="append",
+        choices=["sdpa", "eager", "flash_attention_2"],
+        help="attention kernel(s); default sdpa (+ flash_attention_2)",
+    )
     run.add_argument(
         "--deepspeed", choices=["auto", "on", "off"], default="auto", help="ZeRO-2 from recipes/; auto: on CUDA only"
     )

@@ -1004,6 +1004,13 @@ RECIPE_CASES = [
         ["arms.full : is saved under the same file name (full) as arm 'full'", "rename one of them"],
     ),
     R(
+        "arm-case-clash",
+        "[arms.filtered]",
+        '[arms.Full]\nsources = ["data"]\n\n[arms.filtered]',
+        "[arms.Full]",
+        ["arms.Full: is saved under the same file name (full) as arm 'full'"],
+    ),
+    R(
         "arm-named-soup",
         "[arms.filtered]",
         '[arms.soup]\nsources = ["data"]\n\n[arms.filtered]',
@@ -1722,11 +1729,31 @@ def test_broken_command_input(args, expect, world, monkeypatch, capsys):
     assert_clear(code, out, expect)
 
 
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be created")
 def test_run_directory_that_cannot_be_created(world, fake_plugins, monkeypatch, capsys):
     (world / "recipe.toml").write_text(KEEP_RECIPE)
-    code, out = invoke(monkeypatch, capsys, "run", "--no-progress", "--output-dir", "/proc/mixlab-run", "recipe.toml")
-    assert_clear(code, out, ["cannot create the run directory /proc/mixlab-run", "choose another output directory"])
+    long = "x" * 300  # longer than any file system allows a name to be
+    code, out = invoke(monkeypatch, capsys, "run", "--no-progress", "--output-dir", long, "recipe.toml")
+    assert_clear(code, out, [f"--output-dir {long}: cannot use", "choose another output directory"])
+
+
+def test_run_directory_rule_accepts_runs_and_hidden_files(world, fake_plugins, monkeypatch, capsys):
+    """A folder with only hidden files, or one a run wrote (any of its files), is a run directory to (re)use; the
+    recipe's own run directory is not checked when --output-dir sends the run elsewhere."""
+    from mixlab.validation import run_dir_problem
+
+    (world / "hidden").mkdir()
+    (world / "hidden" / ".gitkeep").write_text("")
+    (world / "old_run").mkdir()
+    (world / "old_run" / "report.json").write_text("{}")
+    (world / "old_run" / "notes.txt").write_text("mine")
+    assert run_dir_problem(world / "hidden") is None and run_dir_problem(world / "old_run") is None
+    (world / "recipe.toml").write_text(KEEP_RECIPE)
+    (world / "runs" / "keep").mkdir(parents=True)
+    (world / "runs" / "keep" / "notes.txt").write_text("not a run")  # the recipe's own run directory
+    code, out = invoke(monkeypatch, capsys, "validate", "recipe.toml")
+    assert_clear(code, out, ["runs/keep holds other files and is not a mixlab run directory"])
+    code, out = invoke(monkeypatch, capsys, "run", "--no-progress", "--output-dir", "hidden", "recipe.toml")
+    assert code == 0, out
 
 
 @pytest.mark.parametrize(

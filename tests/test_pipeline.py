@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
+from mixlab.store import load_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,6 +158,7 @@ def test_failed_rerun_leaves_the_finished_runs_files_alone(fake_recipe, monkeypa
     run_dir = fake_recipe.parent / "runs" / "fake"
     kept = ["report.json", "recipe.toml", "selections/curated.parquet", "selections/full.parquet"]
     before = {name: (run_dir / name).read_bytes() for name in kept}
+    events = (run_dir / "events.jsonl").read_text()
     fake_recipe.write_text(fake_recipe.read_text().replace("count = 10", "count = 5"))  # a new selection ...
     monkeypatch.setenv("FAKE_TRAIN_SLEEP", "not-a-number")  # ... whose training fails
     try:
@@ -165,6 +167,10 @@ def test_failed_rerun_leaves_the_finished_runs_files_alone(fake_recipe, monkeypa
         pass
     else:
         raise AssertionError("the failure must propagate")
-    assert '"stage": "select:curated"' in (run_dir / "events.jsonl").read_text()  # the new selection was made
+    rerun = (run_dir / "events.jsonl").read_text()[len(events) :]
+    assert '"event": "start", "stage": "select:curated"' in rerun  # the new selection was made
     assert {name: (run_dir / name).read_bytes() for name in kept} == before
     assert (run_dir / "report-failed.json").is_file()
+    monkeypatch.delenv("FAKE_TRAIN_SLEEP")
+    run_recipe(fake_recipe)  # a rerun that finishes replaces them
+    assert len(load_samples(run_dir / "selections" / "curated.parquet")) == 5
