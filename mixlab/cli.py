@@ -42,7 +42,7 @@ def run(recipe: Path, output_dir: Path | None, no_progress: bool, fresh: tuple[s
 
     if output_dir is not None and (problem := run_dir_problem(output_dir)):
         raise UserError(f"--output-dir {output_dir}: {problem}")
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, own_output_dir=output_dir is None)
     quiet_libraries()
     patterns = tuple(p.strip() for value in fresh for p in value.split(",") if p.strip())
     check_fresh(patterns)
@@ -148,12 +148,17 @@ def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
 @click.argument("arm_a")
 @click.argument("arm_b")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool) -> None:
+@click.option(
+    "--by-category",
+    is_flag=True,
+    help="Also compare on each benchmark category alone (MMBench's attribute_recognition, an lm-eval group's subtask).",
+)
+def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: bool) -> None:
     """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals (nothing reruns)."""
     from mixlab.compare import compare_arms, verdict
     from mixlab.stats import Comparison
 
-    c, seeds, part = compare_arms(run_dir, arm_a, arm_b)
+    c, seeds, part, categories = compare_arms(run_dir, arm_a, arm_b, by_category)
     if as_json:
 
         def fields(x: Comparison) -> dict:
@@ -161,16 +166,21 @@ def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool) -> None:
 
         benchmarks = {name: fields(x) for name, x in c.benchmarks.items()}
         out = {"a": arm_a, "b": arm_b, "seeds": seeds, "part": part, "average": fields(c), "benchmarks": benchmarks}
+        if by_category:
+            out["categories"] = {name: fields(x) for name, x in categories.items()}
         click.echo(json.dumps(out, indent=2))
         return
-    rows = {"average": c, **c.benchmarks}
+    rows = {"average": c, **c.benchmarks, **categories}
+    width = max(16, *(len(name) for name in rows))
     items = "the test part of each benchmark" if part == "test" else "every benchmark item"
     click.echo(f"{arm_a} − {arm_b}, seeds {seeds}, on {items}; interval: {c.interval}")
-    click.echo(f"{'':<16} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  verdict")
+    click.echo(f"{'':<{width}} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  verdict")
     for name, x in rows.items():
         ci = "-" if x.ci is None else f"[{x.ci[0]:+.2f}, {x.ci[1]:+.2f}]"
         p = "-" if x.p_better is None else f"{x.p_better:.2f}"
-        click.echo(f"{name:<16} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x)}")
+        click.echo(f"{name:<{width}} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x)}")
+    if categories:
+        click.echo("Per category: each interval alone, so with many categories some exclude 0 by chance.")
     if len(seeds) == 1:
         click.echo("One seed: the interval covers the benchmark items only, not training noise.")
 

@@ -42,8 +42,11 @@ def arm_evaluations(run_dir: Path, report: dict, arm: str) -> dict[int, Evaluati
     return out
 
 
-def compare_arms(run_dir: Path, a: str, b: str) -> tuple[Comparison, list[int], str]:
-    """A − B on the run's report part: (the comparison, the seeds both have, the part: "all" or "test")."""
+def compare_arms(
+    run_dir: Path, a: str, b: str, by_category: bool = False
+) -> tuple[Comparison, list[int], str, dict[str, Comparison]]:
+    """A − B on the run's report part: (the comparison, the seeds both have, the part: "all" or "test", and with
+    ``by_category`` A − B on each benchmark category whose items the evaluations name, else {})."""
     if a == b:
         raise UserError(f"A and B are both {a!r}: name two different arms (or an arm and the soup).")
     report = read_report(run_dir)
@@ -64,7 +67,13 @@ def compare_arms(run_dir: Path, a: str, b: str) -> tuple[Comparison, list[int], 
         raise UserError(f"{a!r} ({sorted(first)}) and {b!r} ({sorted(second)}) share no seed to pair on.")
     part = decisions.report_on
     views = [[decisions.view(arm[s], part) for s in seeds] for arm in (first, second)]
-    return decisions.compare(views[0], views[1]), seeds, part
+    categories = decisions.compare_categories(views[0], views[1]) if by_category else {}
+    if by_category and not categories:
+        raise UserError(
+            f"{run_dir}: the evaluations name no item categories (a VLMEvalKit TSV's `category` column, an lm-eval "
+            "group's subtasks; runs evaluated before mixlab recorded them have none): drop --by-category."
+        )
+    return decisions.compare(views[0], views[1]), seeds, part, categories
 
 
 def verdict(c: Comparison) -> str:

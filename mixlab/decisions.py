@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from mixlab.components import Evaluation, Metrics
 from mixlab.errors import UserError
 from mixlab.outcomes import ItemOutcomes
@@ -108,6 +110,16 @@ class Decisions:
             out.append(entry)
         return out
 
+    def compare_categories(self, a: list[Evaluation], b: list[Evaluation], seed: int = 0) -> dict[str, Comparison]:
+        """A − B on each benchmark category ("<benchmark>/<category>": the items of that category alone), for the
+        benchmarks whose outcomes name categories; paired as ``compare`` pairs, weights not involved."""
+        out: dict[str, Comparison] = {}
+        for bench, items in a[0].outcomes.items():
+            for category in sorted(set(items.categories)):
+                a_only, b_only = ([_category_only(e, bench, category) for e in arm] for arm in (a, b))
+                out[f"{bench}/{category}"] = compare(a_only, b_only, n_draws=N_DRAWS, seed=seed)
+        return out
+
     def estimate(self, evaluations: list[Evaluation], seed: int = 0) -> Estimate:
         return estimate(
             self.entries(evaluations), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
@@ -118,3 +130,9 @@ class Decisions:
         return compare(
             self.entries(a), self.entries(b), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
         )
+
+
+def _category_only(evaluation: Evaluation, bench: str, category: str) -> dict[str, ItemOutcomes | float]:
+    """One benchmark's outcomes restricted to the items of one category."""
+    items = evaluation.outcomes[bench]
+    return {bench: items.subset(np.array(items.categories) == category)}

@@ -37,6 +37,7 @@ class ItemOutcomes:
     correct: np.ndarray  # bool
     chance: np.ndarray  # float: P(right) for a uniform guesser
     strata: list[str] = field(default_factory=list)  # empty: one stratum
+    categories: list[str] = field(default_factory=list)  # the benchmark's category of each item; empty: none given
     predicted: np.ndarray | None = None  # f1 rule: the model said "yes" (bool)
     truth: np.ndarray | None = None  # f1 rule: the answer is "yes" (bool)
 
@@ -49,8 +50,9 @@ class ItemOutcomes:
         for name in ("clusters", "correct", "chance"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"ItemOutcomes.{name} has {len(getattr(self, name))} entries for {n} items")
-        if self.strata and len(self.strata) != n:
-            raise ValueError(f"ItemOutcomes.strata has {len(self.strata)} entries for {n} items")
+        for name in ("strata", "categories"):
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise ValueError(f"ItemOutcomes.{name} has {len(getattr(self, name))} entries for {n} items")
         if self.rule == "f1":
             if self.predicted is None or self.truth is None:
                 raise ValueError('rule "f1" needs `predicted` and `truth`')
@@ -74,6 +76,7 @@ class ItemOutcomes:
             correct=self.correct[order],
             chance=self.chance[order],
             strata=[self.strata[i] for i in order] if self.strata else [],
+            categories=[self.categories[i] for i in order] if self.categories else [],
             predicted=None if self.predicted is None else self.predicted[order],
             truth=None if self.truth is None else self.truth[order],
         )
@@ -88,6 +91,8 @@ class ItemOutcomes:
         }
         if self.strata:
             out["strata"] = list(self.strata)
+        if self.categories:
+            out["categories"] = list(self.categories)
         if self.predicted is not None and self.truth is not None:
             out["predicted"] = [bool(x) for x in self.predicted]
             out["truth"] = [bool(x) for x in self.truth]
@@ -102,6 +107,7 @@ class ItemOutcomes:
             correct=np.array(data["correct"], dtype=bool),
             chance=np.array(data["chance"], dtype=float),
             strata=[str(x) for x in data.get("strata", [])],
+            categories=[str(x) for x in data.get("categories", [])],
             predicted=None if "predicted" not in data else np.array(data["predicted"], dtype=bool),
             truth=None if "truth" not in data else np.array(data["truth"], dtype=bool),
         )

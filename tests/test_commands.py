@@ -168,3 +168,33 @@ def test_compare_on_a_run_whose_recipe_copy_has_a_broken_run_section(fake_recipe
         code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
         assert code == 2 and expect in text and "Traceback" not in text, text
         assert len(text.strip().splitlines()) == 1 and "http" not in text, text  # one message, no pydantic dump
+
+
+def test_compare_by_category(tmp_path, monkeypatch, capsys):
+    """Each benchmark category alone, with its interval: the colour questions the noisy arm lost, the count ones
+    it kept; the outcomes (categories included) survive their JSON file."""
+    from mixlab.outcomes import read_outcomes
+    from tests.test_scripts import CATEGORIES, write_run
+
+    write_run(tmp_path)
+    stored = read_outcomes(next(tmp_path.glob("stages/eval-*/outcomes.json")))["MMBench_toy"]
+    assert stored.categories == [CATEGORIES[0]] * 40 + [CATEGORIES[1]] * 40
+    code, text = invoke(monkeypatch, capsys, "compare", str(tmp_path), "baseline", "color_noisy", "--json")
+    assert code == 0 and "categories" not in json.loads(text)
+    code, text = invoke(
+        monkeypatch, capsys, "compare", str(tmp_path), "baseline", "color_noisy", "--by-category", "--json"
+    )
+    out = json.loads(text)
+    colour, count = (out["categories"][f"MMBench_toy/{c}"] for c in CATEGORIES)
+    assert colour["delta"] > 40 and colour["ci"][0] > 0 and colour["verdict"] == "better"  # 90 % against 40 % right
+    assert abs(count["delta"]) < 15 and count["verdict"] == "not distinguishable"  # the same 70 % in both arms
+    assert (colour["delta"] + count["delta"]) / 2 == pytest.approx(out["average"]["delta"], abs=0.01)
+    code, text = invoke(monkeypatch, capsys, "compare", str(tmp_path), "baseline", "color_noisy", "--by-category")
+    assert code == 0 and "MMBench_toy/attribute_recognition" in text and "by chance" in text
+
+
+def test_compare_by_category_without_categories(fake_recipe, monkeypatch, capsys):
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full", "--by-category")
+    assert code == 2 and "name no item categories" in text and "drop --by-category" in text and "Traceback" not in text

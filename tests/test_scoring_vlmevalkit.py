@@ -100,6 +100,7 @@ def test_pope_outcomes_reproduce_f1() -> None:
     assert list(o.correct) == [True, False, False, False, True, False, False, True]
     assert list(o.chance) == [0.5] * 8
     assert _headline(o) == pytest.approx(score("pope", _pope_rows())["score"])
+    assert o.categories == ["adversarial"] * 3 + ["popular"] * 3 + ["random"] * 2  # the split row in each
 
 
 # ---- 2. kinds from columns and answers, then names as VLMEvalKit reads them ---------------
@@ -200,6 +201,9 @@ def test_mcq_outcomes_mean() -> None:
     assert (o.rule, o.items, o.clusters) == ("mean", ["0", "1"], ["0", "1"])
     assert list(o.correct) == [True, False] and list(o.chance) == [pytest.approx(1 / 3)] * 2
     assert _headline(o) == score("seed", rows)["score"] == 50.0
+    assert o.categories == ["bio", "bio"]  # each item's category, for per-category comparisons
+    uncategorised = [{k: v for k, v in r.items() if k != "category"} for r in rows]
+    assert outcomes("seed", uncategorised).categories == []
 
 
 def test_yes_no_outcomes_mean() -> None:
@@ -219,13 +223,16 @@ def test_circular_outcomes() -> None:
     assert list(o.correct) == [True] * 4 + [True, True, False, True]
     assert list(o.chance) == [0.25] * 8
     assert _headline(o) == score("mmbench", rows)["score"] == 50.0
+    assert o.categories == ["animals"] * 4 + ["colours"] * 4
+    for category, expected in (("animals", 100.0), ("colours", 0.0)):  # each category's items give its cat/ score
+        assert _headline(o.subset(np.array(o.categories) == category)) == expected
 
 
 @pytest.mark.parametrize("with_image_path", [True, False])
 def test_mme_outcomes(with_image_path: bool) -> None:
     rows = _mme_rows(with_image_path)
     o = outcomes("mme", rows)
-    assert o.rule == "mme" and o.strata == ["color"] * 4 + ["code_reasoning"] * 4
+    assert o.rule == "mme" and o.strata == o.categories == ["color"] * 4 + ["code_reasoning"] * 4
     expected = ["c1.jpg", "c1.jpg", "c2.jpg", "c2.jpg", "r1.png", "r1.png", "r2.png", "r2.png"]
     assert o.clusters == (expected if with_image_path else ["0+1", "0+1", "2+3", "2+3", "4+5", "4+5", "6+7", "6+7"])
     assert list(o.chance) == [0.5] * 8

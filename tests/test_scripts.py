@@ -26,6 +26,7 @@ def mmbench(right_colour: np.ndarray, right_count: np.ndarray) -> ItemOutcomes:
         correct=correct,
         chance=np.full(80, 0.25),
         strata=[CATEGORIES[0]] * 40 + [CATEGORIES[1]] * 40,
+        categories=[CATEGORIES[0]] * 40 + [CATEGORIES[1]] * 40,
     )
 
 

@@ -119,6 +119,7 @@ def _outcomes(out: Mapping[str, Any], task: str, metric: str) -> ItemOutcomes | 
             clusters=[f"{sub}/{c}" for sub, p in parts for c in p.clusters],
             correct=np.concatenate([p.correct for _, p in parts]),
             chance=np.concatenate([p.chance for _, p in parts]),
+            categories=[sub for sub, p in parts for _ in p.items],  # per-subtask comparisons (mixlab compare)
         )
     if found is None or not len(found) or not math.isclose(float(found.correct.mean()), value, abs_tol=1e-9):
         return None

@@ -94,6 +94,12 @@ def _category(row: Row) -> str:
     return str(row.get("category", ""))
 
 
+def _categories(rows: list[Row]) -> list[str]:
+    """Each row's ``category`` for per-category comparisons; empty when no row has one."""
+    found = [_category(r) for r in rows]
+    return found if any(found) else []
+
+
 def _per_category(rows: list[Row], hits: list[bool]) -> Metrics:
     """Accuracy per ``category`` ("cat/<name>") and per ``l2-category`` ("l2/<name>"); ``hits`` align with rows."""
     out: Metrics = {}
@@ -109,7 +115,12 @@ def _mean_outcomes(rows: list[Row], hits: list[bool], chance: list[float]) -> It
     """Outcomes scored as a plain mean: each row its own item and cluster."""
     items = [str(r["index"]) for r in rows]
     return ItemOutcomes(
-        rule="mean", items=items, clusters=list(items), correct=np.asarray(hits), chance=np.asarray(chance)
+        rule="mean",
+        items=items,
+        clusters=list(items),
+        correct=np.asarray(hits),
+        chance=np.asarray(chance),
+        categories=_categories(rows),
     )
 
 
@@ -188,6 +199,7 @@ def _rate_mme(rows: list[Row], extraction: Extraction) -> Scored:
         correct=np.asarray(hits),
         chance=np.full(len(rows), YES_NO_CHANCE),
         strata=[_category(r) for r in rows],
+        categories=_categories(rows),
     )
     return Scored(_mme_metrics(rows, hits, clusters), outcomes)
 
@@ -263,6 +275,7 @@ def _pope_outcomes(entries: list[_PopeEntry]) -> ItemOutcomes:
         chance=np.full(len(entries), YES_NO_CHANCE),
         predicted=np.array([e.said_yes for e in entries], dtype=bool),
         truth=np.array([e.truth for e in entries], dtype=bool),
+        categories=[e.category for e in entries] if any(e.category for e in entries) else [],
     )
 
 
@@ -299,6 +312,7 @@ def _rate_circular(rows: list[Row], extraction: Extraction) -> Scored:
         clusters=[str(_index(rows[j]) % CIRCULAR_STRIDE) for j in scored],
         correct=np.array([hits[j] for j in scored], dtype=bool),
         chance=np.array([_option_chance(rows[j]) for j in scored], dtype=float),
+        categories=_categories([rows[i] for i in originals for _ in groups[_index(rows[i])]]),
     )
     return Scored(metrics, outcomes)
 
