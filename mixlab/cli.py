@@ -48,7 +48,23 @@ def run(recipe: Path, output_dir: Path | None, no_progress: bool, fresh: tuple[s
     check_fresh(patterns)
     runner = Run(loaded, output_dir, show_progress=not no_progress, fresh=patterns)
     runner.execute()
+    warn_unmatched_fresh(patterns, [entry.name for entry in runner.engine.entries])
     click.echo(f"report: {runner.run_dir / 'report.json'}")
+
+
+def warn_unmatched_fresh(patterns: tuple[str, ...], stages: list[str]) -> None:
+    """A --fresh pattern of a known kind that named no stage of the run reran nothing: say so."""
+    import fnmatch
+
+    from mixlab.registry import did_you_mean
+
+    for pattern in patterns:
+        if pattern != "*" and not any(fnmatch.fnmatchcase(name, pattern) for name in stages):
+            click.echo(
+                f"warning: --fresh {pattern} matched no stage of this run, so it reran nothing."
+                f"{did_you_mean(pattern, stages)} report.json lists the stages.",
+                err=True,
+            )
 
 
 STAGE_KINDS = ("source", "model", "train", "eval", "score", "select", "merge")

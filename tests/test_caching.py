@@ -93,6 +93,14 @@ def test_fresh_on_the_command_line(fake_recipe, monkeypatch, capsys):
     status = statuses(report)
     assert status["train:full"] == status["eval:full"] == status["score:quality"] == "done"
     assert status["source:good"] == status["model"] == "cached"
+    assert "warning" not in capsys.readouterr().err  # both patterns named stages
+    monkeypatch.setattr(
+        sys, "argv", ["mixlab", "run", str(fake_recipe), "--fresh", "score:qualty", "--output-dir", str(out)]
+    )
+    main()
+    err = capsys.readouterr().err
+    assert "warning: --fresh score:qualty matched no stage of this run, so it reran nothing" in err
+    assert "Did you mean 'score:quality'" in err
 
 
 def test_two_scorers_writing_one_column_is_an_error_naming_both(fake_recipe):
