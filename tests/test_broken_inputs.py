@@ -826,6 +826,14 @@ RECIPE_CASES = [
         ["evaluators.bench.paths.0", "data.json is not a .tsv file"],
     ),
     R(
+        "tsv-stem-twice",
+        'paths = ["bench/*.tsv"]',
+        'paths = ["bench/*.tsv", "bench/*.tsv", "more/*.tsv"]',
+        "paths =",
+        ["evaluators.bench.paths", "bench/MME_x.tsv and", "more/MME_x.tsv are both benchmark 'MME_x'", "rename one"],
+        setup=lambda root: (root / "more").mkdir() or (root / "more" / "MME_x.tsv").write_text(mme_tsv()),
+    ),
+    R(
         "only-unknown",
         'paths = ["bench/*.tsv"]',
         'paths = ["bench/*.tsv"]\nonly = ["MME_y"]',

@@ -329,3 +329,16 @@ def test_evaluator_passes_extraction_on(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.metrics["ScienceQA_TEST"]["score"] == 100.0
     with pytest.raises(ValueError, match="extraction"):
         BenchmarksOptions(extraction="lenient")
+
+
+def test_benchmark_files_are_each_evaluated_once(tmp_path: Path) -> None:
+    """A file two patterns match is one benchmark; two files with one name stem would share a name: an error."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "MME.tsv").write_text("index\tquestion\tanswer\n0\tRed?\tYes\n")
+    twice = Benchmarks(BenchmarksOptions(paths=["a/*.tsv", "a/MME.tsv"]), "bench", tmp_path)
+    assert twice.tsv_files(_Ctx(tmp_path / "cache")) == [tmp_path / "a" / "MME.tsv"]
+    clash = Benchmarks(BenchmarksOptions(paths=["a/*.tsv", "b/*.tsv"]), "bench", tmp_path)
+    with pytest.raises(UserError, match="are both benchmark 'MME'"):
+        clash.tsv_files(_Ctx(tmp_path / "cache"))

@@ -59,11 +59,13 @@ class Benchmarks(Evaluator):
             matched = sorted(Path(p) for p in glob.glob(str(self.resolve(pattern))))
             if not matched:
                 raise UserError(f"evaluator {self.label!r}: no file matches {pattern!r}. Check `paths`.")
-            files += matched
+            files += [f for f in matched if f.resolve() not in {g.resolve() for g in files}]  # two patterns, one file
         if self.options.toyworld is not None:
             manifest = self.options.toyworld.ensure(ctx)
             root = Path(manifest["_dir"])
             files += [root / b["tsv"] for b in manifest["benchmarks"].values()]
+        if clash := stem_clash(files):
+            raise UserError(f"evaluator {self.label!r}: {clash}")
         if self.options.only is not None:
             unknown = set(self.options.only) - {f.stem for f in files}
             if unknown:
@@ -163,12 +165,15 @@ class Benchmarks(Evaluator):
         o = self.options
         problems: list[tuple[tuple, str]] = []
         stems: list[str] = []
+        seen: list[Path] = []
         complete = True
         for i, pattern in enumerate(o.paths):
             matched = sorted(Path(p) for p in glob.glob(str(self.resolve(pattern))))
             if not matched:
                 problems.append((("paths", i), f"no file matches {pattern!r} (relative to the recipe): fix the path."))
                 complete = False
+            matched = [p for p in matched if p.resolve() not in {s.resolve() for s in seen}]  # two patterns, one file
+            seen += matched
             for path in matched:
                 if path.is_dir():
                     problems.append((("paths", i), f"{path} is a folder: give the .tsv files, e.g. '{path}/*.tsv'."))
@@ -184,6 +189,8 @@ class Benchmarks(Evaluator):
                         message = str(e)
                         problems.append((("paths", i), message if str(path) in message else f"{path}: {message}"))
                 stems.append(path.stem)
+        if clash := stem_clash([p for p in seen if p.is_file()]):
+            problems.append((("paths",), clash))
         if o.toyworld is not None:
             stems += ["MME_toy", "MMBench_toy", "SEED_toy", "ScienceQA_toy"]
             if o.toyworld.dir and Path(o.toyworld.dir).expanduser().is_file():
@@ -203,3 +210,16 @@ class Benchmarks(Evaluator):
 @hookimpl
 def register_evaluators(register: Register) -> None:
     register(Benchmarks)
+
+
+def stem_clash(files: list[Path]) -> str | None:
+    """Two different files with one file name stem would report under one benchmark name: the message, or None."""
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_stem and by_stem[f.stem].resolve() != f.resolve():
+            return (
+                f"{by_stem[f.stem]} and {f} are both benchmark {f.stem!r} (a benchmark is named by its file name), so "
+                "one would hide the other: rename one file."
+            )
+        by_stem.setdefault(f.stem, f)
+    return None
