@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -299,11 +301,17 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # terminal
 
 
-def _rich_table(title: str, headers: list[str], right: int = 1) -> Table:
-    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned."""
-    table = Table(title=title)
+def _rich_table(title: str, headers: list[str], right: int = 1, rows: Sequence[list[str]] = ()) -> Table:
+    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned. On a narrow terminal
+    its headers fold onto more lines; the cells of ``rows`` (plain text) keep their width, so no number is split."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
     for i, h in enumerate(headers):
-        table.add_column(escape(h), justify="left" if i < right else "right", style="bold" if i == 0 else None)
+        if i < right:
+            table.add_column(escape(h), justify="left", style="bold" if i == 0 else None, overflow="fold")
+        else:
+            table.add_column(escape(h), justify="right", overflow="fold")
+    for column, cells in zip(table.columns, zip(*rows, strict=False), strict=False):
+        column.min_width = max(len(c) for c in cells)
     return table
 
 
@@ -317,40 +325,42 @@ def print_tables(report: dict[str, Any]) -> None:
     headers, rows, notes = _arms_table(report)
     n_bench = len(benchmarks_of(report))
     score_at = 3 + n_bench
-    table = _rich_table("arms × benchmarks (score, 0-100)", [*headers[: score_at + 1], "", *headers[score_at + 1 :]])
+    # to fit a terminal, the arms table stops at the mark: the interval kind is in the notes, Δ in the next table
+    table = _rich_table("arms × benchmarks (score, 0-100)", [*headers[: score_at + 1], ""], rows=rows)
     for row in rows:
         mark = row[score_at + 1]
         color = {SAME: "yellow", BETTER: "green", WORSE: "red"}.get(mark, "white")
-        cells = [escape(c) for c in row]
+        cells = [escape(c) for c in row[: score_at + 1]]
         cells[score_at] = f"[bold green]{cells[score_at]}[/]"
-        cells[score_at + 1] = f"[{color}]{mark}[/]" if mark else ""
-        table.add_row(*cells)
+        table.add_row(*cells, f"[{color}]{mark}[/]" if mark else "")
     console.print(table)
     for note in notes:
         console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")
     headers, rows = _comparison_table(report)
-    if rows:
-        table = _rich_table(f"Δ vs {_reference(report)} (score points)", headers, right=2)
+    if rows:  # on the terminal (80 columns): the mark beside the benchmark; McNemar's p (one seed) in report.md only
+        order = [0, 1, 7, 2, 3, 4, 5]
+        headers, rows = [headers[i] for i in order], [[row[i] for i in order] for row in rows]
+        table = _rich_table(f"Δ vs {_reference(report)} (score points)", headers, right=3, rows=rows)
         for row in rows:
             table.add_row(*[escape(c) for c in row])
         console.print(table)
     headers, health = _health_table(report)
     if health:
-        table = _rich_table("benchmark health", headers)
+        table = _rich_table("benchmark health", headers, rows=[cells for cells, _ in health])
         for cells, flagged in health:
             table.add_row(*[escape(c) for c in cells], style="bold red" if flagged else None)
         console.print(table)
         console.print(escape(HEALTH_LEGEND), style="dim")
     headers, aligns = _align_table(report)
     if aligns:
-        table = _rich_table("alignment data", headers)
+        table = _rich_table("alignment data", headers, rows=aligns)
         for cells in aligns:
             table.add_row(*[escape(c) for c in cells])
         console.print(table)
     block = report.get("individual_select")
     if block:
         headers, isel = _isel_table(block)
-        table = _rich_table("Individual Select", headers, right=2)
+        table = _rich_table("Individual Select", headers, right=2, rows=[cells for cells, _ in isel])
         for cells, kept in isel:
             style = {True: "green", False: "red", None: "bold"}[kept]
             table.add_row(*[escape(c) for c in cells], style=style)

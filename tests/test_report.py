@@ -271,10 +271,27 @@ def test_plot_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_terminal_tables():
     text = _terminal(new_report([0]))
     assert "arms × benchmarks" in text and "70.3 ± 2.2" in text and "≈" in text and "▲" in text
-    assert "+0.30 [-1.25, +1.75]" in text and "One training seed" in text
+    delta_row = next(line for line in text.splitlines() if line.startswith("tied ") and "average" in line)
+    assert delta_row.split() == ["tied", "average", "≈", "+0.30", "[-1.25,", "+1.75]", "0.62", "seeds+items"]
+    assert "One training seed" in text
     assert "benchmark health" in text and "See docs/decisions.md" in text
     assert "Individual Select" in text and "rule: ci" in text and "rejected" in text
     assert "decided on the dev part" in text
+
+
+def test_terminal_tables_fit_80_columns():
+    """An 80-column terminal folds a long cell onto a second line; no cell loses its end to an ellipsis."""
+    report = new_report([0, 1, 2])
+    old = console.width
+    console.width = 80
+    try:
+        with console.capture() as captured:
+            print_tables(report)
+    finally:
+        console.width = old
+    text = captured.get()
+    assert "…" not in text
+    assert all(len(line) <= 80 for line in text.splitlines())
 
 
 def test_terminal_flags_benchmarks_at_chance(monkeypatch: pytest.MonkeyPatch):
