@@ -303,16 +303,26 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _rich_table(title: str, headers: list[str], right: int = 1, rows: Sequence[list[str]] = ()) -> Table:
     """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned. On a narrow terminal
-    its headers fold onto more lines; the cells of ``rows`` (plain text) keep their width, so no number is split."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+    its headers fold onto more lines and the cells of ``rows`` (plain text) keep their width where they all fit;
+    where they do not, cells fold too. Nothing is cut."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
     for i, h in enumerate(headers):
         if i < right:
             table.add_column(escape(h), justify="left", style="bold" if i == 0 else None, overflow="fold")
         else:
             table.add_column(escape(h), justify="right", overflow="fold")
-    for column, cells in zip(table.columns, zip(*rows, strict=False), strict=False):
-        column.min_width = max(len(c) for c in cells)
+    widths = [max(len(c) for c in cells) for cells in zip(*rows, strict=False)][: len(headers)]
+    if sum(widths) + 2 * (len(widths) - 1) <= console.width:  # else rich folds cells: wrapped, never cut
+        for column, width in zip(table.columns, widths, strict=False):
+            column.min_width = width
     return table
+
+
+def _show(table: Table) -> None:
+    """Print a table; one whose narrowest layout is wider than the terminal is printed whole at that width (the
+    terminal wraps its lines) rather than cut at the edge."""
+    needed = console.measure(table).minimum
+    console.print(table, width=max(console.width, needed), crop=False)
 
 
 def print_tables(report: dict[str, Any]) -> None:
@@ -333,7 +343,7 @@ def print_tables(report: dict[str, Any]) -> None:
         cells = [escape(c) for c in row[: score_at + 1]]
         cells[score_at] = f"[bold green]{cells[score_at]}[/]"
         table.add_row(*cells, f"[{color}]{mark}[/]" if mark else "")
-    console.print(table)
+    _show(table)
     for note in notes:
         console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")
     headers, rows = _comparison_table(report)
@@ -343,20 +353,20 @@ def print_tables(report: dict[str, Any]) -> None:
         table = _rich_table(f"Δ vs {_reference(report)} (score points)", headers, right=3, rows=rows)
         for row in rows:
             table.add_row(*[escape(c) for c in row])
-        console.print(table)
+        _show(table)
     headers, health = _health_table(report)
     if health:
         table = _rich_table("benchmark health", headers, rows=[cells for cells, _ in health])
         for cells, flagged in health:
             table.add_row(*[escape(c) for c in cells], style="bold red" if flagged else None)
-        console.print(table)
+        _show(table)
         console.print(escape(HEALTH_LEGEND), style="dim")
     headers, aligns = _align_table(report)
     if aligns:
         table = _rich_table("alignment data", headers, rows=aligns)
         for cells in aligns:
             table.add_row(*[escape(c) for c in cells])
-        console.print(table)
+        _show(table)
     block = report.get("individual_select")
     if block:
         headers, isel = _isel_table(block)
@@ -364,7 +374,7 @@ def print_tables(report: dict[str, Any]) -> None:
         for cells, kept in isel:
             style = {True: "green", False: "red", None: "bold"}[kept]
             table.add_row(*[escape(c) for c in cells], style=style)
-        console.print(table)
+        _show(table)
         console.print(escape(_rule_line(block)), style="dim")
     stages = Table(title="stages")
     for col in ("stage", "status", "seconds"):
@@ -372,7 +382,7 @@ def print_tables(report: dict[str, Any]) -> None:
     for s in report["stages"]:
         color = {"done": "green", "cached": "cyan", "failed": "red"}.get(s["status"], "white")
         stages.add_row(escape(s["name"]), f"[{color}]{escape(s['status'])}[/]", fmt_num(s.get("seconds")))
-    console.print(stages)
+    _show(stages)
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -280,7 +280,8 @@ def test_terminal_tables():
 
 
 def test_terminal_tables_fit_80_columns():
-    """An 80-column terminal folds a long cell onto a second line; no cell loses its end to an ellipsis."""
+    """On an 80-column terminal the arms and Δ tables fit; no cell loses its end to an ellipsis or to the edge (a
+    table that cannot fit is printed whole, for the terminal to wrap)."""
     report = new_report([0, 1, 2])
     old = console.width
     console.width = 80
@@ -291,7 +292,22 @@ def test_terminal_tables_fit_80_columns():
         console.width = old
     text = captured.get()
     assert "…" not in text
-    assert all(len(line) <= 80 for line in text.splitlines())
+    arms_and_deltas = text.split("benchmark health")[0].splitlines()
+    assert all(len(line) <= 80 for line in arms_and_deltas)
+    assert _line(text, "tied ").split()[-4:] == ["70.3", "±", "2.2", "≈"]
+    long = "a_selection_arm_with_a_long_descriptive_name"  # too wide for 80 columns: printed whole, never cut
+    report["arms"] = {long if name == "better" else name: arm for name, arm in report["arms"].items()}
+    console.width = 80
+    try:
+        with console.capture() as captured:
+            print_tables(report)
+    finally:
+        console.width = old
+    text = captured.get()
+    row = _line(text, long[:20])  # the name folds onto a second line; its numbers stay whole
+    assert "75.0 ± 2.0" in row and "▲" in row
+    assert all(len(line) <= 80 for line in text.split("benchmark health")[0].splitlines())
+    assert "…" not in text and long[-8:] in text
 
 
 def test_terminal_flags_benchmarks_at_chance(monkeypatch: pytest.MonkeyPatch):
