@@ -121,9 +121,10 @@ def old_report() -> dict[str, Any]:
     }
 
 
-def _terminal(report: dict[str, Any]) -> str:
+def _terminal(report: dict[str, Any], width: int = 250) -> str:
+    """What print_tables shows on a terminal ``width`` columns wide (by default wide enough that no cell wraps)."""
     old = console.width
-    console.width = 250  # wide enough that no cell wraps
+    console.width = width
     try:
         with console.capture() as captured:
             print_tables(report)
@@ -283,27 +284,14 @@ def test_terminal_tables_fit_80_columns():
     """On an 80-column terminal the arms and Δ tables fit; no cell loses its end to an ellipsis or to the edge (a
     table that cannot fit is printed whole, for the terminal to wrap)."""
     report = new_report([0, 1, 2])
-    old = console.width
-    console.width = 80
-    try:
-        with console.capture() as captured:
-            print_tables(report)
-    finally:
-        console.width = old
-    text = captured.get()
+    text = _terminal(report, width=80)
     assert "…" not in text
     arms_and_deltas = text.split("benchmark health")[0].splitlines()
     assert all(len(line) <= 80 for line in arms_and_deltas)
     assert _line(text, "tied ").split()[-4:] == ["70.3", "±", "2.2", "≈"]
     long = "a_selection_arm_with_a_long_descriptive_name"  # too wide for 80 columns: printed whole, never cut
     report["arms"] = {long if name == "better" else name: arm for name, arm in report["arms"].items()}
-    console.width = 80
-    try:
-        with console.capture() as captured:
-            print_tables(report)
-    finally:
-        console.width = old
-    text = captured.get()
+    text = _terminal(report, width=80)
     row = _line(text, long[:20])  # the name folds onto a second line; its numbers stay whole
     assert "75.0 ± 2.0" in row and "▲" in row
     assert all(len(line) <= 80 for line in text.split("benchmark health")[0].splitlines())
