@@ -115,7 +115,15 @@ class Decisions:
         benchmarks whose outcomes name categories; paired as ``compare`` pairs, weights not involved."""
         out: dict[str, Comparison] = {}
         for bench, items in a[0].outcomes.items():
-            for category in sorted(set(items.categories)):
+            if not items.categories:
+                continue
+            lacking = [e for e in (*a, *b) if bench not in e.outcomes or not e.outcomes[bench].categories]
+            if lacking:
+                raise UserError(
+                    f"{bench}: the two arms' evaluations do not all name item categories (one was evaluated by a "
+                    "mixlab that did not record them): rerun `mixlab run` to evaluate again, or compare without them."
+                )
+            for category in sorted({c for c in items.categories if c.strip()}):
                 a_only, b_only = ([_category_only(e, bench, category) for e in arm] for arm in (a, b))
                 out[f"{bench}/{category}"] = compare(a_only, b_only, n_draws=N_DRAWS, seed=seed)
         return out

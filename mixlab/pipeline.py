@@ -77,7 +77,8 @@ class Run:
         if not keep_earlier:  # a failed rerun leaves an earlier finished run's files (report, recipe, selections) alone
             for name, chosen in self.selections.items() if self.keep_finished else ():  # else saved as selected
                 save_samples(self.store.selection_file(name), chosen)
-            shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
+            if self.recipe.path.resolve() != (self.run_dir / "recipe.toml").resolve():
+                shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
         if failed is not None:
             raise failed
         return report

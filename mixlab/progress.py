@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 LOG_WIDTH = 160
 """Columns of the tables when stderr is a file or a pipe (a log), where rich would otherwise assume 80."""
-console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH)
+console = Console(stderr=True)
+if not console.is_terminal and not os.environ.get("COLUMNS"):
+    console.width = LOG_WIDTH
 
 
 class ProgressBoard:

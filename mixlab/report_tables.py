@@ -11,6 +11,7 @@ from typing import Any
 
 from rich import box
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from mixlab.progress import console
@@ -302,26 +303,44 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _rich_table(title: str, headers: list[str], right: int = 1, rows: Sequence[list[str]] = ()) -> Table:
-    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned. On a narrow terminal
-    its headers fold onto more lines and the cells of ``rows`` (plain text) keep their width where they all fit;
-    where they do not, cells fold too. Nothing is cut."""
+    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned; the cells of ``rows``
+    (plain text) keep their width, headers fold onto more lines."""
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
     for i, h in enumerate(headers):
         if i < right:
             table.add_column(escape(h), justify="left", style="bold" if i == 0 else None, overflow="fold")
         else:
             table.add_column(escape(h), justify="right", overflow="fold")
-    widths = [max(len(c) for c in cells) for cells in zip(*rows, strict=False)][: len(headers)]
-    if sum(widths) + 2 * (len(widths) - 1) <= console.width:  # else rich folds cells: wrapped, never cut
-        for column, width in zip(table.columns, widths, strict=False):
-            column.min_width = width
+    for column, cells in zip(table.columns, zip(*rows, strict=False), strict=False):
+        column.min_width = max(len(c) for c in cells)
     return table
 
 
+def _arms_parts(headers: list[str], rows: list[list[str]], score_at: int) -> list[tuple[str, list[int]]]:
+    """The arms table's columns split into tables that each fit the terminal: arm, samples and seeds, as many
+    benchmarks as fit, then the score (the mark follows it)."""
+
+    def width(i: int) -> int:
+        return max([len(r[i]) for r in rows] + [max((len(w) for w in headers[i].split()), default=0)]) + 2
+
+    fixed, tail = [0, 1, 2], [score_at]
+    base = sum(width(i) for i in fixed + tail) + 3  # and the mark
+    parts: list[list[int]] = [[]]
+    used = base
+    for i in range(3, score_at):
+        if parts[-1] and used + width(i) > console.width:
+            parts.append([])
+            used = base
+        parts[-1].append(i)
+        used += width(i)
+    title = "arms × benchmarks (score, 0-100)"
+    n = len(parts)
+    return [(title if n == 1 else f"{title}, part {k + 1} of {n}", fixed + p + tail) for k, p in enumerate(parts)]
+
+
 def _show(table: Table) -> None:
-    """Print a table; one whose narrowest layout is wider than the terminal is printed whole at that width (the
-    terminal wraps its lines) rather than cut at the edge."""
-    needed = console.measure(table).minimum
+    """Print a table whole: one wider than the terminal at its own width (the terminal wraps its lines), not cut."""
+    needed = Measurement.get(console, console.options.update_width(10**6), table).minimum
     console.print(table, width=max(console.width, needed), crop=False)
 
 
@@ -333,17 +352,17 @@ def print_tables(report: dict[str, Any]) -> None:
     for line in _split_lines(report):
         console.print(f"[yellow]{escape(line)}[/]")
     headers, rows, notes = _arms_table(report)
-    n_bench = len(benchmarks_of(report))
-    score_at = 3 + n_bench
-    # to fit a terminal, the arms table stops at the mark: the interval kind is in the notes, Δ in the next table
-    table = _rich_table("arms × benchmarks (score, 0-100)", [*headers[: score_at + 1], ""], rows=rows)
-    for row in rows:
-        mark = row[score_at + 1]
-        color = {SAME: "yellow", BETTER: "green", WORSE: "red"}.get(mark, "white")
-        cells = [escape(c) for c in row[: score_at + 1]]
-        cells[score_at] = f"[bold green]{cells[score_at]}[/]"
-        table.add_row(*cells, f"[{color}]{mark}[/]" if mark else "")
-    _show(table)
+    score_at = 3 + len(benchmarks_of(report))
+    for title, columns in _arms_parts(headers, rows, score_at):  # the interval kind is in the notes, Δ below
+        shown = [[row[i] for i in columns] + [row[score_at + 1]] for row in rows]
+        table = _rich_table(title, [headers[i] for i in columns] + [""], rows=shown)
+        for cells in shown:
+            mark = cells[-1]
+            color = {SAME: "yellow", BETTER: "green", WORSE: "red"}.get(mark, "white")
+            table.add_row(
+                *[escape(c) for c in cells[:-2]], f"[bold green]{escape(cells[-2])}[/]", f"[{color}]{mark}[/]"
+            )
+        _show(table)
     for note in notes:
         console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")
     headers, rows = _comparison_table(report)

@@ -624,12 +624,9 @@ def run_dir_problem(target: Path) -> str | None:
     return None
 
 
-RUN_MARKERS = ("events.jsonl", "report.json", "recipe.toml", "stages")
-
-
 def is_run_dir(folder: Path) -> bool:
-    """A folder a run has written to: its event log (the first thing a run writes), report, recipe copy or stages."""
-    return any((folder / name).exists() for name in RUN_MARKERS)
+    """A folder a run has written to: its event log (the first thing a run writes), or a report beside stages."""
+    return (folder / "events.jsonl").is_file() or ((folder / "report.json").is_file() and (folder / "stages").is_dir())
 
 
 def check_output_dir(v: Validator, run: RunSection) -> None:

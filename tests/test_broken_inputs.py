@@ -1741,7 +1741,19 @@ def test_run_directory_that_cannot_be_created(world, fake_plugins, monkeypatch, 
     (world / "recipe.toml").write_text(KEEP_RECIPE)
     long = "x" * 300  # longer than any file system allows a name to be
     code, out = invoke(monkeypatch, capsys, "run", "--no-progress", "--output-dir", long, "recipe.toml")
-    assert_clear(code, out, [f"--output-dir {long}: cannot use", "choose another output directory"])
+    assert_clear(code, out, [long, "choose another output directory"])  # seen by the check or when created
+    assert "cannot use" in out or "cannot create the run directory" in out
+
+
+def test_store_names_a_run_directory_it_cannot_create(tmp_path, monkeypatch):
+    from mixlab.store import Store
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(UserError, match=r"cannot create the run directory .*run \(Permission denied\): choose another"):
+        Store(tmp_path / "run")
 
 
 def test_run_directory_rule_accepts_runs_and_hidden_files(world, fake_plugins, monkeypatch, capsys):
@@ -1751,10 +1763,13 @@ def test_run_directory_rule_accepts_runs_and_hidden_files(world, fake_plugins, m
 
     (world / "hidden").mkdir()
     (world / "hidden" / ".gitkeep").write_text("")
-    (world / "old_run").mkdir()
+    (world / "old_run" / "stages").mkdir(parents=True)  # a run whose event log was lost: its report and stages
     (world / "old_run" / "report.json").write_text("{}")
     (world / "old_run" / "notes.txt").write_text("mine")
     assert run_dir_problem(world / "hidden") is None and run_dir_problem(world / "old_run") is None
+    (world / "project").mkdir()
+    (world / "project" / "recipe.toml").write_text(KEEP_RECIPE)  # a recipe is no run
+    assert "is not a mixlab run directory" in (run_dir_problem(world / "project") or "")
     (world / "recipe.toml").write_text(KEEP_RECIPE)
     (world / "runs" / "keep").mkdir(parents=True)
     (world / "runs" / "keep" / "notes.txt").write_text("not a run")  # the recipe's own run directory

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -198,3 +200,34 @@ def test_compare_by_category_without_categories(fake_recipe, monkeypatch, capsys
     run_dir = fake_recipe.parent / "runs" / "fake"
     code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full", "--by-category")
     assert code == 2 and "name no item categories" in text and "drop --by-category" in text and "Traceback" not in text
+
+
+def test_compare_by_category_needs_categories_on_both_sides(tmp_path, monkeypatch, capsys):
+    from mixlab.outcomes import read_outcomes, write_outcomes
+    from tests.test_scripts import write_run
+
+    write_run(tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    key = next(s["key"] for s in report["stages"] if s["name"] == "eval:color_noisy@seed1")
+    path = Store(tmp_path).stage_dir("eval", key) / "outcomes.json"
+    stored = read_outcomes(path)
+    stored["MMBench_toy"] = replace(stored["MMBench_toy"], categories=[])  # as evaluated without categories
+    write_outcomes(path, stored)
+    code, text = invoke(monkeypatch, capsys, "compare", str(tmp_path), "baseline", "color_noisy", "--by-category")
+    assert code == 2 and "MMBench_toy: the two arms' evaluations do not all name item categories" in text
+    assert "Traceback" not in text
+
+
+def test_items_without_a_category_get_no_row():
+    from mixlab.components import Evaluation
+    from mixlab.decisions import Decisions
+    from mixlab.outcomes import ItemOutcomes
+    from mixlab.sections import RunSection
+
+    def evaluation(right: list[bool]) -> Evaluation:
+        items = [str(i) for i in range(6)]
+        outcomes = ItemOutcomes("mean", items, items, np.array(right), np.full(6, 0.5), categories=["a"] * 3 + [""] * 3)
+        return Evaluation({"B": {"score": 100 * sum(right) / 6}}, {"B": outcomes})
+
+    a, b = evaluation([True] * 6), evaluation([False] * 6)
+    assert list(Decisions(RunSection(name="x")).compare_categories([a], [b])) == ["B/a"]

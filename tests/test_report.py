@@ -281,21 +281,38 @@ def test_terminal_tables():
 
 
 def test_terminal_tables_fit_80_columns():
-    """On an 80-column terminal the arms and Δ tables fit; no cell loses its end to an ellipsis or to the edge (a
-    table that cannot fit is printed whole, for the terminal to wrap)."""
+    """On an 80-column terminal the arms and Δ tables fit; cells keep their width, no cell is cut; a table that cannot
+    fit is printed whole, for the terminal to wrap."""
     report = new_report([0, 1, 2])
     text = _terminal(report, width=80)
     assert "…" not in text
     arms_and_deltas = text.split("benchmark health")[0].splitlines()
     assert all(len(line) <= 80 for line in arms_and_deltas)
     assert _line(text, "tied ").split()[-4:] == ["70.3", "±", "2.2", "≈"]
-    long = "a_selection_arm_with_a_long_descriptive_name"  # too wide for 80 columns: printed whole, never cut
+    long = "a_selection_arm_with_a_long_descriptive_name"
     report["arms"] = {long if name == "better" else name: arm for name, arm in report["arms"].items()}
     text = _terminal(report, width=80)
-    row = _line(text, long[:20])  # the name folds onto a second line; its numbers stay whole
-    assert "75.0 ± 2.0" in row and "▲" in row
-    assert all(len(line) <= 80 for line in text.split("benchmark health")[0].splitlines())
-    assert "…" not in text and long[-8:] in text
+    rows = [line for line in text.splitlines() if line.startswith(long)]
+    assert "75.0 ± 2.0  ▲" in rows[0]  # the arms table: too wide even for one benchmark a part, printed whole
+    delta = next(row for row in rows if " average " in row)  # the Δ table: whole, though wider than 80
+    assert delta.split()[1:6] == ["average", "▲", "+5.00", "[+3.50,", "+6.50]"]
+
+
+def test_terminal_arms_table_in_parts_when_benchmarks_are_many():
+    """Forty benchmarks on 80 columns: the arms table comes in parts that each fit, every benchmark's score shown."""
+    report = new_report([0, 1, 2])
+    names = [f"task_{i:02d}" for i in range(40)]
+    for k, arm in enumerate(report["arms"].values()):
+        arm["metrics"] = {name: {"score": 10.0 + i + k / 10} for i, name in enumerate(names)}
+    report["benchmarks"] = {}
+    text = _terminal(report, width=80)
+    parts = [line for line in text.splitlines() if "arms × benchmarks" in line]
+    assert len(parts) > 1 and all(f"of {len(parts)}" in line for line in parts)
+    arms_lines = text.split("Δ vs baseline")[0].splitlines()
+    assert all(len(line) <= 80 for line in arms_lines)
+    shown = " ".join(line for line in arms_lines if line.startswith("tied "))
+    assert all(f"{10.0 + i + 0.1:.1f}" in shown.split() for i in range(40))  # every score of "tied", once per part
+    assert shown.count("70.3 ± 2.2") == len(parts)
 
 
 def test_terminal_flags_benchmarks_at_chance(monkeypatch: pytest.MonkeyPatch):
