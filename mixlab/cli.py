@@ -96,7 +96,8 @@ def validate(recipe: Path, no_path_checks: bool) -> None:
     from mixlab.recipe import load_recipe
 
     loaded = load_recipe(recipe, check_paths=not no_path_checks)
-    click.echo(f"{recipe}: ok ({len(loaded.sources)} sources, {len(loaded.arms)} arms)")
+    sections, arms = len(loaded.sources), len(loaded.arms)
+    click.echo(f"{recipe}: ok ({sections} source section{'s' * (sections != 1)}, {arms} arm{'s' * (arms != 1)})")
 
 
 @cli.command()

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich import box
 from rich.markup import escape
@@ -150,7 +150,7 @@ def _arms_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], lis
         notes.append(
             f"{SAME}: not distinguishable from {reference} (the 95% CI of Δ contains 0); {BETTER} / {WORSE}: "
             f"distinguishably better / worse. P(better): share of resampled differences above 0 (not a p-value). "
-            "Any other pair: mixlab compare RUN_DIR A B."
+            "Any other pair: mixlab compare RUN_DIR A B (gives A − B)."
         )
     if with_interval:
         kinds = sorted({a["score_interval"] for a in rows.values() if a.get("score_interval")})
@@ -162,7 +162,8 @@ def _arms_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], lis
     if _one_seed(report):
         notes.append(
             "⚠ One training seed: the intervals contain benchmark-item noise only, not seed (training) noise; "
-            "they are too narrow to conclude that one mix beats another. Use seeds = 3 or more."
+            "they are too narrow to conclude that one mix beats another (the marks compare these items only). Set "
+            "[run] seeds = [0, 1, 2] for intervals over training seeds too (three trainings per arm)."
         )
     return headers, table, notes
 
@@ -303,45 +304,76 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _rich_table(title: str, headers: list[str], right: int = 1, rows: Sequence[list[str]] = ()) -> Table:
-    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned; the cells of ``rows``
-    (plain text) keep their width, headers fold onto more lines."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
-    for i, h in enumerate(headers):
-        if i < right:
-            table.add_column(escape(h), justify="left", style="bold" if i == 0 else None, overflow="fold")
-        else:
-            table.add_column(escape(h), justify="right", overflow="fold")
-    for column, cells in zip(table.columns, zip(*rows, strict=False), strict=False):
-        column.min_width = max(len(c) for c in cells)
+    """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned. With ``rows`` (plain
+    text) each column is as wide as its widest cell (a header may widen it to 7 characters; a longer one folds
+    onto more lines), so the table's width is known before it prints: ``_table_width``."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    widths = _column_widths(headers, rows) if rows else [None] * len(headers)
+    for i, (h, width) in enumerate(zip(headers, widths, strict=True)):
+        justify: Literal["left", "right"] = "left" if i < right else "right"
+        table.add_column(escape(h), justify=justify, overflow="fold", width=width)
+    table.columns[0].style = "bold"
     return table
 
 
-def _arms_parts(headers: list[str], rows: list[list[str]], score_at: int) -> list[tuple[str, list[int]]]:
-    """The arms table's columns split into tables that each fit the terminal: arm, samples and seeds, as many
-    benchmarks as fit, then the score (the mark follows it)."""
+def _column_widths(headers: list[str], rows: Sequence[list[str]]) -> list[int]:
+    """Each column's width: its widest cell, or its header's longest word up to 7 characters where that is wider."""
+    return [
+        max(max((len(r[i]) for r in rows), default=0), min(max((len(w) for w in h.split()), default=0), 7))
+        for i, h in enumerate(headers)
+    ]
 
-    def width(i: int) -> int:
-        return max([len(r[i]) for r in rows] + [max((len(w) for w in headers[i].split()), default=0)]) + 2
 
-    fixed, tail = [0, 1, 2], [score_at]
-    base = sum(width(i) for i in fixed + tail) + 3  # and the mark
-    parts: list[list[int]] = [[]]
-    used = base
+def _table_width(widths: list[int]) -> int:
+    """The printed width of a table with these column widths (each padded by a space on its right, one between)."""
+    return sum(widths) + 2 * len(widths) - 1
+
+
+def _arms_tables(headers: list[str], rows: list[list[str]], score_at: int) -> list[Table]:
+    """The terminal's arms tables: arm, samples, seeds, as many benchmarks as fit the terminal (one at least), the
+    score and the mark; more tables for the other benchmarks. Interval kinds are in the notes, Δ in its own table."""
+    widths = _column_widths([*headers[: score_at + 1], ""], [r[: score_at + 2] for r in rows])
+    fixed = [widths[i] for i in (0, 1, 2, score_at, score_at + 1)]
+    parts: list[list[int]] = []
     for i in range(3, score_at):
-        if parts[-1] and used + width(i) > console.width:
-            parts.append([])
-            used = base
-        parts[-1].append(i)
-        used += width(i)
-    title = "arms × benchmarks (score, 0-100)"
-    n = len(parts)
-    return [(title if n == 1 else f"{title}, part {k + 1} of {n}", fixed + p + tail) for k, p in enumerate(parts)]
+        if parts and _table_width(fixed + [widths[j] for j in parts[-1]] + [widths[i]]) <= console.width:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    tables = [_arms_table_of(headers, rows, score_at, p) for p in parts or [[]]]
+    for k, table in enumerate(tables if len(tables) > 1 else []):
+        table.title = f"{table.title}, part {k + 1} of {len(tables)}"
+    return tables
+
+
+def _arms_table_of(headers: list[str], rows: list[list[str]], score_at: int, benches: list[int]) -> Table:
+    """One arms table with the benchmark columns ``benches``."""
+    columns = [0, 1, 2, *benches, score_at]
+    shown = [[row[i] for i in columns] + [row[score_at + 1]] for row in rows]
+    table = _rich_table("arms × benchmarks (score, 0-100)", [headers[i] for i in columns] + [""], rows=shown)
+    for cells in shown:
+        color = {SAME: "yellow", BETTER: "green", WORSE: "red"}.get(cells[-1], "white")
+        score, mark = f"[bold green]{escape(cells[-2])}[/]", f"[{color}]{cells[-1]}[/]"
+        table.add_row(*[escape(c) for c in cells[:-2]], score, mark)
+    return table
+
+
+def _width(table: Table) -> int:
+    """The narrowest width a table prints at without cutting a cell: its columns' set widths, else rich's measure."""
+    widths = [column.width for column in table.columns]
+    if all(w is not None for w in widths):
+        return _table_width([w for w in widths if w is not None])
+    return Measurement.get(console, console.options.update_width(10**6), table).minimum
 
 
 def _show(table: Table) -> None:
     """Print a table whole: one wider than the terminal at its own width (the terminal wraps its lines), not cut."""
-    needed = Measurement.get(console, console.options.update_width(10**6), table).minimum
-    console.print(table, width=max(console.width, needed), crop=False)
+    terminal = console.width
+    console.width = max(terminal, _width(table))  # rich never prints wider than the console
+    try:
+        console.print(table)
+    finally:
+        console.width = terminal
 
 
 def print_tables(report: dict[str, Any]) -> None:
@@ -353,15 +385,7 @@ def print_tables(report: dict[str, Any]) -> None:
         console.print(f"[yellow]{escape(line)}[/]")
     headers, rows, notes = _arms_table(report)
     score_at = 3 + len(benchmarks_of(report))
-    for title, columns in _arms_parts(headers, rows, score_at):  # the interval kind is in the notes, Δ below
-        shown = [[row[i] for i in columns] + [row[score_at + 1]] for row in rows]
-        table = _rich_table(title, [headers[i] for i in columns] + [""], rows=shown)
-        for cells in shown:
-            mark = cells[-1]
-            color = {SAME: "yellow", BETTER: "green", WORSE: "red"}.get(mark, "white")
-            table.add_row(
-                *[escape(c) for c in cells[:-2]], f"[bold green]{escape(cells[-2])}[/]", f"[{color}]{mark}[/]"
-            )
+    for table in _arms_tables(headers, rows, score_at):
         _show(table)
     for note in notes:
         console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")

@@ -96,7 +96,7 @@ def test_init_writes_a_valid_recipe_and_never_overwrites(tmp_path, monkeypatch, 
     code, _ = invoke(monkeypatch, capsys, "init", str(path))
     assert code == 0 and 'name = "mine"' in path.read_text()
     code, text = invoke(monkeypatch, capsys, "validate", str(path))
-    assert code == 0 and "ok (1 sources, 2 arms)" in text
+    assert code == 0 and "ok (1 source section, 2 arms)" in text
     before = path.read_text()
     code, text = invoke(monkeypatch, capsys, "init", str(path))
     assert code == 2 and "already exists" in text and path.read_text() == before
