@@ -26,10 +26,16 @@ INTERVAL_KINDS = {
     "seeds": "training seeds only (no item noise)",
     "none": "no interval",
 }
+COMPARISON_LEGEND = (
+    "Δ: the arm's score minus the reference's, in score points, with its 95 % interval; P(better): share of resampled "
+    "differences above 0; McNemar p: one seed, accuracy-type benchmarks only, the exact test on the items the two "
+    'models disagree on (about these items, not about training noise); "-": not applicable (docs/decisions.md).'
+)
 HEALTH_LEGEND = (
     "chance: a random guesser's score; noise: seed std / mean; signal: spread of the arms / mean; SNR = signal / noise "
     "(below ~1: differences are mostly seed noise); MDD: smallest difference found 80 % of the time (score points); "
-    "at chance: arms not distinguishably above chance (interval reaching down to it, or below). See docs/decisions.md."
+    'at chance: arms not distinguishably above chance (interval reaching down to it, or below); "-": none, or not '
+    "computed (noise and SNR need two seeds or more). See docs/decisions.md."
 )
 
 
@@ -305,10 +311,14 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _rich_table(title: str, headers: list[str], right: int = 1, rows: Sequence[list[str]] = ()) -> Table:
     """A rich table whose first ``right`` columns are left-aligned and the rest right-aligned. With ``rows`` (plain
-    text) each column is as wide as its widest cell (a header may widen it to 7 characters; a longer one folds
-    onto more lines), so the table's width is known before it prints: ``_table_width``."""
+    text) each column is as wide as its widest cell or its header; where that is wider than the terminal, headers
+    fold at 7 characters. The table's width is known before it prints: ``_table_width``."""
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
-    widths = _column_widths(headers, rows) if rows else [None] * len(headers)
+    widths: Sequence[int | None] = [None] * len(headers)
+    if rows:  # headers whole where the table then fits the terminal, else folded at 7 characters
+        widths = _column_widths(headers, rows, None)
+        if _table_width(widths) > console.width:
+            widths = _column_widths(headers, rows, 7)
     for i, (h, width) in enumerate(zip(headers, widths, strict=True)):
         justify: Literal["left", "right"] = "left" if i < right else "right"
         table.add_column(escape(h), justify=justify, overflow="fold", width=width)
@@ -316,11 +326,13 @@ def _rich_table(title: str, headers: list[str], right: int = 1, rows: Sequence[l
     return table
 
 
-def _column_widths(headers: list[str], rows: Sequence[list[str]]) -> list[int]:
-    """Each column's width: its widest cell, or its header's longest word up to 7 characters where that is wider."""
+def _column_widths(headers: list[str], rows: Sequence[list[str]], cap: int | None) -> list[int]:
+    """Each column's width: its widest cell, or its header where wider (whole; with ``cap``, its longest word up to
+    ``cap`` characters)."""
+    words = [len(h) if cap is None else max((len(w) for w in h.split()), default=0) for h in headers]
     return [
-        max(max((len(r[i]) for r in rows), default=0), min(max((len(w) for w in h.split()), default=0), 7))
-        for i, h in enumerate(headers)
+        max(max((len(r[i]) for r in rows), default=0), word if cap is None else min(word, cap))
+        for i, word in enumerate(words)
     ]
 
 
@@ -332,7 +344,7 @@ def _table_width(widths: list[int]) -> int:
 def _arms_tables(headers: list[str], rows: list[list[str]], score_at: int) -> list[Table]:
     """The terminal's arms tables: arm, samples, seeds, as many benchmarks as fit the terminal (one at least), the
     score and the mark; more tables for the other benchmarks. Interval kinds are in the notes, Δ in its own table."""
-    widths = _column_widths([*headers[: score_at + 1], ""], [r[: score_at + 2] for r in rows])
+    widths = _column_widths([*headers[: score_at + 1], ""], [r[: score_at + 2] for r in rows], 7)
     fixed = [widths[i] for i in (0, 1, 2, score_at, score_at + 1)]
     parts: list[list[int]] = []
     for i in range(3, score_at):
@@ -461,6 +473,7 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
     if comparisons:
         lines += ["", f"## Comparisons vs {_reference(report)}", ""]
         lines += _md_table(headers, comparisons)
+        lines += ["", COMPARISON_LEGEND]
     headers, health = _health_table(report)
     if health:
         lines += ["", "## Benchmark health", ""]

@@ -167,6 +167,7 @@ def test_markdown_one_seed_note():
 def test_markdown_comparisons_health_dev_and_individual_select():
     md = render_markdown(new_report([0, 1, 2]), [])
     assert "## Comparisons vs baseline" in md
+    assert "McNemar p: one seed, accuracy-type benchmarks only" in md  # every column of that table explained
     assert "| better | POPE | -0.50 | [-2.00, -0.25] | 0.99 | seeds+items | - | ▼ |" in md
     assert "| tied | average | +0.30 | [-1.25, +1.75] | 0.62 | seeds+items | - | ≈ |" in md
     assert "| tied | MME | +0.30 | [-1.25, +1.75] | 0.62 | seeds+items | - | ≈ |" in md  # no "distinguishable" key
