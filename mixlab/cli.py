@@ -128,10 +128,12 @@ def plugins(as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR's report.md, plots and tables from its report.json (nothing is retrained)."""
+    from mixlab.progress import console
     from mixlab.report import render
     from mixlab.run_folder import read_report
 
     data = read_report(run_dir)
+    console.stderr = False  # the tables are this command's output (stdout, so they pipe); `run` keeps stderr
     try:
         render(data, run_dir)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a report.json cut short or edited
@@ -140,6 +142,8 @@ def report(run_dir: Path) -> None:
             f"{run_dir / 'report.json'}: incomplete or malformed report ({what}). Rerun `mixlab run` on the "
             "recipe to rewrite it (finished stages are reused)."
         ) from None
+    finally:
+        console.stderr = True
     click.echo(f"report: {run_dir / 'report.md'}")
 
 
