@@ -117,8 +117,7 @@ class Decisions:
         for bench, items in a[0].outcomes.items():
             if not items.categories:
                 continue
-            lacking = [e for e in (*a, *b) if bench not in e.outcomes or not e.outcomes[bench].categories]
-            if lacking:
+            if any(bench not in e.outcomes or not e.outcomes[bench].categories for e in (*a, *b)):
                 raise UserError(
                     f"{bench}: the two arms' evaluations do not all name item categories (one was evaluated by a "
                     "mixlab that did not record them): rerun `mixlab run` to evaluate again, or compare without them."

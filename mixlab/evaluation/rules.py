@@ -96,8 +96,12 @@ def _category(row: Row) -> str:
 
 def _categories(rows: list[Row]) -> list[str]:
     """Each row's ``category`` for per-category comparisons; empty when no row has one."""
-    found = [_category(r) for r in rows]
-    return found if any(found) else []
+    return _named([_category(r) for r in rows])
+
+
+def _named(categories: list[str]) -> list[str]:
+    """The categories of an outcome's items, or none when no item names one."""
+    return categories if any(categories) else []
 
 
 def _per_category(rows: list[Row], hits: list[bool]) -> Metrics:
@@ -275,7 +279,7 @@ def _pope_outcomes(entries: list[_PopeEntry]) -> ItemOutcomes:
         chance=np.full(len(entries), YES_NO_CHANCE),
         predicted=np.array([e.said_yes for e in entries], dtype=bool),
         truth=np.array([e.truth for e in entries], dtype=bool),
-        categories=[e.category for e in entries] if any(e.category for e in entries) else [],
+        categories=_named([e.category for e in entries]),
     )
 
 
