@@ -244,19 +244,37 @@ def _rule_line(block: dict[str, Any]) -> str:
     rule, tol = block.get("rule"), fmt_num(block.get("tolerance"), "g")
     minus = "minus the tolerance" if tol == "-" else f"-{tol}"
     if rule == "ci":
-        return f"rule: ci (keep a candidate unless the upper end of its Δ's 95% CI is below {minus})"
+        line = f"rule: ci (keep a candidate unless the upper end of its Δ's 95% CI is below {minus})"
+        return line + _own_items_rule(block)
     if rule == "tolerance":
-        return (
+        line = (
             f"rule: tolerance (keep a candidate whose score is at least the baseline's {minus.replace('-', 'minus ')})"
         )
+        return line + _own_items_rule(block)
     return "" if tol == "-" else f"rule: tolerance {tol}"
+
+
+def _own_items_rule(block: dict[str, Any]) -> str:
+    """The second condition when candidates were also judged on their own category's items."""
+    judged = [
+        r.get("category", "")
+        for r in block.get("rounds") or []
+        if any("own_items" in c for c in r.get("candidates") or [])
+    ]
+    if not judged:
+        return ""
+    return f", on the average and on its category's own items ({', '.join(judged)}: `category_items`)"
 
 
 def _isel_table(block: dict[str, Any]) -> tuple[list[str], list[tuple[list[str], bool | None]]]:
     """Individual Select rounds: each candidate's score, Δ, interval, P(better) and verdict, then the new baseline."""
-    headers = ["round", "candidate", "score", "delta", "95% CI", "P(better)", "kept"]
+    rounds = block.get("rounds") or []
+    own = any("own_items" in c for r in rounds for c in r.get("candidates") or [])
+    headers = ["round", "candidate", "score", "delta", "95% CI", "P(better)"]
+    headers += ["own items delta", "own 95% CI"] if own else []
+    headers.append("kept")
     table: list[tuple[list[str], bool | None]] = []
-    for r in block.get("rounds") or []:
+    for r in rounds:
         for c in r.get("candidates") or []:
             cells = [
                 r.get("category", ""),
@@ -265,13 +283,17 @@ def _isel_table(block: dict[str, Any]) -> tuple[list[str], list[tuple[list[str],
                 fmt_num(c.get("delta"), "+.2f"),
                 fmt_ci(c.get("ci")),
                 fmt_num(c.get("p_better"), ".2f"),
-                "kept" if c.get("kept") else "rejected",
             ]
+            if own:
+                items = c.get("own_items") or {}
+                cells += [fmt_num(items.get("delta"), "+.2f"), fmt_ci(items.get("ci"))]
+            cells.append("kept" if c.get("kept") else "rejected")
             table.append((cells, bool(c.get("kept"))))
         sources = r.get("baseline_sources")
         count = "" if sources is None else f" ({len(sources)} source{'' if len(sources) == 1 else 's'})"
         what = f"baseline{count}"
-        table.append(([r.get("category", ""), what, fmt_num(r.get("baseline_score"), ".2f"), "", "", "", ""], None))
+        blank = [""] * (len(headers) - 3)
+        table.append(([r.get("category", ""), what, fmt_num(r.get("baseline_score"), ".2f"), *blank], None))
     return headers, table
 
 

@@ -551,7 +551,8 @@ def _check_individual_select(
     sources: dict[str, Section],
     provided: dict[str, str],
 ) -> None:
-    """Individual Select's baseline must be among the arm's sources; `categories` must match its candidates."""
+    """Individual Select's baseline must be among the arm's sources; `categories` must match its candidates and
+    `category_items` name candidate categories."""
     options = section.options
     baseline = list(getattr(options, "baseline", []) or [])
     path = ("selectors", section.label)
@@ -567,18 +568,27 @@ def _check_individual_select(
     if twice:
         v.add((*path, "baseline"), f"lists {twice[0]!r} twice: name each baseline source once.")
     categories = getattr(options, "categories", None)
-    if categories is None:
-        return
-    twice = sorted({c for c in categories if categories.count(c) > 1})
-    if twice:
-        v.add((*path, "categories"), f"lists category {twice[0]!r} twice: list each candidate category once.")
-    if v.broken["sources"]:
+    if categories is not None:
+        twice = sorted({c for c in categories if categories.count(c) > 1})
+        if twice:
+            v.add((*path, "categories"), f"lists category {twice[0]!r} twice: list each candidate category once.")
+    judged = list(getattr(options, "category_items", None) or {})
+    if (categories is None and not judged) or v.broken["sources"]:
         return
     known = _source_categories(sources, provided)
     candidates = [s for s in arm.sources if s not in baseline and s in provided]
     if any(known.get(s) is None for s in candidates):
         return  # some categories only show when the data is loaded: checked at run time
     plan = list(dict.fromkeys(c for s in candidates if (c := known[s]) is not None))  # none is None (above)
+    for c in judged:
+        if c not in plan:
+            v.add(
+                (*path, "category_items", c),
+                f"no candidate source of arm {arm_label!r} has category {c!r}.{did_you_mean(c, plan)} Candidate "
+                f"categories: {', '.join(plan) or 'none'}.",
+            )
+    if categories is None:
+        return
     unknown = [c for c in categories if c not in plan]
     left_out = [c for c in plan if c not in categories]
     for c in unknown:

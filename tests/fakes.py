@@ -122,11 +122,13 @@ class NoisyBenchOptions(Options):
     items: int = 400
     seed_sd: float = 0.03  # training-seed noise of the success probability
     bad_penalty: float = 0.5  # success probability lost per share of "bad" samples
+    x_share: float = 0.0  # > 0: this share of the items has category "x" and only they pay the penalty (others "y")
 
 
 class NoisyBench(Evaluator):
     """A benchmark of known noise: per-item outcomes (clusters of two) whose success probability is 0.6 minus a
-    penalty for "bad" training samples, shifted per training seed; the same model and seed give the same items."""
+    penalty for "bad" training samples (on the items of category "x" only, with ``x_share``), shifted per training
+    seed; the same model and seed give the same items."""
 
     name = "fake_noisy_bench"
     Options = NoisyBenchOptions
@@ -144,7 +146,8 @@ class NoisyBench(Evaluator):
         seed = json.loads((Path(model_dir) / "seed.json").read_text())
         bad = sum(1 for i in ids if "bad" in i.split("/")[0]) / max(1, len(ids))
         seed_effect = np.random.default_rng(1000 + seed).normal(0.0, o.seed_sd)
-        p = 0.6 - o.bad_penalty * bad + seed_effect
+        is_x = np.arange(o.items) < round(o.x_share * o.items) if o.x_share else np.ones(o.items, dtype=bool)
+        p = 0.6 - o.bad_penalty * bad * is_x + seed_effect
         digest = hashlib.sha256(json.dumps([ids, seed]).encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
         correct = rng.random(o.items) < p
@@ -154,6 +157,7 @@ class NoisyBench(Evaluator):
             clusters=[str(i // 2) for i in range(o.items)],
             correct=correct,
             chance=np.full(o.items, 0.25),
+            categories=["x" if x else "y" for x in is_x] if o.x_share else [],
         )
         score = 100.0 * float(correct.mean())
         return Evaluation({"noisybench": {"acc": score, "score": score}}, {"noisybench": outcomes})

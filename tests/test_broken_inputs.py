@@ -797,6 +797,24 @@ RECIPE_CASES = [
         ["lists category 'color' twice"],
     ),
     R(
+        "isel-category-items-unknown",
+        'baseline = ["color_clean"]',
+        'baseline = ["color_clean"]\ncategory_items = { colr = ["MME"] }',
+        "category_items",
+        [
+            "selectors.isel.category_items.colr",
+            "no candidate source of arm 'isel' has category 'colr'",
+            "Did you mean 'color'",
+        ],
+    ),
+    R(
+        "isel-category-items-entry",
+        'baseline = ["color_clean"]',
+        'baseline = ["color_clean"]\ncategory_items = { color = ["MME/"] }',
+        "category_items",
+        ["selectors.isel.category_items", '\'MME/\' is not "BENCH" or "BENCH/CATEGORY"'],
+    ),
+    R(
         "isel-baseline-empty",
         'baseline = ["color_clean"]',
         "baseline = []",

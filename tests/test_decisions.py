@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mixlab.errors import UserError
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
 from tests import fakes
@@ -189,3 +190,39 @@ def test_weights_and_exclude_change_the_average(fake_plugins, tmp_path):
     noisy, fake = weighted["metrics"]["noisybench"]["score"], weighted["metrics"]["fakebench"]["score"]
     assert noisy != pytest.approx(fake, abs=0.5)  # else the weights could not show
     assert weighted["score"] == pytest.approx((3 * noisy + fake) / 4, abs=1e-3)
+
+
+def test_individual_select_judges_a_candidate_on_its_own_category_items(fake_plugins, tmp_path):
+    """A bad source that costs only the items of its own category (a twentieth of the benchmark): the average cannot
+    tell it from the baseline, its own items can; the equal candidate passes both."""
+    bench = "x_share = 0.05\nitems = 8000"
+
+    def decide(folder, options):
+        text = ISEL.format(run_keys="seeds = [0, 1, 2]", options='rule = "ci"\n' + options)
+        report = run(folder, text.replace("items = 300", bench))
+        return {c["source"]: c for r in report["individual_select"]["rounds"] for c in r["candidates"]}
+
+    plain = decide(tmp_path / "a", "")
+    assert plain["bad_worse"]["kept"] and plain["bad_worse"]["ci"][1] > 0 and "own_items" not in plain["bad_worse"]
+    own = decide(tmp_path / "b", 'category_items = { x = ["noisybench/x"] }')
+    bad, equal = own["bad_worse"], own["equal"]
+    assert not bad["kept"] and bad["own_items"]["ci"][1] < 0 and not bad["own_items"]["passed"]
+    assert bad["ci"] == plain["bad_worse"]["ci"]  # the average's verdict is unchanged; the own items add a condition
+    assert bad["own_items"]["items"] == 400 and bad["own_items"]["delta"] < 5 * bad["delta"] < 0
+    assert equal["kept"] and equal["own_items"]["passed"]
+    whole = decide(tmp_path / "c", 'category_items = { x = ["noisybench"] }')  # the whole benchmark: the average
+    assert whole["bad_worse"]["own_items"]["delta"] == pytest.approx(whole["bad_worse"]["delta"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('category_items = { z = ["noisybench/x"] }', r"no candidate source of arm 'curated' has category 'z'"),
+        ('category_items = { x = ["noisybnch/x"] }', r"names benchmark 'noisybnch'.*Did you mean 'noisybench'"),
+        ('category_items = { x = ["noisybench/q"] }', r"noisybench has no item category 'q'; its categories: x, y"),
+    ],
+)
+def test_individual_select_category_items_errors(fake_plugins, tmp_path, options, message):
+    text = ISEL.format(run_keys="seeds = [0]", options=options).replace("items = 300", "x_share = 0.1")
+    with pytest.raises(UserError, match=message):
+        run(tmp_path, text)

@@ -141,3 +141,22 @@ def test_decisions_are_counted_by_known_quality():
         "clean": {"kept": 1, "candidates": 1},
         "noisy": {"kept": 1, "candidates": 2},
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"color": []}, "'color' is empty: list at least one benchmark"),
+        ({"color": ["MME/"]}, '\'MME/\' is not "BENCH" or "BENCH/CATEGORY"'),
+        ({"color": ["/color"]}, 'is not "BENCH"'),
+        ({"color": ["MME/color", "MME/color"]}, "lists 'MME/color' twice"),
+    ],
+)
+def test_category_items_entries_are_checked(value, message):
+    from pydantic import ValidationError
+
+    from mixlab.plugins.selectors.individual_select import IndividualSelectOptions
+
+    with pytest.raises(ValidationError, match=message):
+        IndividualSelectOptions(baseline=["base"], category_items=value)
+    assert IndividualSelectOptions(baseline=["base"], category_items={"color": ["MME", "SEED/Instance Attributes"]})

@@ -362,3 +362,17 @@ def test_markdown_names_the_code_that_ran_when_it_is_a_checkout():
     assert "\nmixlab 0.1 (code mixlab-0.1.0+0123456789abcdef)\n" in render_markdown(report, [])
     report["mixlab_code"] = "mixlab-0.1.0"  # a release: its version says it all
     assert "\nmixlab 0.1\n" in render_markdown(report, [])
+
+
+def test_individual_select_own_items_columns():
+    """Candidates judged on their category's own items too: two more columns, and the rule line says so."""
+    report = new_report([0, 1, 2])
+    o1, o2 = report["individual_select"]["rounds"][1]["candidates"]
+    o1["own_items"] = {"delta": 2.0, "ci": [-3.0, 7.5], "p_better": 0.8, "items": 40, "passed": True}
+    o2["own_items"] = {"delta": -21.0, "ci": [-30.25, -11.0], "p_better": 0.0, "items": 40, "passed": False}
+    md = render_markdown(report, [])
+    assert "| round | candidate | score | delta | 95% CI | P(better) | own items delta | own 95% CI | kept |" in md
+    assert "| ocr | +o2 | 66.00 | -4.00 | - | - | -21.00 | [-30.25, -11.00] | rejected |" in md
+    assert "on the average and on its category's own items (ocr: `category_items`)" in md
+    assert "own items" in _terminal(report) and "[-30.25, -11.00]" in _terminal(report)
+    assert "own items" not in render_markdown(new_report([0]), [])  # no own items judged: the table as before

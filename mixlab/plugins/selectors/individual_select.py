@@ -1,6 +1,7 @@
 """``individual_select``: dataset-level selection by fine-tuning ("Rethinking Overlooked Aspects in VLMs"; see
 docs/individual_select.md). Category by category, each candidate source is added alone to the current baseline mix,
-trained and evaluated; it is kept if its score is not below the baseline's minus a tolerance; the kept ones join the
+trained and evaluated; it is kept if its score is not below the baseline's minus a tolerance (and, where
+``category_items`` names them, not below it on its own category's benchmark items either); the kept ones join the
 baseline, which is retrained before the next category. Every training goes through the run context, so it is cached,
 resumable and shared with arms that train on the same samples; every candidate checkpoint stays available for a soup.
 """
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+import numpy as np
+from pydantic import Field, field_validator
 
 from mixlab import hookimpl
-from mixlab.components import Options, RunContext, Selection, Selector, Trial
+from mixlab.components import Evaluation, Options, RunContext, Selection, Selector, Trial
 from mixlab.data import Sample
 from mixlab.errors import UserError
 from mixlab.hookspecs import Register
+from mixlab.registry import did_you_mean
 
 if TYPE_CHECKING:
-    import numpy as np
+    from mixlab.outcomes import ItemOutcomes
+    from mixlab.stats import Comparison
 
 
 class IndividualSelectOptions(Options):
@@ -38,6 +42,31 @@ class IndividualSelectOptions(Options):
         ge=0,
         description="Points on the 0-100 average: how much worse than the baseline a candidate may be and stay.",
     )
+    category_items: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Per candidate category, the benchmark items that test it: "BENCH" (the whole benchmark) or '
+        '"BENCH/CATEGORY" (its items of one category, the TSV\'s `category` column). A candidate of a listed category '
+        "must pass `rule` on these items alone as well as on the average: a source that spoils its own category can "
+        "lose little on an average over many benchmarks.",
+    )
+
+    @field_validator("category_items")
+    @classmethod
+    def _entries(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for category, entries in value.items():
+            if not entries:
+                raise ValueError(f"{category!r} is empty: list at least one benchmark or benchmark/category")
+            for entry in entries:
+                bench, _, part = entry.partition("/")
+                if not bench.strip() or (entry.count("/") and not part.strip()):
+                    raise ValueError(
+                        f'{category!r}: {entry!r} is not "BENCH" or "BENCH/CATEGORY": write a benchmark\'s name, '
+                        "then after a slash one of its item categories"
+                    )
+            twice = sorted({e for e in entries if entries.count(e) > 1})
+            if twice:
+                raise ValueError(f"{category!r} lists {twice[0]!r} twice: name each once")
+        return value
 
 
 class IndividualSelect(Selector):
@@ -63,9 +92,18 @@ class IndividualSelect(Selector):
         def mix(sources: list[str]) -> list[Sample]:
             return [s for src in sources for s in by_source[src]]
 
+        plan = self._plan(by_source)
+        unplanned = [c for c in self.options.category_items if c not in plan]
+        if unplanned:
+            raise UserError(
+                f"selector {self.label!r}: `category_items` names {unplanned}, which no candidate source has; "
+                f"candidate categories: {', '.join(plan)}.{did_you_mean(unplanned[0], list(plan))}"
+            )
         baseline = ctx.trials([(mix(current), f"{self.label}/baseline")])[0]
+        for entries in self.options.category_items.values():  # a misspelt name fails now, after one training
+            own_items(next(iter(baseline.evaluations.values())), entries, self.label)
         rounds: list[dict[str, Any]] = [self._round("baseline", [], current, baseline)]
-        for category, candidates in self._plan(by_source).items():
+        for category, candidates in plan.items():
             # the round's candidates are independent: trained at once where [run.executor] allows
             jobs = [(mix([*current, c]), f"{self.label}/{category}/+{c}") for c in candidates]
             results = [
@@ -92,29 +130,44 @@ class IndividualSelect(Selector):
     def _judge(self, category: str, source: str, trial: Trial, baseline: Trial, ctx: RunContext) -> dict[str, Any]:
         """A candidate's verdict against the round's baseline, with its difference and interval."""
         comparison = ctx.compare(trial, baseline)
-        tolerance = self.options.tolerance
-        if self.options.rule == "ci" and comparison.ci is not None:
-            kept = comparison.ci[1] >= -tolerance
-        else:
-            kept = trial.score >= baseline.score - tolerance
-        verdict = "kept" if kept else "rejected"
+        kept = self._passes(comparison, trial.score - baseline.score)
         interval = "" if comparison.ci is None else f" [{comparison.ci[0]:+.2f}, {comparison.ci[1]:+.2f}]"
-        ctx.log(
-            f"individual_select {category}: +{source} {trial.score:.2f} vs {baseline.score:.2f}{interval} → {verdict}"
-        )
+        message = f"individual_select {category}: +{source} {trial.score:.2f} vs {baseline.score:.2f}{interval}"
+        own: dict[str, Any] = {}
+        entries = self.options.category_items.get(category)
+        if entries:
+            from mixlab.stats import compare  # scipy: only when a run judges
+
+            seeds = [s for s in trial.evaluations if s in baseline.evaluations]
+            a, b = ([own_items(t.evaluations[s], entries, self.label) for s in seeds] for t in (trial, baseline))
+            focused = compare(a, b)
+            own_kept = self._passes(focused, focused.delta)
+            kept = kept and own_kept
+            items = sum(len(v) if not isinstance(v, float) else 0 for v in a[0].values())
+            message += f"; on its own items {focused.delta:+.2f}"
+            if focused.ci is not None:
+                message += f" [{focused.ci[0]:+.2f}, {focused.ci[1]:+.2f}]"
+            own = {"own_items": {**rounded(focused), "items": items, "passed": own_kept}}
+        ctx.log(f"{message} → {'kept' if kept else 'rejected'}")
         first = next(iter(trial.model_dirs.values()))
         return {
             "source": source,
             "score": round(trial.score, 3),
+            **rounded(comparison),
             "delta": round(trial.score - baseline.score, 3),
-            "ci": None if comparison.ci is None else [round(x, 3) for x in comparison.ci],
-            "p_better": None if comparison.p_better is None else round(comparison.p_better, 4),
-            "interval": comparison.interval,
             "kept": kept,
+            **own,
             "metrics": {b: m["score"] for b, m in trial.metrics.items()},
             "model_dir": first,
             "model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
         }
+
+    def _passes(self, comparison: Comparison, delta: float) -> bool:
+        """The keep rule on one difference (candidate − baseline, ``delta``): not clearly worse than -tolerance (ci,
+        where there is an interval), or not worse at all (tolerance)."""
+        if self.options.rule == "ci" and comparison.ci is not None:
+            return comparison.ci[1] >= -self.options.tolerance
+        return delta >= -self.options.tolerance
 
     def _plan(self, by_source: dict[str, list[Sample]]) -> dict[str, list[str]]:
         """Category → candidate sources (those not in the baseline), in the configured or first-seen order."""
@@ -146,6 +199,54 @@ class IndividualSelect(Selector):
             "baseline_model_dir": next(iter(trial.model_dirs.values())),
             "baseline_model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
         }
+
+
+def rounded(c: Comparison) -> dict[str, Any]:
+    """A comparison's difference, interval, P(better) and interval kind, rounded for the report."""
+    return {
+        "delta": round(c.delta, 3),
+        "ci": None if c.ci is None else [round(x, 3) for x in c.ci],
+        "p_better": None if c.p_better is None else round(c.p_better, 4),
+        "interval": c.interval,
+    }
+
+
+def own_items(evaluation: Evaluation, entries: list[str], label: str) -> dict[str, ItemOutcomes | float]:
+    """The evaluation on the items ``entries`` name ("BENCH" or "BENCH/CATEGORY"), benchmark → outcomes (or its
+    score where a whole benchmark has no per-item outcomes), for ``mixlab.stats.compare``."""
+    wanted: dict[str, set[str] | None] = {}
+    for entry in entries:
+        bench, _, category = entry.partition("/")
+        if bench not in evaluation.metrics:
+            raise UserError(
+                f"selector {label!r}: `category_items` names benchmark {bench!r}, but the evaluators give "
+                f"{', '.join(evaluation.metrics)}.{did_you_mean(bench, list(evaluation.metrics))}"
+            )
+        if not category:
+            wanted[bench] = None
+        elif bench not in wanted or wanted[bench] is not None:
+            wanted[bench] = (wanted.get(bench) or set()) | {category}
+    out: dict[str, ItemOutcomes | float] = {}
+    for bench, categories in wanted.items():
+        items = evaluation.outcomes.get(bench)
+        if categories is None:
+            out[bench] = items if items is not None else float(evaluation.metrics[bench]["score"])
+            continue
+        known = sorted(set(items.categories)) if items is not None else []
+        if not known:
+            raise UserError(
+                f"selector {label!r}: `category_items` names categories of {bench}, but its results name no item "
+                f'categories (its TSV has no `category` column, or the evaluator gives none): name "{bench}" whole.'
+            )
+        unknown = sorted(categories - set(known))
+        if unknown:
+            raise UserError(
+                f"selector {label!r}: {bench} has no item category {unknown[0]!r}; its categories: "
+                f"{', '.join(known)}.{did_you_mean(unknown[0], known)}"
+            )
+        assert items is not None
+        out[bench] = items.subset(np.isin(items.categories, sorted(categories)))
+    return out
 
 
 def known_quality(rows: list[Sample]) -> dict[str, str]:
