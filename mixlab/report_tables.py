@@ -240,36 +240,33 @@ def _align_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _rule_line(block: dict[str, Any]) -> str:
-    """Individual Select's keep rule, in words."""
+    """Individual Select's keep rule, in words (and the rounds judged on their own items too)."""
     rule, tol = block.get("rule"), fmt_num(block.get("tolerance"), "g")
     minus = "minus the tolerance" if tol == "-" else f"-{tol}"
     if rule == "ci":
         line = f"rule: ci (keep a candidate unless the upper end of its Δ's 95% CI is below {minus})"
-        return line + _own_items_rule(block)
-    if rule == "tolerance":
+    elif rule == "tolerance":
         line = (
             f"rule: tolerance (keep a candidate whose score is at least the baseline's {minus.replace('-', 'minus ')})"
         )
-        return line + _own_items_rule(block)
-    return "" if tol == "-" else f"rule: tolerance {tol}"
+    else:
+        return "" if tol == "-" else f"rule: tolerance {tol}"
+    judged = _own_items_rounds(block)
+    if judged:
+        line += f", on the average and on its category's own items ({', '.join(judged)}: `category_items`)"
+    return line
 
 
-def _own_items_rule(block: dict[str, Any]) -> str:
-    """The second condition when candidates were also judged on their own category's items."""
-    judged = [
-        r.get("category", "")
-        for r in block.get("rounds") or []
-        if any("own_items" in c for c in r.get("candidates") or [])
-    ]
-    if not judged:
-        return ""
-    return f", on the average and on its category's own items ({', '.join(judged)}: `category_items`)"
+def _own_items_rounds(block: dict[str, Any]) -> list[str]:
+    """The rounds whose candidates were judged on their own category's items too."""
+    rounds = block.get("rounds") or []
+    return [r.get("category", "") for r in rounds if any("own_items" in c for c in r.get("candidates") or [])]
 
 
 def _isel_table(block: dict[str, Any]) -> tuple[list[str], list[tuple[list[str], bool | None]]]:
     """Individual Select rounds: each candidate's score, Δ, interval, P(better) and verdict, then the new baseline."""
     rounds = block.get("rounds") or []
-    own = any("own_items" in c for r in rounds for c in r.get("candidates") or [])
+    own = bool(_own_items_rounds(block))
     headers = ["round", "candidate", "score", "delta", "95% CI", "P(better)"]
     headers += ["own items delta", "own 95% CI"] if own else []
     headers.append("kept")

@@ -219,10 +219,26 @@ def test_individual_select_judges_a_candidate_on_its_own_category_items(fake_plu
     [
         ('category_items = { z = ["noisybench/x"] }', r"no candidate source of arm 'curated' has category 'z'"),
         ('category_items = { x = ["noisybnch/x"] }', r"names benchmark 'noisybnch'.*Did you mean 'noisybench'"),
-        ('category_items = { x = ["noisybench/q"] }', r"noisybench has no item category 'q'; its categories: x, y"),
+        ('category_items = { x = ["noisybench/q"] }', r"noisybench has no item category 'q' among the items decisions"),
     ],
 )
 def test_individual_select_category_items_errors(fake_plugins, tmp_path, options, message):
     text = ISEL.format(run_keys="seeds = [0]", options=options).replace("items = 300", "x_share = 0.1")
     with pytest.raises(UserError, match=message):
         run(tmp_path, text)
+
+
+def test_individual_select_tolerance_rule_on_own_items(fake_plugins, tmp_path):
+    """rule = "tolerance" applies the same tolerance to the own items' point difference."""
+    text = ISEL.format(run_keys="seeds = [0]", options='rule = "tolerance"\ncategory_items = { x = ["noisybench/x"] }')
+    text = text.replace("items = 300", "x_share = 0.05\nitems = 8000")
+
+    def bad(folder, tolerance):
+        report = run(folder, text.replace('rule = "tolerance"', f'rule = "tolerance"\ntolerance = {tolerance}'))
+        return next(
+            c for r in report["individual_select"]["rounds"] for c in r["candidates"] if c["source"] == "bad_worse"
+        )
+
+    strict, loose = bad(tmp_path / "a", 5.0), bad(tmp_path / "b", 40.0)
+    assert strict["delta"] > -5 and strict["own_items"]["delta"] < -5 and not strict["kept"]
+    assert loose["own_items"]["delta"] > -40 and loose["kept"]

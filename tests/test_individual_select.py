@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from mixlab.components import Evaluation
 from mixlab.errors import UserError
+from mixlab.outcomes import ItemOutcomes
 from mixlab.pipeline import Run
+from mixlab.plugins.selectors.individual_select import IndividualSelect, IndividualSelectOptions, own_items
 from mixlab.recipe import load_recipe
+from mixlab.testing import StubContext, build, samples
 from tests import fakes
 
 RECIPE = """\
@@ -155,8 +161,44 @@ def test_decisions_are_counted_by_known_quality():
 def test_category_items_entries_are_checked(value, message):
     from pydantic import ValidationError
 
-    from mixlab.plugins.selectors.individual_select import IndividualSelectOptions
-
     with pytest.raises(ValidationError, match=message):
         IndividualSelectOptions(baseline=["base"], category_items=value)
-    assert IndividualSelectOptions(baseline=["base"], category_items={"color": ["MME", "SEED/Instance Attributes"]})
+
+
+def test_category_items_entries_accepted():
+    entries = {"color": ["MME", "SEED/Instance Attributes", "SEED/Instance Identity"]}
+    assert IndividualSelectOptions(baseline=["base"], category_items=entries).category_items == entries
+
+
+def _outcomes(categories: list[str], correct: list[bool]) -> ItemOutcomes:
+    n = len(categories)
+    return ItemOutcomes(
+        "mean", [str(i) for i in range(n)], [str(i) for i in range(n)], correct, [0.5] * n, [], categories
+    )
+
+
+def test_own_items_selects_the_named_items_one_entry_per_benchmark():
+    mme = _outcomes(["count", "numerical", "color", "count"], [True, False, True, True])
+    evaluation = Evaluation({"MME": {"score": 75.0}, "POPE": {"score": 80.0}, "MMB": {"score": 50.0}}, {"MME": mme})
+    own = own_items(evaluation, ["MME/count", "MME/numerical", "POPE"], "isel")
+    assert set(own) == {"MME", "POPE"}  # MME's two categories are one entry: the benchmark counts once
+    assert own["MME"].items == ["0", "1", "3"] and own["POPE"] == 80.0  # POPE has no per-item outcomes: its score
+    with pytest.raises(UserError, match="names categories of POPE, but its results name no item categories"):
+        own_items(evaluation, ["POPE/adversarial"], "isel")
+    with pytest.raises(UserError, match="MME has no item category 'colour' among the items.*Did you mean 'color'"):
+        own_items(evaluation, ["MME/colour"], "isel")
+    with pytest.raises(UserError, match="names benchmark 'MMBench', which the evaluators do not give"):
+        own_items(evaluation, ["MMBench"], "isel")
+    no_score = Evaluation({"MME": {"acc": 70.0}})
+    with pytest.raises(UserError, match="gives neither per-item results nor a `score` \\(it gives acc\\)"):
+        own_items(no_score, ["MME"], "isel")
+
+
+def test_category_items_naming_no_candidate_category_stops_before_training():
+    """Where `validate` cannot see the categories (they come with the data), the selector checks them itself."""
+    ctx = StubContext(train=lambda samples, tag: Path("unused"), evaluate=lambda model, tag: {"b": {"score": 1.0}})
+    selector = build(IndividualSelect, baseline=["base"], category_items={"colr": ["b"]})
+    data = samples(2, "base", "general") + samples(2, "cand", "color")
+    with pytest.raises(UserError, match="names category 'colr', which no candidate source has.*Did you mean 'color'"):
+        selector.select(data, {}, ctx)
+    assert ctx.trained == []

@@ -66,6 +66,13 @@ class IndividualSelectOptions(Options):
             twice = sorted({e for e in entries if entries.count(e) > 1})
             if twice:
                 raise ValueError(f"{category!r} lists {twice[0]!r} twice: name each once")
+            whole = [e for e in entries if "/" not in e]
+            both = [e for e in entries if "/" in e and e.partition("/")[0] in whole]
+            if both:
+                raise ValueError(
+                    f"{category!r} names {both[0].partition('/')[0]!r} whole and {both[0]!r}: drop one (the whole "
+                    "benchmark already holds its categories)"
+                )
         return value
 
 
@@ -96,12 +103,13 @@ class IndividualSelect(Selector):
         unplanned = [c for c in self.options.category_items if c not in plan]
         if unplanned:
             raise UserError(
-                f"selector {self.label!r}: `category_items` names {unplanned}, which no candidate source has; "
-                f"candidate categories: {', '.join(plan)}.{did_you_mean(unplanned[0], list(plan))}"
+                f"selector {self.label!r}: `category_items` names category {unplanned[0]!r}, which no candidate source "
+                f"has: fix the name or drop it.{did_you_mean(unplanned[0], list(plan))}"
             )
         baseline = ctx.trials([(mix(current), f"{self.label}/baseline")])[0]
-        for entries in self.options.category_items.values():  # a misspelt name fails now, after one training
-            own_items(next(iter(baseline.evaluations.values())), entries, self.label)
+        for evaluation in baseline.evaluations.values():  # a misspelt name fails now, after one training per seed
+            for entries in self.options.category_items.values():
+                own_items(evaluation, entries, self.label)
         rounds: list[dict[str, Any]] = [self._round("baseline", [], current, baseline)]
         for category, candidates in plan.items():
             # the round's candidates are independent: trained at once where [run.executor] allows
@@ -128,39 +136,47 @@ class IndividualSelect(Selector):
         return Selection(ids=[s["id"] for s in samples if s["source"] in keep], info={"individual_select": block})
 
     def _judge(self, category: str, source: str, trial: Trial, baseline: Trial, ctx: RunContext) -> dict[str, Any]:
-        """A candidate's verdict against the round's baseline, with its difference and interval."""
+        """A candidate's verdict against the round's baseline: the rule on the average, and on its own category's
+        items too where ``category_items`` lists the category."""
         comparison = ctx.compare(trial, baseline)
-        kept = self._passes(comparison, trial.score - baseline.score)
-        interval = "" if comparison.ci is None else f" [{comparison.ci[0]:+.2f}, {comparison.ci[1]:+.2f}]"
-        message = f"individual_select {category}: +{source} {trial.score:.2f} vs {baseline.score:.2f}{interval}"
+        delta = trial.score - baseline.score
+        kept = self._passes(comparison, delta)
+        message = f"individual_select {category}: +{source} {trial.score:.2f} vs {baseline.score:.2f}"
+        message += bracket(comparison)
         own: dict[str, Any] = {}
         entries = self.options.category_items.get(category)
         if entries:
-            from mixlab.stats import compare  # scipy: only when a run judges
-
-            seeds = [s for s in trial.evaluations if s in baseline.evaluations]
-            a, b = ([own_items(t.evaluations[s], entries, self.label) for s in seeds] for t in (trial, baseline))
-            focused = compare(a, b)
-            own_kept = self._passes(focused, focused.delta)
-            kept = kept and own_kept
-            items = sum(len(v) if not isinstance(v, float) else 0 for v in a[0].values())
-            message += f"; on its own items {focused.delta:+.2f}"
-            if focused.ci is not None:
-                message += f" [{focused.ci[0]:+.2f}, {focused.ci[1]:+.2f}]"
-            own = {"own_items": {**rounded(focused), "items": items, "passed": own_kept}}
+            focused, own["own_items"] = self._own_verdict(entries, trial, baseline)
+            kept = kept and own["own_items"]["passed"]
+            message += f"; on its own items {focused.delta:+.2f}{bracket(focused)}"
         ctx.log(f"{message} → {'kept' if kept else 'rejected'}")
-        first = next(iter(trial.model_dirs.values()))
         return {
             "source": source,
             "score": round(trial.score, 3),
-            **rounded(comparison),
-            "delta": round(trial.score - baseline.score, 3),
+            "delta": round(delta, 3),
+            **interval_fields(comparison),
             "kept": kept,
             **own,
             "metrics": {b: m["score"] for b, m in trial.metrics.items()},
-            "model_dir": first,
+            "model_dir": next(iter(trial.model_dirs.values())),
             "model_dirs": {str(seed): d for seed, d in trial.model_dirs.items()},
         }
+
+    def _own_verdict(self, entries: list[str], trial: Trial, baseline: Trial) -> tuple[Comparison, dict[str, Any]]:
+        """Candidate − baseline on the items ``entries`` name alone, paired by seed and item; the report's record."""
+        from mixlab.stats import compare  # scipy: imported only when a run judges
+
+        seeds = [s for s in trial.evaluations if s in baseline.evaluations]
+        a, b = ([own_items(t.evaluations[s], entries, self.label) for s in seeds] for t in (trial, baseline))
+        focused = compare(a, b)
+        questions = sum(len(v) for v in a[0].values() if not isinstance(v, float))
+        record = {
+            "delta": round(focused.delta, 3),
+            **interval_fields(focused),
+            "items": questions,
+            "passed": self._passes(focused, focused.delta),
+        }
+        return focused, record
 
     def _passes(self, comparison: Comparison, delta: float) -> bool:
         """The keep rule on one difference (candidate − baseline, ``delta``): not clearly worse than -tolerance (ci,
@@ -201,14 +217,18 @@ class IndividualSelect(Selector):
         }
 
 
-def rounded(c: Comparison) -> dict[str, Any]:
-    """A comparison's difference, interval, P(better) and interval kind, rounded for the report."""
+def interval_fields(c: Comparison) -> dict[str, Any]:
+    """A comparison's 95% interval, P(better) and interval kind, rounded for the report."""
     return {
-        "delta": round(c.delta, 3),
         "ci": None if c.ci is None else [round(x, 3) for x in c.ci],
         "p_better": None if c.p_better is None else round(c.p_better, 4),
         "interval": c.interval,
     }
+
+
+def bracket(c: Comparison) -> str:
+    """ " [lo, hi]" for a log line, or nothing without an interval."""
+    return "" if c.ci is None else f" [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}]"
 
 
 def own_items(evaluation: Evaluation, entries: list[str], label: str) -> dict[str, ItemOutcomes | float]:
@@ -219,34 +239,42 @@ def own_items(evaluation: Evaluation, entries: list[str], label: str) -> dict[st
         bench, _, category = entry.partition("/")
         if bench not in evaluation.metrics:
             raise UserError(
-                f"selector {label!r}: `category_items` names benchmark {bench!r}, but the evaluators give "
-                f"{', '.join(evaluation.metrics)}.{did_you_mean(bench, list(evaluation.metrics))}"
+                f"selector {label!r}: `category_items` names benchmark {bench!r}, which the evaluators do not give: "
+                f"fix the name.{did_you_mean(bench, list(evaluation.metrics))}"
             )
-        if not category:
-            wanted[bench] = None
-        elif bench not in wanted or wanted[bench] is not None:
-            wanted[bench] = (wanted.get(bench) or set()) | {category}
+        wanted[bench] = None if not category else (wanted.get(bench) or set()) | {category}
     out: dict[str, ItemOutcomes | float] = {}
     for bench, categories in wanted.items():
         items = evaluation.outcomes.get(bench)
         if categories is None:
-            out[bench] = items if items is not None else float(evaluation.metrics[bench]["score"])
+            out[bench] = items if items is not None else whole_score(evaluation, bench, label)
             continue
-        known = sorted(set(items.categories)) if items is not None else []
-        if not known:
+        known = sorted({c for c in items.categories if c.strip()}) if items is not None else []
+        if items is None or not known:
             raise UserError(
                 f"selector {label!r}: `category_items` names categories of {bench}, but its results name no item "
-                f'categories (its TSV has no `category` column, or the evaluator gives none): name "{bench}" whole.'
+                f'categories (its TSV has no `category` column, or the evaluator gives none): name "{bench}" whole, '
+                "or rerun `mixlab run` if it was evaluated by a mixlab that did not record them."
             )
         unknown = sorted(categories - set(known))
         if unknown:
             raise UserError(
-                f"selector {label!r}: {bench} has no item category {unknown[0]!r}; its categories: "
-                f"{', '.join(known)}.{did_you_mean(unknown[0], known)}"
+                f"selector {label!r}: {bench} has no item category {unknown[0]!r} among the items decisions see (with "
+                '[run] select_on = "dev", a small category can fall wholly in the test part): fix the name or name '
+                f"another category.{did_you_mean(unknown[0], known)}"
             )
-        assert items is not None
         out[bench] = items.subset(np.isin(items.categories, sorted(categories)))
     return out
+
+
+def whole_score(evaluation: Evaluation, bench: str, label: str) -> float:
+    """A benchmark's 0-100 ``score`` where it has no per-item outcomes."""
+    if "score" not in evaluation.metrics[bench]:
+        raise UserError(
+            f"selector {label!r}: `category_items` names {bench}, which gives neither per-item results nor a `score` "
+            f"(it gives {', '.join(evaluation.metrics[bench]) or 'nothing'}): name another benchmark."
+        )
+    return float(evaluation.metrics[bench]["score"])
 
 
 def known_quality(rows: list[Sample]) -> dict[str, str]:
