@@ -18,10 +18,11 @@ from PIL import Image
 from mixlab.components import Evaluation
 from mixlab.errors import UserError
 from mixlab.evaluation.extract import extract_option, extract_yes_no
-from mixlab.evaluation.rules import outcomes, rate, score
+from mixlab.evaluation.rules import order_blind, outcomes, rate, score
 from mixlab.evaluation.tsv import detect_kind, options
 from mixlab.outcomes import ItemOutcomes
 from mixlab.plugins.evaluators.benchmarks import Benchmarks, BenchmarksOptions
+from mixlab.stats import chance_level
 from tests.test_scoring import _mcq_rows, _mmbench_rows, _mme_rows
 
 
@@ -226,6 +227,41 @@ def test_circular_outcomes() -> None:
     assert o.categories == ["animals"] * 4 + ["colours"] * 4
     for category, expected in (("animals", 100.0), ("colours", 0.0)):  # each category's items give its cat/ score
         assert _headline(o.subset(np.array(o.categories) == category)) == expected
+
+
+def test_order_blind_circular_chance() -> None:
+    """Scored by option text after the bare question, a question's copies are asked alike: a model that knows nothing
+    gets all four right with chance 1/4, not (1/4)^4; outcomes and score unchanged; other rules untouched."""
+    o = outcomes("mmbench", _mmbench_rows())
+    blind = order_blind(o)
+    assert chance_level(o) == pytest.approx(100 * 0.25**4) and chance_level(blind) == pytest.approx(25.0)
+    assert list(blind.chance) == [0.25, 1.0, 1.0, 1.0] * 2
+    assert list(blind.correct) == list(o.correct) and _headline(blind) == _headline(o)
+    mcq = outcomes("mcq", _mcq_rows())
+    assert order_blind(mcq) is mcq
+
+
+@pytest.mark.parametrize(("options_as", "chance"), [("text", 25.0), ("letters", 100 * 0.25**4)])
+def test_evaluator_chance_follows_the_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options_as, chance):
+    """The benchmarks evaluator gives CircularEval's chance for lettered prompts, 1/k a question for text scoring."""
+    rows = _mmbench_rows()
+    _write_tsv(tmp_path / "MMBench_DEV_EN.tsv", [{k: v for k, v in r.items() if k != "prediction"} for r in rows])
+
+    def predict(self, loaded, kind, asked, cache, ctx, name):
+        said = {r["index"]: r["prediction"] for r in rows}
+        cache.add([(str(r["index"]), said[int(r["index"])]) for r in asked])
+
+    monkeypatch.setattr(Benchmarks, "predict", predict)
+    monkeypatch.setattr("mixlab.models.loading.load_model", lambda model_dir: (None, None))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    options = BenchmarksOptions(paths=["*.tsv"], mode="likelihood", options_as=options_as)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = Benchmarks(options, "bench", tmp_path).evaluate(model, work, _Ctx(tmp_path / "cache"))
+    assert result.metrics["MMBench_DEV_EN"]["score"] == 50.0
+    assert chance_level(result.outcomes["MMBench_DEV_EN"]) == pytest.approx(chance)
 
 
 @pytest.mark.parametrize("with_image_path", [True, False])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -319,6 +319,18 @@ def _rate_circular(rows: list[Row], extraction: Extraction) -> Scored:
         categories=_categories([rows[i] for i in originals for _ in groups[_index(rows[i])]]),
     )
     return Scored(metrics, outcomes)
+
+
+def order_blind(o: ItemOutcomes) -> ItemOutcomes:
+    """Circular outcomes for a scoring that cannot see the options' order (each option's text scored after the bare
+    question): every copy of a question is asked alike, so a model that knows nothing gets all copies right with the
+    chance of one, 1/k, not with the product of the copies' chances. Each cluster's copies after its first get chance
+    1 (right whenever the first is), so ``stats.chance_level`` gives 1/k per question. Other rules: unchanged."""
+    if o.rule != "circular":
+        return o
+    first = {c: i for i, c in reversed(list(enumerate(o.clusters)))}
+    chance = np.array([p if first[c] == i else 1.0 for i, (c, p) in enumerate(zip(o.clusters, o.chance, strict=True))])
+    return replace(o, chance=chance)
 
 
 def _rate_mcq(rows: list[Row], extraction: Extraction) -> Scored:

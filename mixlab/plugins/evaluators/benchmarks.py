@@ -79,7 +79,7 @@ class Benchmarks(Evaluator):
         return files
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
-        from mixlab.evaluation.rules import rate
+        from mixlab.evaluation.rules import order_blind, rate
         from mixlab.evaluation.tsv import detect_kind, lacks_image, load_tsv
         from mixlab.outcomes import ItemOutcomes
 
@@ -112,11 +112,19 @@ class Benchmarks(Evaluator):
             for r in asked:
                 r["prediction"] = cache.items[str(r["index"])]
             scored = rate(kind, rows, extraction=o.extraction)
-            metrics[tsv.stem], outcomes[tsv.stem] = scored.metrics, scored.outcomes
+            metrics[tsv.stem] = scored.metrics
+            outcomes[tsv.stem] = order_blind(scored.outcomes) if self.by_text(kind) else scored.outcomes
             with open(work_dir / f"{tsv.stem}.jsonl", "w") as f:
                 for r in asked:
                     f.write(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n")
         return Evaluation(metrics, outcomes)
+
+    def by_text(self, kind: str) -> bool:
+        """Whether multiple choice of this kind is scored by option text after the bare question (blind to the
+        options' order, so circular copies are asked alike)."""
+        from mixlab.evaluation.tsv import MCQ_KINDS
+
+        return self.options.mode == "likelihood" and self.options.options_as == "text" and kind in MCQ_KINDS
 
     def predict(
         self,
@@ -127,11 +135,11 @@ class Benchmarks(Evaluator):
         ctx: RunContext,
         name: str,
     ) -> None:
-        from mixlab.evaluation.tsv import MCQ_KINDS, build_cloze_prompt, build_prompt, decode_image, options
+        from mixlab.evaluation.tsv import build_cloze_prompt, build_prompt, decode_image, options
         from mixlab.models.predict import PromptItem, choose, generate
 
         model, processor = loaded
-        by_text = self.options.mode == "likelihood" and self.options.options_as == "text" and kind in MCQ_KINDS
+        by_text = self.by_text(kind)
         prompt = build_cloze_prompt if by_text else (lambda r: build_prompt(r, kind))
         chunk = self.options.batch_size * 4  # write predictions to the cache every few batches
         with ctx.progress(f"eval {name}", len(rows)) as advance:
