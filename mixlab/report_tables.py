@@ -459,6 +459,14 @@ def print_tables(report: dict[str, Any]) -> None:
     _show(stages)
 
 
+METRICS_LEGEND = (
+    "Each benchmark's metrics as its evaluator names them. `score` is the 0-100 headline the averages use; the others "
+    "keep their benchmark's own scale: percentages (`acc`, `overall`, `cat/<category>`), except MME's points (a "
+    "subtask `<s>` = `<s>/acc` + `<s>/acc+`, out of 200; `perception`, `cognition` and `total` their sums). "
+    "`items`: the questions a test- or dev-part score is made of. docs/evaluators.md lists every benchmark's metrics."
+)
+
+
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown table (pipes in cells escaped)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -503,7 +511,7 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
     if aligns:
         lines += ["", "## Alignment data", ""]
         lines += _md_table(headers, aligns)
-    lines += ["", "## Metrics", ""]
+    lines += ["", "## Metrics", "", METRICS_LEGEND, ""]
     for name, arm in rows_of(report).items():
         lines.append(f"### {name}")
         if arm.get("sources"):

@@ -155,6 +155,7 @@ def test_markdown_arms_table_three_seeds():
     assert "seeds+items = training seeds and benchmark items" in md
     assert "One training seed" not in md
     assert md.index("| arm |") < md.index("![arms.png](arms.png)") < md.index("## Metrics") < md.index("## Stages")
+    assert md.index("## Metrics") < md.index("except MME's points") < md.index("### baseline")  # the scales explained
 
 
 def test_markdown_one_seed_note():
