@@ -328,8 +328,11 @@ def order_blind(o: ItemOutcomes) -> ItemOutcomes:
     1 (right whenever the first is), so ``stats.chance_level`` gives 1/k per question. Other rules: unchanged."""
     if o.rule != "circular":
         return o
-    first = {c: i for i, c in reversed(list(enumerate(o.clusters)))}
-    chance = np.array([p if first[c] == i else 1.0 for i, (c, p) in enumerate(zip(o.clusters, o.chance, strict=True))])
+    chance, seen = o.chance.copy(), set[str]()
+    for i, cluster in enumerate(o.clusters):
+        if cluster in seen:
+            chance[i] = 1.0
+        seen.add(cluster)
     return replace(o, chance=chance)
 
 
