@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
 from mixlab.components import Evaluation, Metrics
 from mixlab.errors import UserError
 from mixlab.outcomes import ItemOutcomes
@@ -123,7 +121,7 @@ class Decisions:
                     "mixlab that did not record them): rerun `mixlab run` to evaluate again, or compare without them."
                 )
             for category in sorted({c for c in items.categories if c.strip()}):
-                a_only, b_only = ([_category_only(e, bench, category) for e in arm] for arm in (a, b))
+                a_only, b_only = ([{bench: e.outcomes[bench].of_categories([category])} for e in arm] for arm in (a, b))
                 out[f"{bench}/{category}"] = compare(a_only, b_only, n_draws=N_DRAWS, seed=seed)
         return out
 
@@ -137,9 +135,3 @@ class Decisions:
         return compare(
             self.entries(a), self.entries(b), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
         )
-
-
-def _category_only(evaluation: Evaluation, bench: str, category: str) -> dict[str, ItemOutcomes | float]:
-    """One benchmark's outcomes restricted to the items of one category."""
-    items = evaluation.outcomes[bench]
-    return {bench: items.subset(np.array(items.categories) == category)}

@@ -17,6 +17,7 @@ headline score is computed from the items, so a bootstrap can recompute it exact
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +66,10 @@ class ItemOutcomes:
     def subset(self, keep: np.ndarray) -> ItemOutcomes:
         """The outcomes of the items where ``keep`` (a bool mask) is true."""
         return self.take(np.flatnonzero(np.asarray(keep, dtype=bool)))
+
+    def of_categories(self, names: Iterable[str]) -> ItemOutcomes:
+        """The outcomes of the items whose category is one of ``names``."""
+        return self.subset(np.isin(self.categories, list(names)))
 
     def take(self, order: np.ndarray) -> ItemOutcomes:
         """The outcomes of the items at positions ``order`` (an integer array), in that order."""

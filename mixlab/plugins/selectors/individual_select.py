@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from mixlab import hookimpl
@@ -21,6 +20,8 @@ from mixlab.hookspecs import Register
 from mixlab.registry import did_you_mean
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mixlab.outcomes import ItemOutcomes
     from mixlab.stats import Comparison
 
@@ -263,7 +264,7 @@ def own_items(evaluation: Evaluation, entries: list[str], label: str) -> dict[st
                 '[run] select_on = "dev", a small category can fall wholly in the test part): fix the name or name '
                 f"another category.{did_you_mean(unknown[0], known)}"
             )
-        out[bench] = items.subset(np.isin(items.categories, sorted(categories)))
+        out[bench] = items.of_categories(categories)
     return out
 
 
