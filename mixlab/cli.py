@@ -177,13 +177,21 @@ def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
 def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: bool) -> None:
     """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals (nothing reruns)."""
     from mixlab.compare import compare_arms, verdict
+    from mixlab.report_tables import plan_cell
     from mixlab.stats import Comparison
 
     c, seeds, part, categories = compare_arms(run_dir, arm_a, arm_b, by_category)
     if as_json:
 
         def fields(x: Comparison) -> dict:
-            return {"delta": x.delta, "ci": x.ci, "p_better": x.p_better, "interval": x.interval, "verdict": verdict(x)}
+            return {
+                "delta": x.delta,
+                "ci": x.ci,
+                "p_better": x.p_better,
+                "interval": x.interval,
+                "verdict": verdict(x),
+                **x.plan(),
+            }
 
         benchmarks = {name: fields(x) for name, x in c.benchmarks.items()}
         out = {"a": arm_a, "b": arm_b, "seeds": seeds, "part": part, "average": fields(c), "benchmarks": benchmarks}
@@ -195,11 +203,12 @@ def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: b
     width = max(16, *(len(name) for name in rows))
     items = "the test part of each benchmark" if part == "test" else "every benchmark item"
     click.echo(f"{arm_a} − {arm_b}, seeds {seeds}, on {items}; interval: {c.interval}")
-    click.echo(f"{'':<{width}} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  verdict")
+    click.echo(f"{'':<{width}} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  {'verdict':<19}  seeds to decide")
     for name, x in rows.items():
         ci = "-" if x.ci is None else f"[{x.ci[0]:+.2f}, {x.ci[1]:+.2f}]"
         p = "-" if x.p_better is None else f"{x.p_better:.2f}"
-        click.echo(f"{name:<{width}} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x)}")
+        plan = plan_cell([{"ci": x.ci, **x.plan()}])
+        click.echo(f"{name:<{width}} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x):<19}  {plan}")
     if categories:
         click.echo("Per category: each interval alone, so with many categories some exclude 0 by chance.")
     if len(seeds) == 1:

@@ -213,6 +213,7 @@ class Run:
                 "section": section.raw,
                 "code": plugin_code(section.cls),
                 "ingredients": {n: self.ctx.model_key(p) for n, p in ingredients.items()},
+                **decision_material(self.recipe),  # a greedy soup evaluates its candidates and keeps by the rules
             }
             body = partial(merge_body, section, ingredients, self.ctx.with_seed(seed))
             result, stage_dir = self.engine.stage(self.ctx.seed_tag(f"merge:{section.label}", seed), material, body)
@@ -300,19 +301,33 @@ def select_material(
     recipe: Recipe, section: Section, pool: dict[str, Any], scores: Scores, base_key: str
 ) -> dict[str, Any]:
     """A select stage's key material: the selector, its pool, the keys of its scores and of the base model."""
-    material = {
+    material: dict[str, Any] = {
         "section": section.raw,
         "code": plugin_code(section.cls),
         "pool": pool,
         "scores": {s: key for s, (_, key) in scores.items()},
         "base": base_key,
     }
-    if getattr(section.cls, "trains_models", False):  # its result depends on the trainer and the evaluators too
+    if getattr(section.cls, "trains_models", False):  # its result depends on the trainings and how they are judged
         material["trainer"] = {"section": recipe.trainer.raw, "code": plugin_code(recipe.trainer.cls)}
-        material["evaluators"] = {
-            k: {"section": s.raw, "code": plugin_code(s.cls)} for k, s in recipe.evaluators.items()
-        }
+        material["seeds"] = recipe.run.seed_list
+        material.update(decision_material(recipe))
     return material
+
+
+def decision_material(recipe: Recipe) -> dict[str, Any]:
+    """What a decision read off evaluations depends on: the evaluators (sections and code) and the [run] rules that
+    turn their scores into one number (the decision part, the weights, the benchmarks left out)."""
+    run = recipe.run
+    return {
+        "evaluators": {k: {"section": s.raw, "code": plugin_code(s.cls)} for k, s in recipe.evaluators.items()},
+        "rules": {
+            "select_on": run.select_on,
+            "dev_fraction": run.dev_fraction,
+            "weights": dict(sorted(run.weights.items())),
+            "exclude": sorted(run.exclude),
+        },
+    }
 
 
 def select_body(

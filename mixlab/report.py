@@ -125,6 +125,7 @@ def arm_entry(arm: ArmResult) -> dict[str, Any]:
                 "interval": c.interval,
                 "se": c.se,
                 "distinguishable": c.distinguishable,
+                **c.plan(),
                 "benchmarks": {
                     b: {
                         "delta": x.delta,
@@ -133,6 +134,7 @@ def arm_entry(arm: ArmResult) -> dict[str, Any]:
                         "interval": x.interval,
                         "se": x.se,
                         "mcnemar_p": x.mcnemar_p,
+                        **x.plan(),
                     }
                     for b, x in c.benchmarks.items()
                 },

@@ -29,7 +29,10 @@ INTERVAL_KINDS = {
 COMPARISON_LEGEND = (
     "Δ: the arm's score minus the reference's, in score points, with its 95 % interval; P(better): share of resampled "
     "differences above 0; McNemar p: one seed, accuracy-type benchmarks only, the exact test on the items the two "
-    'models disagree on (about these items, not about training noise); "-": not applicable (docs/decisions.md).'
+    "models disagree on (about these items, not about training noise); seeds to decide: for a Δ not distinguishable "
+    "from 0, the fewest seeds that would tell a true difference of this size from 0 four times in five, on the same "
+    'items ("more items": the items alone are too few for it, more seeds would not do); "-": not applicable '
+    "(docs/decisions.md)."
 )
 HEALTH_LEGEND = (
     "chance: a random guesser's score; noise: seed std / mean; signal: spread of the arms / mean; SNR = signal / noise "
@@ -73,6 +76,17 @@ def distinguishable(comparison: dict[str, Any]) -> bool | None:
         return comparison["distinguishable"]
     ci = interval_of(comparison.get("ci"))
     return None if ci is None else not (ci[0] <= 0.0 <= ci[1])
+
+
+def plan_cell(comparisons: Sequence[dict[str, Any]]) -> str:
+    """What would decide comparisons none of which is decided yet: the fewest seeds any of them needs, else "more
+    items" when every one is limited by its items; "-" when one is decided already or nothing can be said."""
+    if not comparisons or any(distinguishable(c) is not False for c in comparisons):
+        return "-"
+    seeds = [n for c in comparisons if isinstance(n := c.get("seeds_to_decide"), int)]
+    if seeds:
+        return str(min(seeds))
+    return "more items" if all(c.get("items_limited") for c in comparisons) else "-"
 
 
 def _mark(comparison: dict[str, Any] | None) -> str:
@@ -176,7 +190,7 @@ def _arms_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], lis
 
 def _comparison_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per arm compared to the reference: Δ, its interval and P(better) for the average and each benchmark."""
-    headers = ["arm", "benchmark", "Δ", "95% CI", "P(better)", "interval", "McNemar p", ""]
+    headers = ["arm", "benchmark", "Δ", "95% CI", "P(better)", "interval", "McNemar p", "", "seeds to decide"]
     table = []
     for name, arm in report["arms"].items():
         c = arm.get("compare")
@@ -193,6 +207,7 @@ def _comparison_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]
                     x.get("interval") or "-",
                     fmt_num(x.get("mcnemar_p"), ".3g"),
                     _mark(x),
+                    plan_cell([x]),
                 ]
             )
     return headers, table
@@ -269,7 +284,7 @@ def _isel_table(block: dict[str, Any]) -> tuple[list[str], list[tuple[list[str],
     own = bool(_own_items_rounds(block))
     headers = ["round", "candidate", "score", "delta", "95% CI", "P(better)"]
     headers += ["own items delta", "own 95% CI"] if own else []
-    headers.append("kept")
+    headers += ["kept", "seeds to decide"]
     table: list[tuple[list[str], bool | None]] = []
     for r in rounds:
         for c in r.get("candidates") or []:
@@ -284,12 +299,13 @@ def _isel_table(block: dict[str, Any]) -> tuple[list[str], list[tuple[list[str],
             if own:
                 items = c.get("own_items") or {}
                 cells += [fmt_num(items.get("delta"), "+.2f"), fmt_ci(items.get("ci"))]
-            cells.append("kept" if c.get("kept") else "rejected")
+            judged = [c, *([c["own_items"]] if own and c.get("own_items") else [])]
+            cells += ["kept" if c.get("kept") else "rejected", plan_cell(judged)]
             table.append((cells, bool(c.get("kept"))))
         sources = r.get("baseline_sources")
         count = "" if sources is None else f" ({len(sources)} source{'' if len(sources) == 1 else 's'})"
         what = f"baseline{count}"
-        blank = [""] * (len(headers) - 3)
+        blank = [""] * (len(headers) - 3)  # the baseline row
         table.append(([r.get("category", ""), what, fmt_num(r.get("baseline_score"), ".2f"), *blank], None))
     return headers, table
 
@@ -422,7 +438,7 @@ def print_tables(report: dict[str, Any]) -> None:
         console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")
     headers, rows = _comparison_table(report)
     if rows:  # on the terminal (80 columns): the mark beside the benchmark; McNemar's p (one seed) in report.md only
-        order = [0, 1, 7, 2, 3, 4, 5]
+        order = [0, 1, 7, 2, 3, 4, 5, 8]
         headers, rows = [headers[i] for i in order], [[row[i] for i in order] for row in rows]
         table = _rich_table(f"Δ vs {_reference(report)} (score points)", headers, right=3, rows=rows)
         for row in rows:

@@ -225,7 +225,9 @@ class Comparison:
     """Arm A − arm B (score points): the difference of the seed means, its interval, P(A better).
 
     ``mcnemar_p`` (one seed, mean-rule benchmarks only): the exact McNemar test on discordant items; it covers item
-    noise only, never seed noise. ``se``: the draws' normal-equivalent spread (``_spread``; for ``mdd``).
+    noise only, never seed noise. ``se``: the draws' normal-equivalent spread (``_spread``; for ``mdd``). Its two
+    sources, for planning (``seeds_to_decide``): ``seed_sd``, the std of the per-seed differences (two seeds or
+    more), and ``item_se``, the spread of the item term alone.
     """
 
     delta: float
@@ -236,11 +238,38 @@ class Comparison:
     se: float | None = None
     n_seeds: int = 1
     benchmarks: dict[str, Comparison] = field(default_factory=dict)
+    seed_sd: float | None = None
+    item_se: float | None = None
 
     @property
     def distinguishable(self) -> bool | None:
         """Whether the interval excludes 0 (None without an interval)."""
         return None if self.ci is None else not (self.ci[0] <= 0.0 <= self.ci[1])
+
+    @property
+    def items_limited(self) -> bool:
+        """Whether the item term alone is too wide for Δ: no number of seeds would detect it, more items would."""
+        return self.item_se is not None and self.delta != 0 and mdd(self.item_se) >= abs(self.delta)
+
+    def plan(self) -> dict[str, Any]:
+        """What more evidence would decide it, for report.json: ``seeds_to_decide`` and ``items_limited``."""
+        return {"seeds_to_decide": self.seeds_to_decide(), "items_limited": self.items_limited}
+
+    def seeds_to_decide(self, power: float = 0.8, level: float = 0.95, max_seeds: int = 64) -> int | None:
+        """The fewest training seeds at which a true difference of this Δ would be told apart from 0 with probability
+        ``power``, on the same benchmark items: the smallest n whose minimal detectable difference is at most |Δ|,
+        the seed term s/√n scaled by t(n−1) as in the interval, the item term kept as it is (more seeds do not
+        shrink it). A planning figure that takes the observed Δ and spreads as the truth. None: fewer than two
+        seeds (no seed spread), Δ = 0, ``items_limited``, or more than ``max_seeds``."""
+        if self.seed_sd is None or self.delta == 0 or self.items_limited:
+            return None
+        z = float(_sps.norm.ppf(1 - (1 - level) / 2))
+        items = self.item_se or 0.0
+        for n in range(2, max_seeds + 1):
+            seeds = self.seed_sd / math.sqrt(n) * float(_sps.t.ppf(1 - (1 - level) / 2, n - 1)) / z
+            if mdd(math.hypot(items, seeds), power, level) <= abs(self.delta):
+                return n
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -251,6 +280,9 @@ class Comparison:
             "mcnemar_p": self.mcnemar_p,
             "se": self.se,
             "n_seeds": self.n_seeds,
+            "seed_sd": self.seed_sd,
+            "item_se": self.item_se,
+            **self.plan(),
             "benchmarks": {k: v.to_json() for k, v in self.benchmarks.items()},
         }
 
@@ -495,11 +527,14 @@ def compare(
 
     def one(part: _Part, mcnemar_p: float | None, benchmarks: dict[str, Comparison]) -> Comparison:
         kind, draws = _combine(part, t)
+        seed_sd = float(np.std(part.per_seed, ddof=1)) if n >= 2 else None
+        item_se = None if part.item_dev is None else _spread(part.item_dev)
         if draws is None:
-            return Comparison(part.point, None, None, kind, mcnemar_p, None, n, benchmarks)
+            return Comparison(part.point, None, None, kind, mcnemar_p, None, n, benchmarks, seed_sd, item_se)
         p_better = float(np.mean(draws > 0) + 0.5 * np.mean(draws == 0))
         se = _spread(draws)
-        return Comparison(part.point, _interval(draws, level), p_better, kind, mcnemar_p, se, n, benchmarks)
+        ci = _interval(draws, level)
+        return Comparison(part.point, ci, p_better, kind, mcnemar_p, se, n, benchmarks, seed_sd, item_se)
 
     per_bench = {}
     for b in names:

@@ -133,6 +133,8 @@ def test_compare_reads_back_the_reports_comparison_and_any_other_pair(fake_plugi
     assert again["seeds"] == [0, 1, 2] and again["part"] == "test"
     assert again["average"]["delta"] == pytest.approx(stored["delta"])
     assert again["average"]["ci"] == pytest.approx(stored["ci"]) and again["average"]["verdict"] == "better"
+    assert again["average"]["items_limited"] == stored["items_limited"]
+    assert again["average"]["seeds_to_decide"] == stored["seeds_to_decide"]
     assert set(again["benchmarks"]) == set(stored["benchmarks"]) == {"noisybench"}
     assert again["benchmarks"]["noisybench"]["p_better"] == pytest.approx(
         stored["benchmarks"]["noisybench"]["p_better"]
@@ -140,7 +142,8 @@ def test_compare_reads_back_the_reports_comparison_and_any_other_pair(fake_plugi
     code, out = invoke(monkeypatch, capsys, "compare", str(tmp_path / "run"), "full", "curated")  # the other way
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("full − curated, seeds [0, 1, 2], on the test part")
-    assert lines[2].split()[:2] == ["average", f"{-stored['delta']:+.2f}"] and lines[2].endswith("worse")
+    assert lines[2].split()[:2] == ["average", f"{-stored['delta']:+.2f}"] and lines[2].split()[-2:] == ["worse", "-"]
+    assert lines[1].split()[-3:] == ["seeds", "to", "decide"]  # "-": decided already, nothing to plan
     code, out = invoke(monkeypatch, capsys, "compare", str(tmp_path / "run"), "soup", "full")
     assert code == 0 and out.startswith("soup − full, seeds [0, 1, 2]")
 

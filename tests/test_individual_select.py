@@ -80,6 +80,7 @@ def test_keeps_good_rejects_bad_category_by_category(fake_recipe, tmp_path):
     assert block["selected_sources"] == ["base", "color_good", "count_good"]
     bad = next(c for r in block["rounds"] for c in r["candidates"] if c["source"] == "color_bad")
     assert bad["score"] == pytest.approx(50.0) and bad["delta"] == pytest.approx(-50.0)
+    assert bad["seeds_to_decide"] is None and bad["items_limited"] is False  # one seed, scores only: no plan
     assert [r["baseline_score"] for r in block["rounds"]] == [100.0, 100.0, 100.0]
     assert report["arms"]["curated"]["sources"] == {"base": 10, "color_good": 10, "count_good": 4}
     # ground truth: every removed sample was noisy, and every noisy sample was removed
@@ -99,6 +100,19 @@ def test_trainings_are_shared_and_cached(fake_recipe, tmp_path):
     again = run(tmp_path)
     assert {s["status"] for s in again["stages"]} == {"cached"}
     assert again["individual_select"] == report["individual_select"]
+
+
+@pytest.mark.parametrize("change", ["seeds = [0, 1]", 'select_on = "dev"', "weights = { fakebench = 2.0 }"])
+def test_a_change_in_seeds_or_decision_rules_decides_again(fake_recipe, tmp_path, change):
+    """The selection and the greedy soup read trainings through the run's seeds and rules: their stages rerun when
+    those change, even though every training they would reuse is cached."""
+    run(tmp_path)
+    text = RECIPE.format(options="").replace('name = "isel"', f'name = "isel"\n{change}')
+    report = Run(load_recipe(fakes.write_recipe(tmp_path, text)), tmp_path / "run", show_progress=False).execute()
+    stages = {s["name"]: s["status"] for s in report["stages"]}
+    assert stages["select:curated"] == "done"
+    assert all(status == "done" for name, status in stages.items() if name.startswith("merge:"))
+    assert stages.get("train:isel/baseline@seed0", stages.get("train:isel/baseline")) == "cached"  # seed 0's
 
 
 def test_tolerance_admits_a_small_drop(fake_recipe, tmp_path):

@@ -27,7 +27,10 @@ def _arm(scores: dict[str, float], seeds: list[int], **extra: Any) -> dict[str, 
 
 def _compare(delta: float, ci: list[float] | None, p: float | None, distinguishable: bool | None) -> dict[str, Any]:
     bench = {"delta": delta, "ci": ci, "p_better": p, "interval": "seeds+items", "mcnemar_p": None}
+    bench |= {"seeds_to_decide": None, "items_limited": True}  # the items alone too few for this Δ
     return {
+        "seeds_to_decide": 9,
+        "items_limited": False,
         "to": "baseline",
         "delta": delta,
         "ci": ci,
@@ -85,7 +88,16 @@ def new_report(seeds: list[int]) -> dict[str, Any]:
                 {
                     "category": "ocr",
                     "candidates": [
-                        {"source": "o1", "score": 71.0, "delta": 1.0, "ci": [-0.5, 2.5], "p_better": 0.8, "kept": True},
+                        {
+                            "source": "o1",
+                            "score": 71.0,
+                            "delta": 1.0,
+                            "ci": [-0.5, 2.5],
+                            "p_better": 0.8,
+                            "kept": True,
+                            "seeds_to_decide": 7,
+                            "items_limited": False,
+                        },
                         {"source": "o2", "score": 66.0, "delta": -4.0, "ci": None, "p_better": None, "kept": False},
                     ],
                     "baseline_sources": ["a", "o1"],
@@ -180,9 +192,9 @@ def test_markdown_comparisons_health_dev_and_individual_select():
         "decided on the dev part" in md and "Unsplit benchmarks" in md and "selected arms are optimistic): POPE." in md
     )
     assert "rule: ci (keep a candidate unless the upper end of its Δ's 95% CI is below -0.5)" in md
-    assert "| round | candidate | score | delta | 95% CI | P(better) | kept |" in md
-    assert "| ocr | +o1 | 71.00 | +1.00 | [-0.50, +2.50] | 0.80 | kept |" in md
-    assert "| ocr | +o2 | 66.00 | -4.00 | - | - | rejected |" in md
+    assert "| round | candidate | score | delta | 95% CI | P(better) | kept | seeds to decide |" in md
+    assert "| ocr | +o1 | 71.00 | +1.00 | [-0.50, +2.50] | 0.80 | kept | 7 |" in md
+    assert "| ocr | +o2 | 66.00 | -4.00 | - | - | rejected | - |" in md
     assert "| **ocr** | **baseline (2 sources)** | **71.20** |" in md
     assert "selected sources: a, o1" in md
 
@@ -275,7 +287,11 @@ def test_terminal_tables():
     text = _terminal(new_report([0]))
     assert "arms × benchmarks" in text and "70.3 ± 2.2" in text and "≈" in text and "▲" in text
     delta_row = next(line for line in text.splitlines() if line.startswith("tied ") and "average" in line)
-    assert delta_row.split() == ["tied", "average", "≈", "+0.30", "[-1.25,", "+1.75]", "0.62", "seeds+items"]
+    assert delta_row.split() == ["tied", "average", "≈", "+0.30", "[-1.25,", "+1.75]", "0.62", "seeds+items", "9"]
+    mme_row = next(line for line in text.splitlines() if " MME " in line and "≈" in line)
+    assert mme_row.split()[-2:] == ["more", "items"]
+    better_row = next(line for line in text.splitlines() if line.startswith("better ") and "average" in line)
+    assert better_row.split()[-1] == "-"  # decided: nothing to plan
     assert "One training seed" in text
     assert "benchmark health" in text and "See docs/decisions.md" in text
     assert "Individual Select" in text and "rule: ci" in text and "rejected" in text

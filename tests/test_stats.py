@@ -286,6 +286,45 @@ def test_score_only_inputs():
     assert stats.mdd(c) == pytest.approx(2.8016 * c.se, rel=1e-3) and stats.mdd(c) < 3 * (c.ci[1] - c.ci[0])
 
 
+def test_seeds_to_decide_splits_the_noise_into_seeds_and_items():
+    a = [{"x": 60.0, "y": 40.0}, {"x": 62.0, "y": 41.0}, {"x": 58.0, "y": 43.0}]
+    b = [{"x": 55.0, "y": 40.0}, {"x": 57.0, "y": 40.0}, {"x": 56.0, "y": 42.0}]
+    c = stats.compare(a, b)
+    per_seed = (np.array([5.0, 5.0, 2.0]) + np.array([0.0, 1.0, 1.0])) / 2
+    assert c.seed_sd == pytest.approx(np.std(per_seed, ddof=1)) and c.item_se is None  # scores only: no item term
+    assert stats.compare(a[:1], b[:1]).seeds_to_decide() is None  # one seed: no seed spread to plan from
+
+    def plan(delta: float, seed_sd: float, item_se: float | None) -> stats.Comparison:
+        return stats.Comparison(delta, (-1.0, 1.0), 0.5, "seeds+items", n_seeds=3, seed_sd=seed_sd, item_se=item_se)
+
+    # no item term, many seeds: about the normal answer (2.8 s / Δ)² = 31.4, a little more for t's tails
+    assert 31 <= plan(2.0, 4.0, None).seeds_to_decide() <= 36
+    assert plan(-2.0, 4.0, None).seeds_to_decide() == plan(2.0, 4.0, None).seeds_to_decide()  # the sign is no matter
+    assert plan(4.0, 4.0, None).seeds_to_decide() < plan(2.0, 4.0, None).seeds_to_decide()
+    assert plan(0.5, 4.0, None).seeds_to_decide() is None  # beyond 64 seeds
+    assert plan(0.0, 4.0, None).seeds_to_decide() is None
+    # the item term does not shrink with seeds: once it alone is too wide for Δ, no number of seeds will do
+    assert plan(5.0, 4.0, 2.0).items_limited and plan(5.0, 4.0, 2.0).seeds_to_decide() is None
+    with_items = plan(6.0, 4.0, 2.0)
+    assert not with_items.items_limited and with_items.seeds_to_decide() > plan(6.0, 4.0, None).seeds_to_decide()
+    assert with_items.plan() == {"seeds_to_decide": with_items.seeds_to_decide(), "items_limited": False}
+
+
+def test_seeds_to_decide_gives_the_power_it_promises():
+    """Simulated: with the planned number of seeds, a true Δ of that size is told apart from 0 about 80 % of the
+    time (score-only entries, normal seed noise)."""
+    rng = np.random.default_rng(11)
+    delta, sd = 3.0, 4.0
+    n = stats.Comparison(delta, (-1.0, 1.0), 0.5, "seeds", n_seeds=3, seed_sd=sd).seeds_to_decide()
+    assert n is not None and 10 <= n <= 20
+    found = 0
+    for _ in range(300):
+        diffs = rng.normal(delta, sd, n)
+        c = stats.compare([{"x": float(d)} for d in diffs], [{"x": 0.0}] * n, n_draws=2000, seed=int(rng.integers(1e9)))
+        found += bool(c.distinguishable)
+    assert 0.72 <= found / 300 <= 0.88
+
+
 def test_estimate_with_items():
     rng = np.random.default_rng(3)
     a_runs, _, _ = _simulate(rng, n_seeds=1)

@@ -219,11 +219,13 @@ class IndividualSelect(Selector):
 
 
 def interval_fields(c: Comparison) -> dict[str, Any]:
-    """A comparison's 95% interval, P(better) and interval kind, rounded for the report."""
+    """A comparison's 95% interval, P(better), interval kind and what more evidence would decide it, for the
+    report."""
     return {
         "ci": None if c.ci is None else [round(x, 3) for x in c.ci],
         "p_better": None if c.p_better is None else round(c.p_better, 4),
         "interval": c.interval,
+        **c.plan(),
     }
 
 
