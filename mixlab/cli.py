@@ -181,18 +181,12 @@ def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: b
     from mixlab.stats import Comparison
 
     c, seeds, part, categories = compare_arms(run_dir, arm_a, arm_b, by_category)
+
+    def fields(x: Comparison) -> dict:
+        verdicts = {"delta": x.delta, "ci": x.ci, "p_better": x.p_better, "interval": x.interval, "verdict": verdict(x)}
+        return verdicts | x.plan()
+
     if as_json:
-
-        def fields(x: Comparison) -> dict:
-            return {
-                "delta": x.delta,
-                "ci": x.ci,
-                "p_better": x.p_better,
-                "interval": x.interval,
-                "verdict": verdict(x),
-                **x.plan(),
-            }
-
         benchmarks = {name: fields(x) for name, x in c.benchmarks.items()}
         out = {"a": arm_a, "b": arm_b, "seeds": seeds, "part": part, "average": fields(c), "benchmarks": benchmarks}
         if by_category:
@@ -207,8 +201,7 @@ def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: b
     for name, x in rows.items():
         ci = "-" if x.ci is None else f"[{x.ci[0]:+.2f}, {x.ci[1]:+.2f}]"
         p = "-" if x.p_better is None else f"{x.p_better:.2f}"
-        plan = plan_cell([{"ci": x.ci, **x.plan()}])
-        click.echo(f"{name:<{width}} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x):<19}  {plan}")
+        click.echo(f"{name:<{width}} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x):<19}  {plan_cell([fields(x)])}")
     if categories:
         click.echo("Per category: each interval alone, so with many categories some exclude 0 by chance.")
     if len(seeds) == 1:

@@ -43,6 +43,7 @@ class Component:
     kind: ClassVar[str]
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = Options
+    uses_seed: ClassVar[bool] = False  # reads ``ctx.seed``: its stage key then covers the run's seed
 
     def __init__(self, options: BaseModel, label: str, base_dir: Path | None = None):
         self.options = options
@@ -99,7 +100,8 @@ class Selector(Component):
     """Chooses sample ids from the arm's samples, given the scores of the scorers it names.
 
     A selector that trains or evaluates models through the context (``ctx.train``, ``ctx.evaluate``) sets
-    ``trains_models = True``: its stage key then covers the trainer's and evaluators' sections and code.
+    ``trains_models = True``: its stage key then covers the trainer's and evaluators' sections and code, the run's
+    seeds and the rules that turn evaluations into decisions.
     """
 
     kind = "selector"

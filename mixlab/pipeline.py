@@ -126,11 +126,7 @@ class Run:
     def build_base_model(self) -> Path:
         """The model stage: the tiny preset built on the pool's texts, or the checkpoint at [model].path."""
         model = self.recipe.model
-        material = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(self.ctx.source_keys.values())}
-        if model.preset == "tiny":  # the tiny model is built by mixlab's code: its chat template is part of it
-            from mixlab.models.templates import TINY_CHAT_TEMPLATE
-
-            material["template"] = TINY_CHAT_TEMPLATE
+        material = model_material(model, list(self.ctx.source_keys.values()), self.ctx.seed)
         corpus = self.samples_of(list(self.samples_of_source))
         body = partial(pretrain_body, model, corpus, self.ctx, self.recipe.path.resolve().parent)
         result, stage_dir = self.engine.stage("model", material, body)
@@ -172,7 +168,7 @@ class Run:
             return pool, {}
         section = self.recipe.selectors[selector]
         used = {s: scores[s] for s in section.core.get("scorers", [])}
-        material = select_material(self.recipe, section, ctx.samples_material(pool), used, ctx.base_key)
+        material = select_material(self.recipe, section, ctx.samples_material(pool), used, ctx.base_key, ctx.seed)
         body = partial(select_body, section, pool, {s: folder for s, (folder, _) in used.items()}, ctx)
         result, _ = self.engine.stage(f"select:{tag}", material, body)
         keep = set(result["ids"])
@@ -297,10 +293,22 @@ def score_stage_body(
     return {"columns": ctx.score(section, samples, reference_dir, stage_dir)}
 
 
+def model_material(model: ModelSection, corpus_keys: list[str], seed: int) -> dict[str, Any]:
+    """The model stage's key material: the [model] section and the corpus; for the tiny preset, built by mixlab's
+    code, also its chat template and the run's seed, which its pretraining draws from."""
+    material: dict[str, Any] = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(corpus_keys)}
+    if model.preset == "tiny":
+        from mixlab.models.templates import TINY_CHAT_TEMPLATE
+
+        material |= {"template": TINY_CHAT_TEMPLATE, "seed": seed}
+    return material
+
+
 def select_material(
-    recipe: Recipe, section: Section, pool: dict[str, Any], scores: Scores, base_key: str
+    recipe: Recipe, section: Section, pool: dict[str, Any], scores: Scores, base_key: str, seed: int
 ) -> dict[str, Any]:
-    """A select stage's key material: the selector, its pool, the keys of its scores and of the base model."""
+    """A select stage's key material: the selector, its pool, the keys of its scores and of the base model (and the
+    seed or seeds, where the selector uses them)."""
     material: dict[str, Any] = {
         "section": section.raw,
         "code": plugin_code(section.cls),
@@ -308,6 +316,8 @@ def select_material(
         "scores": {s: key for s, (_, key) in scores.items()},
         "base": base_key,
     }
+    if section.cls.uses_seed:
+        material["seed"] = seed
     if getattr(section.cls, "trains_models", False):  # its result depends on the trainings and how they are judged
         material["trainer"] = {"section": recipe.trainer.raw, "code": plugin_code(recipe.trainer.cls)}
         material["seeds"] = recipe.run.seed_list
@@ -323,7 +333,7 @@ def decision_material(recipe: Recipe) -> dict[str, Any]:
         "evaluators": {k: {"section": s.raw, "code": plugin_code(s.cls)} for k, s in recipe.evaluators.items()},
         "rules": {
             "select_on": run.select_on,
-            "dev_fraction": run.dev_fraction,
+            "dev_fraction": run.dev_fraction if run.select_on == "dev" else None,
             "weights": dict(sorted(run.weights.items())),
             "exclude": sorted(run.exclude),
         },

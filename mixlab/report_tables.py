@@ -79,8 +79,9 @@ def distinguishable(comparison: dict[str, Any]) -> bool | None:
 
 
 def plan_cell(comparisons: Sequence[dict[str, Any]]) -> str:
-    """What would decide comparisons none of which is decided yet: the fewest seeds any of them needs, else "more
-    items" when every one is limited by its items; "-" when one is decided already or nothing can be said."""
+    """What would decide comparisons none of which is decided yet (report.json's ``seeds_to_decide`` and
+    ``items_limited``): the fewest seeds any of them needs, else "more items" when each is limited by its items;
+    "-" when one is decided already or nothing can be said."""
     if not comparisons or any(distinguishable(c) is not False for c in comparisons):
         return "-"
     seeds = [n for c in comparisons if isinstance(n := c.get("seeds_to_decide"), int)]
@@ -437,8 +438,8 @@ def print_tables(report: dict[str, Any]) -> None:
     for note in notes:
         console.print(escape(note), style="yellow" if note.startswith("⚠") else "dim")
     headers, rows = _comparison_table(report)
-    if rows:  # on the terminal (80 columns): the mark beside the benchmark; McNemar's p (one seed) in report.md only
-        order = [0, 1, 7, 2, 3, 4, 5, 8]
+    if rows:  # on the terminal (80 columns): the mark beside the benchmark; McNemar's p and seeds in report.md only
+        order = [0, 1, 7, 2, 3, 4, 5]
         headers, rows = [headers[i] for i in order], [[row[i] for i in order] for row in rows]
         table = _rich_table(f"Δ vs {_reference(report)} (score points)", headers, right=3, rows=rows)
         for row in rows:

@@ -225,9 +225,10 @@ class Comparison:
     """Arm A − arm B (score points): the difference of the seed means, its interval, P(A better).
 
     ``mcnemar_p`` (one seed, mean-rule benchmarks only): the exact McNemar test on discordant items; it covers item
-    noise only, never seed noise. ``se``: the draws' normal-equivalent spread (``_spread``; for ``mdd``). Its two
-    sources, for planning (``seeds_to_decide``): ``seed_sd``, the std of the per-seed differences (two seeds or
-    more), and ``item_se``, the spread of the item term alone.
+    noise only, never seed noise. ``se``: the draws' normal-equivalent spread (``_spread``; for ``mdd``). Its
+    sources, for planning (``seeds_to_decide``): ``seed_sd``, the std of the per-seed differences; ``item_se``, the
+    spread of the item term alone; ``item_floor_se``, the part of it the seeds share, which more seeds leave as it
+    is (the rest shrinks as 1/√n). The last needs two seeds or more, like ``seed_sd``.
     """
 
     delta: float
@@ -240,34 +241,38 @@ class Comparison:
     benchmarks: dict[str, Comparison] = field(default_factory=dict)
     seed_sd: float | None = None
     item_se: float | None = None
+    item_floor_se: float | None = None
 
     @property
     def distinguishable(self) -> bool | None:
         """Whether the interval excludes 0 (None without an interval)."""
         return None if self.ci is None else not (self.ci[0] <= 0.0 <= self.ci[1])
 
-    @property
-    def items_limited(self) -> bool:
-        """Whether the item term alone is too wide for Δ: no number of seeds would detect it, more items would."""
-        return self.item_se is not None and self.delta != 0 and mdd(self.item_se) >= abs(self.delta)
+    def items_limited(self, power: float = 0.8, level: float = 0.95) -> bool:
+        """Whether the item noise that more seeds leave alone is too wide for Δ: no number of seeds would detect a
+        difference this small on these items, more items would."""
+        floor = self.item_floor_se
+        return floor is not None and self.delta != 0 and mdd(floor, power, level) >= abs(self.delta)
 
     def plan(self) -> dict[str, Any]:
-        """What more evidence would decide it, for report.json: ``seeds_to_decide`` and ``items_limited``."""
-        return {"seeds_to_decide": self.seeds_to_decide(), "items_limited": self.items_limited}
+        """What would decide a comparison that is not distinguishable (``seeds_to_decide``, ``items_limited``);
+        None and False for one that is, or has no interval."""
+        if self.distinguishable is not False:
+            return {"seeds_to_decide": None, "items_limited": False}
+        return {"seeds_to_decide": self.seeds_to_decide(), "items_limited": self.items_limited()}
 
     def seeds_to_decide(self, power: float = 0.8, level: float = 0.95, max_seeds: int = 64) -> int | None:
-        """The fewest training seeds at which a true difference of this Δ would be told apart from 0 with probability
-        ``power``, on the same benchmark items: the smallest n whose minimal detectable difference is at most |Δ|,
-        the seed term s/√n scaled by t(n−1) as in the interval, the item term kept as it is (more seeds do not
-        shrink it). A planning figure that takes the observed Δ and spreads as the truth. None: fewer than two
-        seeds (no seed spread), Δ = 0, ``items_limited``, or more than ``max_seeds``."""
-        if self.seed_sd is None or self.delta == 0 or self.items_limited:
+        """The fewest seeds at which a true difference of this Δ would be told from 0 with probability ``power`` on
+        the same items (docs/decisions.md): a plan that takes the observed Δ and spreads as the truth. None: one
+        seed, Δ = 0, ``items_limited``, or beyond ``max_seeds``."""
+        if self.seed_sd is None or self.delta == 0 or self.items_limited(power, level):
             return None
         z = float(_sps.norm.ppf(1 - (1 - level) / 2))
-        items = self.item_se or 0.0
+        floor = self.item_floor_se or 0.0
+        per_seed_items = max((self.item_se or 0.0) ** 2 - floor**2, 0.0) * self.n_seeds  # shrinks as 1/n
         for n in range(2, max_seeds + 1):
             seeds = self.seed_sd / math.sqrt(n) * float(_sps.t.ppf(1 - (1 - level) / 2, n - 1)) / z
-            if mdd(math.hypot(items, seeds), power, level) <= abs(self.delta):
+            if mdd(math.sqrt(floor**2 + per_seed_items / n + seeds**2), power, level) <= abs(self.delta):
                 return n
         return None
 
@@ -282,6 +287,7 @@ class Comparison:
             "n_seeds": self.n_seeds,
             "seed_sd": self.seed_sd,
             "item_se": self.item_se,
+            "item_floor_se": self.item_floor_se,
             **self.plan(),
             "benchmarks": {k: v.to_json() for k, v in self.benchmarks.items()},
         }
@@ -318,11 +324,13 @@ class Health:
 
 @dataclass
 class _Part:
-    """One benchmark's (or the average's) pieces: point, per-seed values, item deviations per draw."""
+    """One benchmark's (or the average's) pieces: point, per-seed values, item deviations per draw (of the seed
+    mean, and of each seed: ``item_dev`` is the mean of ``seed_item_devs``' rows)."""
 
     point: float
     per_seed: np.ndarray
     item_dev: np.ndarray | None
+    seed_item_devs: np.ndarray | None = None  # (seeds, draws)
 
 
 def _aligned(ref: ItemOutcomes, o: ItemOutcomes, where: str) -> ItemOutcomes:
@@ -364,14 +372,15 @@ def _benchmark_part(
     drawn = w @ stacked
     plain = stacked.sum(axis=0, keepdims=True)
     per_seed = np.zeros(n)
-    draws = np.zeros(n_draws)
+    seed_draws = np.zeros((n, n_draws))
     for k, c in enumerate(coefs):
         for s in range(n):
             cols = slice((k * n + s) * m, (k * n + s + 1) * m)
             per_seed[s] += c * _finish(rule, plain[:, cols])[0]
-            draws += c * _finish(rule, drawn[:, cols]) / n
+            seed_draws[s] += c * _finish(rule, drawn[:, cols])
     point = float(per_seed.mean())
-    return _Part(point, per_seed, draws - point)
+    seed_devs = seed_draws - per_seed[:, None]
+    return _Part(point, per_seed, seed_devs.mean(axis=0), seed_devs)
 
 
 def _all_items(entries: list[list[ItemOutcomes | float]]) -> TypeGuard[list[list[ItemOutcomes]]]:
@@ -440,6 +449,16 @@ def _spread(draws: np.ndarray) -> float:
     return float(hi - lo) / (2 * float(_sps.norm.ppf(0.975)))
 
 
+def _shared_spread(seed_devs: np.ndarray | None) -> float | None:
+    """The item noise the seeds share: √(mean covariance between two seeds' item deviations), ≥ 0; None with fewer
+    than two seeds or no items. What is left of the item term however many seeds are averaged."""
+    if seed_devs is None or len(seed_devs) < 2:
+        return None
+    cov = np.cov(seed_devs)
+    n = len(seed_devs)
+    return math.sqrt(max(float(cov.sum() - np.trace(cov)) / (n * (n - 1)), 0.0))
+
+
 def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
@@ -459,11 +478,12 @@ def _analyse(
     w = _average_weights(names, weights, exclude)
     n = len(arms[0])
     parts = {b: _benchmark_part(arms, coefs, b, n_draws, seed) for b in names}
-    item_devs = [(wb, parts[b].item_dev) for wb, b in zip(w, names, strict=True) if parts[b].item_dev is not None]
+    with_items = [(wb, parts[b]) for wb, b in zip(w, names, strict=True) if parts[b].item_dev is not None]
     avg = _Part(
         point=float(sum(wb * parts[b].point for wb, b in zip(w, names, strict=True))),
         per_seed=sum(wb * parts[b].per_seed for wb, b in zip(w, names, strict=True)),
-        item_dev=sum(wb * d for wb, d in item_devs) if item_devs else None,
+        item_dev=sum(wb * p.item_dev for wb, p in with_items) if with_items else None,
+        seed_item_devs=sum(wb * p.seed_item_devs for wb, p in with_items) if with_items else None,
     )
     t = np.random.default_rng([seed, 0]).standard_t(n - 1, size=n_draws) if n >= 2 else None
     return names, parts, avg, t
@@ -529,12 +549,13 @@ def compare(
         kind, draws = _combine(part, t)
         seed_sd = float(np.std(part.per_seed, ddof=1)) if n >= 2 else None
         item_se = None if part.item_dev is None else _spread(part.item_dev)
+        floor = _shared_spread(part.seed_item_devs)
+        noise = {"seed_sd": seed_sd, "item_se": item_se, "item_floor_se": floor}
         if draws is None:
-            return Comparison(part.point, None, None, kind, mcnemar_p, None, n, benchmarks, seed_sd, item_se)
+            return Comparison(part.point, None, None, kind, mcnemar_p, None, n, benchmarks, **noise)
         p_better = float(np.mean(draws > 0) + 0.5 * np.mean(draws == 0))
         se = _spread(draws)
-        ci = _interval(draws, level)
-        return Comparison(part.point, ci, p_better, kind, mcnemar_p, se, n, benchmarks, seed_sd, item_se)
+        return Comparison(part.point, _interval(draws, level), p_better, kind, mcnemar_p, se, n, benchmarks, **noise)
 
     per_bench = {}
     for b in names:

@@ -46,7 +46,7 @@ class StubContext:
     ):
         self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="mixlab-test-"))
         self.seeds = seeds or [seed]
-        self.seed = self.seeds[0]
+        self.seed = seed  # the run's seed, as in a real run; a training sees its replicate's seed
         self._base_model = base_model
         self._train = train
         self._evaluate = evaluate
@@ -83,7 +83,7 @@ class StubContext:
 
     def trials(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Trial]:
         """Each job trained and evaluated once per seed of ``seeds`` (the stand-ins see the seed in ``self.seed``)."""
-        out = []
+        out, run_seed = [], self.seed
         for samples, tag in jobs:
             evaluations, dirs = {}, {}
             for seed in self.seeds:
@@ -91,7 +91,7 @@ class StubContext:
                 model_dir = self.train(samples, tag, overrides)
                 evaluations[seed] = Evaluation(self.evaluate(model_dir, tag))
                 dirs[seed] = str(model_dir)
-            self.seed = self.seeds[0]
+            self.seed = run_seed
             score = sum(self.aggregate(e.metrics) for e in evaluations.values()) / len(evaluations)
             out.append(Trial(tag, evaluations, dirs, score))
         return out

@@ -16,6 +16,7 @@ from mixlab.engine import keys
 from mixlab.errors import UserError
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
+from mixlab.store import Store, load_samples
 from tests import fakes
 
 PLUGIN = """
@@ -132,3 +133,23 @@ def test_editing_mixlab_itself_changes_every_key_in_a_checkout(tmp_path, monkeyp
         assert after[0] != before[0] and after[1] != before[1]
     finally:
         keys.mixlab_code.cache_clear()  # the next caller hashes the real package again
+
+
+def test_a_selection_drawn_from_the_run_seed_is_drawn_again_when_it_changes(fake_recipe):
+    """`random` without a seed of its own draws from [run] seed (uses_seed): another run seed draws again, while the
+    training replicates, the same seed list, stay cached."""
+    text = fake_recipe.read_text().replace("seed = 1\n", "seed = 1\nseeds = [0, 1]\n", 1)
+    text += '\n[selectors.half]\ntype = "random"\nfraction = 0.5\n\n[arms.random_half]\nsources = ["good", "bad"]\n'
+    text += 'selector = "half"\n'
+    fake_recipe.write_text(text)
+    store = Store(fake_recipe.parent / "run")
+
+    def drawn() -> list[str]:
+        return [s["id"] for s in load_samples(store.selection_file("random_half"))]
+
+    run(fake_recipe)
+    before = drawn()
+    fake_recipe.write_text(text.replace("seed = 1\n", "seed = 7\n", 1))
+    status = statuses(run(fake_recipe))
+    assert status["select:random_half"] == "done" and drawn() != before
+    assert status["train:full@seed0"] == status["select:curated"] == "cached"

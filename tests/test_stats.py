@@ -294,20 +294,57 @@ def test_seeds_to_decide_splits_the_noise_into_seeds_and_items():
     assert c.seed_sd == pytest.approx(np.std(per_seed, ddof=1)) and c.item_se is None  # scores only: no item term
     assert stats.compare(a[:1], b[:1]).seeds_to_decide() is None  # one seed: no seed spread to plan from
 
-    def plan(delta: float, seed_sd: float, item_se: float | None) -> stats.Comparison:
-        return stats.Comparison(delta, (-1.0, 1.0), 0.5, "seeds+items", n_seeds=3, seed_sd=seed_sd, item_se=item_se)
+    def plan(delta: float, seed_sd: float, item_se: float | None = None, floor: float | None = None):
+        return stats.Comparison(
+            delta, (-1.0, 1.0), 0.5, "seeds+items", n_seeds=3, seed_sd=seed_sd, item_se=item_se, item_floor_se=floor
+        )
 
     # no item term, many seeds: about the normal answer (2.8 s / Δ)² = 31.4, a little more for t's tails
-    assert 31 <= plan(2.0, 4.0, None).seeds_to_decide() <= 36
-    assert plan(-2.0, 4.0, None).seeds_to_decide() == plan(2.0, 4.0, None).seeds_to_decide()  # the sign is no matter
-    assert plan(4.0, 4.0, None).seeds_to_decide() < plan(2.0, 4.0, None).seeds_to_decide()
-    assert plan(0.5, 4.0, None).seeds_to_decide() is None  # beyond 64 seeds
-    assert plan(0.0, 4.0, None).seeds_to_decide() is None
-    # the item term does not shrink with seeds: once it alone is too wide for Δ, no number of seeds will do
-    assert plan(5.0, 4.0, 2.0).items_limited and plan(5.0, 4.0, 2.0).seeds_to_decide() is None
-    with_items = plan(6.0, 4.0, 2.0)
-    assert not with_items.items_limited and with_items.seeds_to_decide() > plan(6.0, 4.0, None).seeds_to_decide()
-    assert with_items.plan() == {"seeds_to_decide": with_items.seeds_to_decide(), "items_limited": False}
+    assert 31 <= plan(2.0, 4.0).seeds_to_decide() <= 36
+    assert plan(-2.0, 4.0).seeds_to_decide() == plan(2.0, 4.0).seeds_to_decide()  # the sign is no matter
+    assert plan(4.0, 4.0).seeds_to_decide() < plan(2.0, 4.0).seeds_to_decide()
+    assert plan(0.5, 4.0).seeds_to_decide() is None  # beyond 64 seeds
+    assert plan(0.0, 4.0).seeds_to_decide() is None
+    # the item noise the seeds share stays however many seeds: once it alone is too wide for Δ, seeds will not do
+    assert plan(5.0, 4.0, 2.5, 2.0).items_limited() and plan(5.0, 4.0, 2.5, 2.0).seeds_to_decide() is None
+    shared, own = plan(6.0, 4.0, 2.0, 2.0), plan(6.0, 4.0, 2.0, 0.0)  # the same item term, shared or seed by seed
+    assert not shared.items_limited() and own.seeds_to_decide() < shared.seeds_to_decide()
+    assert plan(6.0, 4.0).seeds_to_decide() <= own.seeds_to_decide()
+    assert not plan(5.0, 4.0, 2.5).items_limited()  # one seed's worth of items cannot be split: no claim
+    assert shared.plan() == {"seeds_to_decide": shared.seeds_to_decide(), "items_limited": False}
+    decided = stats.Comparison(2.5, (0.3, 4.7), 0.99, "seeds+items", n_seeds=3, seed_sd=1.0, item_floor_se=1.0)
+    assert decided.plan() == {"seeds_to_decide": None, "items_limited": False}  # decided: nothing to plan
+
+
+def test_item_floor_is_what_the_seeds_share():
+    """Per-item effects that every seed shares stay in the floor; per-seed item luck does not."""
+    rng = np.random.default_rng(5)
+    items, seeds = 400, 4
+    shared = rng.normal(0, 1, items)  # each item's lasting advantage for A
+
+    def arms(per_seed_sd: float) -> tuple[list[dict], list[dict]]:
+        a, b = [], []
+        for _ in range(seeds):
+            logit = 0.3 + 0.8 * shared + per_seed_sd * rng.normal(0, 1, items)
+            right_a = rng.random(items) < 1 / (1 + np.exp(-logit))
+            right_b = rng.random(items) < 0.55
+            make = lambda right: ItemOutcomes(  # noqa: E731
+                rule="mean",
+                items=[str(i) for i in range(items)],
+                clusters=[str(i) for i in range(items)],
+                correct=right,
+                chance=np.full(items, 0.25),
+            )
+            a.append({"x": make(right_a)})
+            b.append({"x": make(right_b)})
+        return a, b
+
+    c = stats.compare(*arms(0.0), n_draws=2000)
+    assert c.item_floor_se is not None and 0 < c.item_floor_se <= c.item_se * 1.05
+    luck = stats.compare(*arms(3.0), n_draws=2000)  # the same lasting effects under much per-seed item luck
+    assert luck.item_floor_se / luck.item_se < 0.8 * c.item_floor_se / c.item_se
+    one = stats.compare(*(arm[:1] for arm in arms(0.0)), n_draws=2000)
+    assert one.item_floor_se is None and one.item_se > c.item_se  # one seed: all of its item luck, no split
 
 
 def test_seeds_to_decide_gives_the_power_it_promises():

@@ -35,7 +35,7 @@ class PipelineContext:
         self.recipe = recipe
         self.run_dir = run_dir
         self.seeds = recipe.run.seed_list  # every training runs once per seed (replicates)
-        self.seed = self.seeds[0]  # this context's training seed (a seed view's own, see with_seed)
+        self.seed = recipe.run.seed  # random choices (tiny model, sampling, single trainings); a seed view's own
         self.decisions = Decisions(recipe.run)
         self.engine = engine
         self.store: Store = engine.store
@@ -109,6 +109,8 @@ class PipelineContext:
             "code": {k: plugin_code(s.cls) for k, s in self.recipe.evaluators.items()},
             "model": self.model_key(model_dir),
         }
+        if any(s.cls.uses_seed for s in self.recipe.evaluators.values()):
+            material["seed"] = self.seed
         result, stage_dir = self.engine.stage(
             f"eval:{tag}", material, partial(eval_body, self._evaluators, Path(model_dir), self), kind="eval"
         )

@@ -50,6 +50,7 @@ class LmEval(Evaluator):
     name = "lm_eval"
     Options = LmEvalOptions
     options: LmEvalOptions
+    uses_seed = True  # the harness's random_seed (few-shot sampling)
 
     def task_manager(self) -> Any:
         from lm_eval.tasks import TaskManager

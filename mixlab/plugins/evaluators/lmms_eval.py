@@ -59,6 +59,7 @@ class LmmsEval(Evaluator):
     name = "lmms_eval"
     Options = LmmsEvalOptions
     options: LmmsEvalOptions
+    uses_seed = True  # the harness's random_seed (few-shot sampling)
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         simple_evaluate, task_manager_class, model_class = lmms_eval_modules()

@@ -34,6 +34,7 @@ def budget(n: int, fraction: float | None, count: int | None) -> int:
 class RandomSelector(Selector):
     name = "random"
     Options = RandomOptions
+    uses_seed = True  # without a seed of its own
     options: RandomOptions
 
     def select(self, samples: list[Sample], scores: dict[str, np.ndarray], ctx: RunContext) -> Selection:
