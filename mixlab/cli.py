@@ -175,7 +175,8 @@ def export(run_dir: Path, arm: str, out: Path, image_root: Path | None) -> None:
     help="Also compare on each benchmark category alone (MMBench's attribute_recognition, an lm-eval group's subtask).",
 )
 def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: bool) -> None:
-    """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals (nothing reruns)."""
+    """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals and, where these
+    contain 0, the seeds that would decide it (nothing reruns)."""
     from mixlab.compare import compare_arms, verdict
     from mixlab.report_tables import plan_cell
     from mixlab.stats import Comparison
