@@ -324,13 +324,16 @@ class Health:
 
 @dataclass
 class _Part:
-    """One benchmark's (or the average's) pieces: point, per-seed values, item deviations per draw (of the seed
-    mean, and of each seed: ``item_dev`` is the mean of ``seed_item_devs``' rows)."""
+    """One benchmark's (or the average's) pieces: point, per-seed values, each seed's item deviations per draw."""
 
     point: float
     per_seed: np.ndarray
-    item_dev: np.ndarray | None
-    seed_item_devs: np.ndarray | None = None  # (seeds, draws)
+    seed_item_devs: np.ndarray | None  # (seeds, draws); None without per-item outcomes
+
+    @property
+    def item_dev(self) -> np.ndarray | None:
+        """The item deviations of the seed mean, per draw."""
+        return None if self.seed_item_devs is None else self.seed_item_devs.mean(axis=0)
 
 
 def _aligned(ref: ItemOutcomes, o: ItemOutcomes, where: str) -> ItemOutcomes:
@@ -380,7 +383,7 @@ def _benchmark_part(
             seed_draws[s] += c * _finish(rule, drawn[:, cols])
     point = float(per_seed.mean())
     seed_devs = seed_draws - per_seed[:, None]
-    return _Part(point, per_seed, seed_devs.mean(axis=0), seed_devs)
+    return _Part(point, per_seed, seed_devs)
 
 
 def _all_items(entries: list[list[ItemOutcomes | float]]) -> TypeGuard[list[list[ItemOutcomes]]]:
@@ -424,16 +427,16 @@ def _average_weights(names: list[str], weights: Mapping[str, float] | None, excl
 
 def _combine(part: _Part, t: np.ndarray | None) -> tuple[IntervalKind, np.ndarray | None]:
     """The draws of point + item deviation + seed term, and the interval kind."""
-    n = len(part.per_seed)
+    n, item_dev = len(part.per_seed), part.item_dev
     seeds = n >= 2 and t is not None
-    if not seeds and part.item_dev is None:
+    if not seeds and item_dev is None:
         return "none", None
-    draws = np.full(next(len(a) for a in (t, part.item_dev) if a is not None), part.point)
-    if part.item_dev is not None:
-        draws = draws + part.item_dev
+    draws = np.full(next(len(a) for a in (t, item_dev) if a is not None), part.point)
+    if item_dev is not None:
+        draws = draws + item_dev
     if seeds:
         draws = draws + np.std(part.per_seed, ddof=1) / math.sqrt(n) * t
-    kind: IntervalKind = "seeds+items" if seeds and part.item_dev is not None else ("seeds" if seeds else "items")
+    kind: IntervalKind = "seeds+items" if seeds and item_dev is not None else ("seeds" if seeds else "items")
     return kind, draws
 
 
@@ -478,11 +481,10 @@ def _analyse(
     w = _average_weights(names, weights, exclude)
     n = len(arms[0])
     parts = {b: _benchmark_part(arms, coefs, b, n_draws, seed) for b in names}
-    with_items = [(wb, parts[b]) for wb, b in zip(w, names, strict=True) if parts[b].item_dev is not None]
+    with_items = [(wb, parts[b]) for wb, b in zip(w, names, strict=True) if parts[b].seed_item_devs is not None]
     avg = _Part(
         point=float(sum(wb * parts[b].point for wb, b in zip(w, names, strict=True))),
         per_seed=sum(wb * parts[b].per_seed for wb, b in zip(w, names, strict=True)),
-        item_dev=sum(wb * p.item_dev for wb, p in with_items) if with_items else None,
         seed_item_devs=sum(wb * p.seed_item_devs for wb, p in with_items) if with_items else None,
     )
     t = np.random.default_rng([seed, 0]).standard_t(n - 1, size=n_draws) if n >= 2 else None
