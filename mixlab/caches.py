@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,34 @@ def sample_key(sample: Sample) -> str:
     size = os.path.getsize(image) if image and os.path.exists(image) else None
     material = json.dumps([sample["conversations"], image, size], sort_keys=True, ensure_ascii=False)
     return f"{sample['id']}#{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+
+
+_DIGESTS: dict[str, tuple[int, int, str]] = {}
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """blake2b-128 of a file's bytes (hex), remembered in this process by path, size and modification time; a file
+    modified in the last two seconds is read again (a second edit within one timestamp tick keeps its mtime)."""
+    path = os.fspath(path)
+    stat = os.stat(path)
+    known = _DIGESTS.get(path)
+    settled = time.time_ns() - stat.st_mtime_ns > 2_000_000_000
+    if settled and known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    _DIGESTS[path] = (stat.st_size, stat.st_mtime_ns, digest)
+    return digest
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """Cache-key material for input files: JSON of [path, content digest] for each file, and for each file under a
+    folder; a path that is neither is left out (the component reports it when it runs)."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path).resolve()
+        found |= {f for f in path.rglob("*") if f.is_file()} if path.is_dir() else ({path} if path.is_file() else set())
+    return json.dumps([[str(f), file_digest(f)] for f in sorted(found)])
 
 
 def checkpoint_hash(model_dir: Path) -> str:

@@ -180,6 +180,11 @@ class Merger(Component):
 
     kind = "merger"
 
+    def evaluates_models(self) -> bool:
+        """Whether this merge judges models through ``ctx.evaluate`` (a greedy soup does): its stage key then covers
+        the evaluators and the decision rules. True unless a merger says otherwise."""
+        return True
+
     def merge(self, ingredients: dict[str, Path], work_dir: Path, ctx: RunContext) -> MergeResult:
         raise NotImplementedError
 

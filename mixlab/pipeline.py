@@ -203,13 +203,14 @@ class Run:
     def run_soup(self, section: Section) -> None:
         """One soup per seed, of that seed's ingredients; each merged model evaluated like an arm's."""
         replicates, per_seed = [], {}
+        judged = decision_material(self.recipe) if section.build().evaluates_models() else {}
         for seed in self.ctx.seeds:
             ingredients = soup_ingredients(section, seed, self.result.arms, self.run_dir)
             material = {
                 "section": section.raw,
                 "code": plugin_code(section.cls),
                 "ingredients": {n: self.ctx.model_key(p) for n, p in ingredients.items()},
-                **decision_material(self.recipe),  # a greedy soup evaluates its candidates and keeps by the rules
+                **judged,  # a greedy soup evaluates its candidates and keeps by the rules
             }
             body = partial(merge_body, section, ingredients, self.ctx.with_seed(seed))
             result, stage_dir = self.engine.stage(self.ctx.seed_tag(f"merge:{section.label}", seed), material, body)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field
 
 from mixlab import hookimpl
+from mixlab.caches import files_fingerprint
 from mixlab.components import (
     Evaluator,
     Merger,
@@ -109,13 +110,24 @@ class FakeTrainer(Trainer):
         return TrainResult(model, {"samples": len(samples)})
 
 
+class FakeEvaluatorOptions(Options):
+    bonus_file: str | None = None  # a file holding a number added to the score (an input file, like a benchmark's)
+
+
 class FakeEvaluator(Evaluator):
     name = "fake_bench"
+    Options = FakeEvaluatorOptions
+    options: FakeEvaluatorOptions
+
+    def fingerprint(self) -> str:
+        return files_fingerprint([self.resolve(self.options.bonus_file)]) if self.options.bonus_file else ""
 
     def evaluate(self, model_dir, work_dir, ctx):
         ids = json.loads((Path(model_dir) / "ids.json").read_text())
-        good = sum(1 for i in ids if "bad" not in i.split("/")[0]) / max(1, len(ids))
-        return {"fakebench": {"acc": 100 * good, "score": 100 * good}}
+        good = 100 * sum(1 for i in ids if "bad" not in i.split("/")[0]) / max(1, len(ids))
+        if self.options.bonus_file:
+            good += float(self.resolve(self.options.bonus_file).read_text())
+        return {"fakebench": {"acc": good, "score": good}}
 
 
 class NoisyBenchOptions(Options):
@@ -163,8 +175,17 @@ class NoisyBench(Evaluator):
         return Evaluation({"noisybench": {"acc": score, "score": score}}, {"noisybench": outcomes})
 
 
+class FakeMergerOptions(Options):
+    judges: bool = Field(True, description="Whether the merge counts as judging models (its key: evaluators, rules).")
+
+
 class FakeMerger(Merger):
     name = "fake_soup"
+    Options = FakeMergerOptions
+    options: FakeMergerOptions
+
+    def evaluates_models(self) -> bool:
+        return self.options.judges
 
     def merge(self, ingredients, work_dir, ctx):
         ids = sorted({i for p in ingredients.values() for i in json.loads((p / "ids.json").read_text())})

@@ -153,3 +153,46 @@ def test_a_selection_drawn_from_the_run_seed_is_drawn_again_when_it_changes(fake
     status = statuses(run(fake_recipe))
     assert status["select:random_half"] == "done" and drawn() != before
     assert status["train:full@seed0"] == status["select:curated"] == "cached"
+
+
+def test_an_edited_evaluator_input_file_evaluates_again(fake_recipe):
+    """An evaluator's input files (a benchmark TSV, local task YAMLs) are in the evaluation's key through its
+    `fingerprint()`: an edit of the same size evaluates every model again; the trainings stay cached."""
+    bonus = fake_recipe.parent / "bonus.txt"
+    bonus.write_text("1")
+    fake_recipe.write_text(
+        fake_recipe.read_text().replace('type = "fake_bench"', 'type = "fake_bench"\nbonus_file = "bonus.txt"')
+    )
+    first = run(fake_recipe)
+    bonus.write_text("3")  # same size, new content
+    second = run(fake_recipe)
+    status = statuses(second)
+    assert {s for name, s in status.items() if name.startswith("eval:")} == {"done"}
+    assert status["train:full"] == status["train:curated"] == "cached"
+    assert second["arms"]["full"]["score"] == pytest.approx(first["arms"]["full"]["score"] + 2)
+
+
+def test_benchmark_and_task_files_are_fingerprinted_by_content(tmp_path):
+    """The benchmarks evaluator's fingerprint sees an edit that keeps the size and a new file matching its glob; the
+    harness adapters' sees their `include_path` folder."""
+    from mixlab.evaluation.harness import HarnessEvaluator, HarnessOptions
+    from mixlab.plugins.evaluators.benchmarks import Benchmarks
+
+    (tmp_path / "bench").mkdir()
+    tsv = tmp_path / "bench" / "A_toy.tsv"
+    tsv.write_text("index\tquestion\tanswer\n0\tIs it red?\tYes\n")
+    bench = Benchmarks(Benchmarks.Options(paths=["bench/*.tsv"]), "bench", tmp_path)
+    before = bench.fingerprint()
+    tsv.write_text(tsv.read_text().replace("Yes", "No "))  # same size
+    edited = bench.fingerprint()
+    (tmp_path / "bench" / "B_toy.tsv").write_text(tsv.read_text())
+    assert len({before, edited, bench.fingerprint()}) == 3
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "t.yaml").write_text("task: t\n")
+    harness = HarnessEvaluator(HarnessOptions(tasks=["t"], include_path="tasks"), "h", tmp_path)
+    assert HarnessEvaluator(HarnessOptions(tasks=["t"]), "h", tmp_path).fingerprint() == ""
+    before = harness.fingerprint()
+    (tasks / "t.yaml").write_text("task: u\n")
+    assert harness.fingerprint() != before

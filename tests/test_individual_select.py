@@ -115,6 +115,19 @@ def test_a_change_in_seeds_or_decision_rules_decides_again(fake_recipe, tmp_path
     assert stages.get("train:isel/baseline@seed0", stages.get("train:isel/baseline")) == "cached"  # seed 0's
 
 
+def test_a_merge_that_judges_nothing_stays_cached_when_the_rules_change(fake_recipe, tmp_path):
+    def run_with(change: str) -> dict[str, str]:
+        text = RECIPE.format(options="").replace('name = "isel"', f'name = "isel"\n{change}')
+        text = text.replace('type = "fake_soup"', 'type = "fake_soup"\njudges = false')
+        report = Run(load_recipe(fakes.write_recipe(tmp_path, text)), tmp_path / "run", show_progress=False).execute()
+        return {s["name"]: s["status"] for s in report["stages"]}
+
+    run_with("")
+    stages = run_with("weights = { fakebench = 2.0 }")
+    assert stages["select:curated"] == "done"  # Individual Select judges: it decides again
+    assert [status for name, status in stages.items() if name.startswith("merge:")] == ["cached"]
+
+
 def test_tolerance_admits_a_small_drop(fake_recipe, tmp_path):
     block = run(tmp_path, "tolerance = 60.0")["individual_select"]
     assert block["selected_sources"] == ["base", "color_good", "color_bad", "count_bad", "count_good"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mixlab.errors import UserError
 from mixlab.evaluation.extract import extract_option, extract_yes_no
-from mixlab.evaluation.rules import score
+from mixlab.evaluation.rules import first_rows, score
 from mixlab.evaluation.tsv import (
     build_prompt,
     decode_image,
@@ -170,6 +170,18 @@ def test_score_mmbench_without_copies_equals_vanilla() -> None:
     originals[1]["prediction"] = "blue or green"  # ambiguous text -> wrong
     m = score("mmbench", originals)
     assert m["overall"] == m["vanilla"] == 50.0
+
+
+def test_limit_keeps_whole_circular_questions() -> None:
+    """`limit` on a circular set keeps the first N questions with all their copies, wherever the file lists them (the
+    originals first, then the copies, as in MMBench's TSVs); other kinds keep the first N rows."""
+    rows = _mmbench_rows()
+    in_file_order = sorted(rows, key=lambda r: r["index"] // 1_000_000)  # q0, q1, then each copy of both
+    kept = first_rows("mmbench", in_file_order, 1)
+    assert sorted(r["index"] for r in kept) == [0, 1_000_000, 2_000_000, 3_000_000]
+    assert score("mmbench", first_rows("mmbench", in_file_order, 2))["overall"] == 50.0  # q1's copy 2 still counts
+    assert first_rows("seed", in_file_order, 3) == in_file_order[:3]
+    assert first_rows("mmbench", in_file_order, None) == in_file_order
 
 
 # ---- single-pass MCQ (SEED, ScienceQA) ----------------------------------------------------

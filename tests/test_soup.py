@@ -315,6 +315,9 @@ def test_options_and_registration():
     for bad in ({"method": "max"}, {"min_cosine": 2}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             soup.SoupMerger.Options(**bad)
+    # only the greedy soup judges models, so only its stage key covers the evaluators and decision rules
+    assert soup.SoupMerger(o, "soup").evaluates_models()
+    assert not soup.SoupMerger(soup.SoupMerger.Options(method="uniform"), "soup").evaluates_models()
     registered: list[type] = []
     soup.register_mergers(registered.append)
     assert registered == [soup.SoupMerger] and soup.SoupMerger.name == "soup"

@@ -108,6 +108,7 @@ class PipelineContext:
             "evaluators": {k: s.raw for k, s in self.recipe.evaluators.items()},
             "code": {k: plugin_code(s.cls) for k, s in self.recipe.evaluators.items()},
             "model": self.model_key(model_dir),
+            "inputs": {k: e.fingerprint() for k, e in self._evaluators.items()},  # e.g. the benchmark files
         }
         if any(s.cls.uses_seed for s in self.recipe.evaluators.values()):
             material["seed"] = self.seed

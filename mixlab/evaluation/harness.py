@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from mixlab.components import Evaluation, Metrics, Options
+from mixlab.caches import files_fingerprint
+from mixlab.components import Evaluation, Evaluator, Metrics, Options
 from mixlab.errors import UserError
 from mixlab.outcomes import ItemOutcomes, Outcomes
 from mixlab.registry import did_you_mean
@@ -33,6 +34,27 @@ class HarnessOptions(Options):
     )
     batch_size: int = Field(8, ge=1, description="Requests per forward pass (set on the model wrapper itself).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N documents of each task.")
+
+
+class HarnessEvaluator(Evaluator):
+    """Base of the harness adapters: few-shot sampling draws from the run's seed, and local task YAMLs (with their
+    data) are part of the evaluation's cache key."""
+
+    options: HarnessOptions
+    uses_seed = True  # the harness's random_seed (few-shot sampling)
+
+    def include(self) -> Path | None:
+        return self.resolve(self.options.include_path) if self.options.include_path else None
+
+    def fingerprint(self) -> str:
+        include = self.include()
+        return files_fingerprint([include]) if include else ""
+
+    def check(self) -> list[tuple[tuple, str]]:
+        include = self.include()
+        if include is not None and not include.is_dir():
+            return [(("include_path",), f"{include} is not a folder: give the folder of task YAMLs.")]
+        return []
 
 
 def _numeric(values: Mapping[str, Any]) -> dict[str, tuple[str, float]]:

@@ -357,6 +357,17 @@ _RULES: dict[str, tuple[str, Callable[[list[Row], Extraction], Scored]]] = {
 }
 
 
+def first_rows(kind: str, rows: list[Row], limit: int | None) -> list[Row]:
+    """The first ``limit`` rows (all without a limit); of a circular set, the first ``limit`` questions with every
+    copy of each, wherever the file lists them, so that a limited run is still scored circularly."""
+    if limit is None:
+        return rows
+    if _RULES.get(kind, ("", None))[1] is not _rate_circular:
+        return rows[:limit]
+    questions = set(list(dict.fromkeys(_index(r) % CIRCULAR_STRIDE for r in rows))[:limit])
+    return [r for r in rows if _index(r) % CIRCULAR_STRIDE in questions]
+
+
 def rate(kind: str, rows: list[Row], extraction: Extraction = "vlmevalkit") -> Scored:
     """Metrics and outcomes of rows, by the rule for a benchmark kind from ``tsv.detect_kind``.
 

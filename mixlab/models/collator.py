@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixlab.caches import file_digest
 from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
 from mixlab.errors import UserError
 from mixlab.models.templates import training_template
@@ -74,7 +75,6 @@ class VisionCollator:
         self.image_keys = image_keys
         self.last_spans: list[Any] = []
         """Where each sample of the last packed batch went (mixlab.models.packing.Span)."""
-        self._file_keys: dict[str, tuple[int, int, str]] = {}
         self.tokens_seen = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,22 +97,13 @@ class VisionCollator:
     def _image_key(self, image: Any) -> str:
         """A content hash of an image: of the file's bytes (remembered by path, size and mtime), or of the pixels."""
         import hashlib
-        import os
 
         from PIL import Image
 
         if isinstance(image, Image.Image):
             material = f"{image.mode}:{image.size}:".encode() + image.tobytes()
             return "pixels:" + hashlib.blake2b(material, digest_size=16).hexdigest()
-        path = os.fspath(image)
-        stat = os.stat(path)
-        known = self._file_keys.get(path)
-        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
-            return known[2]
-        with open(path, "rb") as f:
-            key = "file:" + hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
-        self._file_keys[path] = (stat.st_size, stat.st_mtime_ns, key)
-        return key
+        return "file:" + file_digest(image)
 
 
 def mask_preview(sample: Sample, processor: Any) -> list[tuple[str, bool]]:

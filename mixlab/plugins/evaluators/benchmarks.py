@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.caches import JsonlCache, checkpoint_hash
+from mixlab.caches import JsonlCache, checkpoint_hash, file_digest, files_fingerprint
 from mixlab.components import Evaluation, Evaluator, Metrics, Options, RunContext
 from mixlab.errors import UserError
 from mixlab.hookspecs import Register
@@ -38,7 +38,12 @@ class BenchmarksOptions(Options):
     )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(16, ge=1, description="Greedy decoding length (mode = generate).")
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N rows of each benchmark.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate only the first N rows of each benchmark (of a circular set such as MMBench: the first N "
+        "questions with all their copies).",
+    )
     only: list[str] | None = Field(None, description="Keep only these benchmarks (file stems, e.g. SEED_toy).")
     extraction: Literal["vlmevalkit", "extended"] = Field(
         "vlmevalkit",
@@ -52,6 +57,12 @@ class Benchmarks(Evaluator):
     name = "benchmarks"
     Options = BenchmarksOptions
     options: BenchmarksOptions
+
+    def fingerprint(self) -> str:
+        """The content of the files `paths` names (the toy world's benchmarks follow from the section and mixlab's
+        code): an edited answer key or a new file matching a glob evaluates again."""
+        matched = (Path(p) for pattern in self.options.paths for p in glob.glob(str(self.resolve(pattern))))
+        return files_fingerprint(matched)
 
     def tsv_files(self, ctx: RunContext) -> list[Path]:
         files: list[Path] = []
@@ -79,7 +90,7 @@ class Benchmarks(Evaluator):
         return files
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
-        from mixlab.evaluation.rules import order_blind, rate
+        from mixlab.evaluation.rules import first_rows, order_blind, rate
         from mixlab.evaluation.tsv import detect_kind, lacks_image, load_tsv
         from mixlab.outcomes import ItemOutcomes
 
@@ -91,13 +102,14 @@ class Benchmarks(Evaluator):
         metrics: Metrics = {}
         outcomes: dict[str, ItemOutcomes] = {}
         for tsv in files:
-            rows = load_tsv(tsv)[: self.options.limit]
+            rows = load_tsv(tsv)
             try:
                 kind = detect_kind(tsv.stem, list(rows[0]) if rows else [], [str(r.get("answer", "")) for r in rows])
             except UserError as e:
                 raise UserError(f"{tsv}: {e}") from None
+            rows = first_rows(kind, rows, o.limit)
             asked = [r for r in rows if not lacks_image(r)]  # VLMEvalKit skips rows without an image
-            key = {"model": model_hash, "benchmark": tsv.name, "size": tsv.stat().st_size, **settings}
+            key = {"model": model_hash, "benchmark": tsv.name, "content": file_digest(tsv), **settings}
             cache = JsonlCache(ctx.cache_dir("predictions", key) / "predictions.jsonl")
             todo = [r for r in asked if str(r["index"]) not in cache.items]
             if todo:

@@ -15,10 +15,11 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluation, Evaluator, RunContext
+from mixlab.components import Evaluation, RunContext
 from mixlab.errors import UserError
 from mixlab.evaluation.harness import (
     OFFLINE,
+    HarnessEvaluator,
     HarnessOptions,
     checked_task_manager,
     harness_evaluation,
@@ -46,17 +47,15 @@ def language_model(model_dir: Path) -> tuple[Any, Any]:
     return lm.eval(), processor.tokenizer
 
 
-class LmEval(Evaluator):
+class LmEval(HarnessEvaluator):
     name = "lm_eval"
     Options = LmEvalOptions
     options: LmEvalOptions
-    uses_seed = True  # the harness's random_seed (few-shot sampling)
 
     def task_manager(self) -> Any:
         from lm_eval.tasks import TaskManager
 
-        include = self.resolve(self.options.include_path) if self.options.include_path else None
-        return checked_task_manager(TaskManager, self.options.tasks, include, self.label, "lm-eval")
+        return checked_task_manager(TaskManager, self.options.tasks, self.include(), self.label, "lm-eval")
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         try:
@@ -84,12 +83,6 @@ class LmEval(Evaluator):
             )
         (work_dir / "lm_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
         return harness_evaluation(out, "lm_eval")
-
-    def check(self) -> list[tuple[tuple, str]]:
-        include = self.options.include_path
-        if include is not None and not self.resolve(include).is_dir():
-            return [(("include_path",), f"{self.resolve(include)} is not a folder: give the folder of task YAMLs.")]
-        return []
 
 
 @hookimpl

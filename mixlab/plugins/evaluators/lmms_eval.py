@@ -15,10 +15,11 @@ from typing import Any
 from pydantic import Field
 
 from mixlab import hookimpl
-from mixlab.components import Evaluation, Evaluator, RunContext
+from mixlab.components import Evaluation, RunContext
 from mixlab.errors import UserError
 from mixlab.evaluation.harness import (
     OFFLINE,
+    HarnessEvaluator,
     HarnessOptions,
     checked_task_manager,
     harness_evaluation,
@@ -55,18 +56,16 @@ def lmms_eval_modules() -> tuple[Any, Any, Any]:
     return simple_evaluate, TaskManager, MixlabLmms
 
 
-class LmmsEval(Evaluator):
+class LmmsEval(HarnessEvaluator):
     name = "lmms_eval"
     Options = LmmsEvalOptions
     options: LmmsEvalOptions
-    uses_seed = True  # the harness's random_seed (few-shot sampling)
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         simple_evaluate, task_manager_class, model_class = lmms_eval_modules()
         os.environ.update(OFFLINE)
         o = self.options
-        include = self.resolve(o.include_path) if o.include_path else None
-        manager = checked_task_manager(task_manager_class, o.tasks, include, self.label, "lmms-eval")
+        manager = checked_task_manager(task_manager_class, o.tasks, self.include(), self.label, "lmms-eval")
         model = model_class(pretrained=str(model_dir), batch_size=o.batch_size)
         with task_data_errors(self.label, "lmms-eval"):
             out = simple_evaluate(
@@ -80,12 +79,6 @@ class LmmsEval(Evaluator):
             )
         (work_dir / "lmms_eval_results.json").write_text(json.dumps(out["results"], indent=1, default=str))
         return harness_evaluation(out, "lmms_eval", score_metric=o.score_metric, scale=o.score_scale)
-
-    def check(self) -> list[tuple[tuple, str]]:
-        include = self.options.include_path
-        if include is not None and not self.resolve(include).is_dir():
-            return [(("include_path",), f"{self.resolve(include)} is not a folder: give the folder of task YAMLs.")]
-        return []
 
 
 @hookimpl

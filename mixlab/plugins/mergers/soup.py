@@ -51,6 +51,9 @@ class SoupMerger(Merger):
     Options = SoupOptions
     options: SoupOptions
 
+    def evaluates_models(self) -> bool:
+        return self.options.method == "greedy"  # a uniform soup averages without judging
+
     def merge(self, ingredients: dict[str, Path], work_dir: Path, ctx: RunContext) -> MergeResult:
         from mixlab.merging import soup as core
 
