@@ -11,6 +11,7 @@ from typing import Any
 
 from mixlab import __version__
 from mixlab.analysis import analyse
+from mixlab.caches import checkpoint_hash
 from mixlab.components import Metrics, RunContext, Selection, Source
 from mixlab.data import Sample
 from mixlab.decisions import Decisions
@@ -126,9 +127,10 @@ class Run:
     def build_base_model(self) -> Path:
         """The model stage: the tiny preset built on the pool's texts, or the checkpoint at [model].path."""
         model = self.recipe.model
-        material = model_material(model, list(self.ctx.source_keys.values()), self.ctx.seed)
+        recipe_dir = self.recipe.path.resolve().parent
+        material = model_material(model, list(self.ctx.source_keys.values()), self.ctx.seed, recipe_dir)
         corpus = self.samples_of(list(self.samples_of_source))
-        body = partial(pretrain_body, model, corpus, self.ctx, self.recipe.path.resolve().parent)
+        body = partial(pretrain_body, model, corpus, self.ctx, recipe_dir)
         result, stage_dir = self.engine.stage("model", material, body)
         base = Path(result["model_dir"])
         self.ctx.set_base_model(base if base.is_absolute() else stage_dir / base, self.engine.keys["model"])
@@ -294,10 +296,14 @@ def score_stage_body(
     return {"columns": ctx.score(section, samples, reference_dir, stage_dir)}
 
 
-def model_material(model: ModelSection, corpus_keys: list[str], seed: int) -> dict[str, Any]:
-    """The model stage's key material: the [model] section and the corpus; for the tiny preset, built by mixlab's
-    code, also its chat template and the run's seed, which its pretraining draws from."""
+def model_material(model: ModelSection, corpus_keys: list[str], seed: int, recipe_dir: Path) -> dict[str, Any]:
+    """The model stage's key material: the [model] section and the corpus; for a checkpoint at ``path``, its content
+    (new weights in the same folder train again); for the tiny preset, built by mixlab's code, its chat template and
+    the run's seed, which its pretraining draws from."""
     material: dict[str, Any] = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(corpus_keys)}
+    if model.path is not None:
+        path = (recipe_dir / Path(model.path).expanduser()).resolve()
+        material["checkpoint"] = checkpoint_hash(path) if path.is_dir() else "missing"
     if model.preset == "tiny":
         from mixlab.models.templates import TINY_CHAT_TEMPLATE
 

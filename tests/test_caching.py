@@ -196,3 +196,12 @@ def test_benchmark_and_task_files_are_fingerprinted_by_content(tmp_path):
     before = harness.fingerprint()
     (tasks / "t.yaml").write_text("task: u\n")
     assert harness.fingerprint() != before
+
+
+def test_new_weights_at_the_model_path_train_again(fake_recipe):
+    """[model] path is keyed by the checkpoint's content: new weights in the same folder rerun the trainings."""
+    run(fake_recipe)
+    (fake_recipe.parent / "base" / "model.safetensors").write_bytes(b"other weights")
+    status = statuses(run(fake_recipe))
+    assert status["model"] == status["train:full"] == status["eval:full"] == "done"
+    assert status["source:good"] == "cached"
