@@ -53,17 +53,12 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def checkpoint_hash(model_dir: Path) -> str:
-    """Content hash of a checkpoint: small files whole, large weight files by size + first and last 4 MiB."""
+    """Content hash of a checkpoint: every file's relative path and the digest of all its bytes (`file_digest`, so a
+    process reads each file once). Weights are hashed whole: two fine-tunes of one large model can differ only in
+    the middle of their weight file (a LoRA merge leaves the output head and the vision tower as they were)."""
     h = hashlib.sha256()
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(model_dir)}:{f.stat().st_size}".encode())
-        with open(f, "rb") as fh:
-            if f.stat().st_size <= 64 << 20:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(4 << 20))
-                fh.seek(-(4 << 20), 2)
-                h.update(fh.read())
+        h.update(f"{f.relative_to(model_dir)}:{file_digest(f)}\n".encode())
     return h.hexdigest()
 
 

@@ -25,7 +25,7 @@ from mixlab.recipe import Recipe
 from mixlab.results import AlignResult, ArmResult, Replicate, RunResult, SoupResult
 from mixlab.run_folder import is_finished_report
 from mixlab.sections import AlignSection, ModelSection, Section
-from mixlab.store import SAMPLES_FILE, Store, load_samples, save_samples
+from mixlab.store import SAMPLES_FILE, Store, content_hash, load_samples, save_samples
 
 
 class Run:
@@ -153,7 +153,10 @@ class Run:
                 "base": self.ctx.base_key,
                 "sources": {n: self.ctx.source_keys[n] for n in names},
                 "reference": self.ctx.model_key(reference_dir) if reference_dir else None,
+                "fingerprint": section.build().fingerprint(),  # e.g. the content of a reference checkpoint it names
             }
+            if section.cls.uses_seed:
+                material["seed"] = self.ctx.seed
 
             body = partial(score_stage_body, self.ctx, section, samples, reference_dir)
             _, folder = self.engine.stage(f"score:{prefix}{label}", material, body)
@@ -170,7 +173,7 @@ class Run:
             return pool, {}
         section = self.recipe.selectors[selector]
         used = {s: scores[s] for s in section.core.get("scorers", [])}
-        material = select_material(self.recipe, section, ctx.samples_material(pool), used, ctx.base_key, ctx.seed)
+        material = select_material(self.recipe, section, pool_material(ctx, pool), used, ctx.base_key, ctx.seed)
         body = partial(select_body, section, pool, {s: folder for s, (folder, _) in used.items()}, ctx)
         result, _ = self.engine.stage(f"select:{tag}", material, body)
         keep = set(result["ids"])
@@ -311,6 +314,12 @@ def model_material(model: ModelSection, corpus_keys: list[str], seed: int, recip
     return material
 
 
+def pool_material(ctx: PipelineContext, pool: list[Sample]) -> dict[str, Any]:
+    """A selection pool's key material: its samples and their order (the order of the arm's `sources`), which a
+    random draw or a clustering depends on."""
+    return {**ctx.samples_material(pool), "order": content_hash([s["id"] for s in pool])}
+
+
 def select_material(
     recipe: Recipe, section: Section, pool: dict[str, Any], scores: Scores, base_key: str, seed: int
 ) -> dict[str, Any]:
@@ -323,10 +332,16 @@ def select_material(
         "scores": {s: key for s, (_, key) in scores.items()},
         "base": base_key,
     }
-    if section.cls.uses_seed:
-        material["seed"] = seed
-    if getattr(section.cls, "trains_models", False):  # its result depends on the trainings and how they are judged
-        material["trainer"] = {"section": recipe.trainer.raw, "code": plugin_code(recipe.trainer.cls)}
+    trains = getattr(section.cls, "trains_models", False)
+    if section.cls.uses_seed or (trains and any(e.cls.uses_seed for e in recipe.evaluators.values())):
+        material["seed"] = seed  # its own draw, or the evaluations it judges by
+    if trains:  # its result depends on the trainings and how they are judged
+        trainer = recipe.trainer
+        material["trainer"] = {
+            "section": trainer.raw,
+            "code": plugin_code(trainer.cls),
+            "fingerprint": trainer.build().fingerprint(),
+        }
         material["seeds"] = recipe.run.seed_list
         material.update(decision_material(recipe))
     return material

@@ -87,8 +87,10 @@ class Store:
 
     @staticmethod
     def reopen(stage_dir: Path) -> None:
-        """Mark a finished stage unfinished before it is run again (a crash then leaves nothing to trust)."""
-        (stage_dir / "DONE").unlink(missing_ok=True)
+        """Mark a finished stage unfinished before it is run again (a crash then leaves nothing to trust), with every
+        finished part inside it (the shards of a sharded scoring), which would otherwise be kept."""
+        for marker in [stage_dir / "DONE", *stage_dir.glob("*/**/DONE")]:
+            marker.unlink(missing_ok=True)
 
     @staticmethod
     def result(stage_dir: Path) -> dict[str, Any]:

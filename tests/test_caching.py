@@ -83,6 +83,17 @@ def test_fresh_reruns_everything_or_a_stage_and_what_depends_on_it(fake_recipe):
     assert some["source:good"] == some["train:full"] == some["eval:full"] == "cached"
 
 
+def test_reopening_a_stage_unfinishes_its_finished_parts(tmp_path):
+    """A stage run again (--fresh, or made from a stage run again) must not keep the shards its last run finished:
+    they were scored by the old model."""
+    stage = tmp_path / "score_ppl-abc"
+    for folder in (stage, stage / "shard-0", stage / "shard-1"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "DONE").write_text("")
+    Store.reopen(stage)
+    assert not list(stage.rglob("DONE"))
+
+
 def test_fresh_on_the_command_line(fake_recipe, monkeypatch, capsys):
     out = fake_recipe.parent / "cli-run"
     for argv in (["run", str(fake_recipe)], ["run", str(fake_recipe), "--fresh", "train:full,score:quality"]):
@@ -205,3 +216,60 @@ def test_new_weights_at_the_model_path_train_again(fake_recipe):
     status = statuses(run(fake_recipe))
     assert status["model"] == status["train:full"] == status["eval:full"] == "done"
     assert status["source:good"] == "cached"
+
+
+def test_a_draw_from_a_reordered_pool_is_drawn_again(fake_recipe):
+    """A random draw depends on the pool's order (the arm's `sources` in order): listing them otherwise draws again,
+    as a fresh run would, instead of reusing the draw from the old order."""
+    text = fake_recipe.read_text()
+    text += '\n[selectors.half]\ntype = "random"\nfraction = 0.5\n\n[arms.random_half]\nsources = ["good", "bad"]\n'
+    text += 'selector = "half"\n'
+    fake_recipe.write_text(text)
+    run(fake_recipe)
+    fake_recipe.write_text(
+        text.replace('sources = ["good", "bad"]\nselector = "half"', 'sources = ["bad", "good"]\nselector = "half"')
+    )
+    status = statuses(run(fake_recipe))
+    assert status["select:random_half"] == "done" and status["select:curated"] == "cached"
+
+
+def test_a_scorers_fingerprint_and_seed_are_in_its_key(fake_recipe, monkeypatch):
+    """A scorer's fingerprint (its reference checkpoint's content) and, with uses_seed, the run's seed key its stage."""
+    text = fake_recipe.read_text().replace("seed = 1\n", "seed = 1\nseeds = [0]\n", 1)
+    fake_recipe.write_text(text)
+    monkeypatch.setattr(fakes.FakeScorer, "fingerprint", lambda self: "weights v1")
+    run(fake_recipe)
+    monkeypatch.setattr(fakes.FakeScorer, "fingerprint", lambda self: "weights v2")
+    assert statuses(run(fake_recipe))["score:quality"] == "done"
+    monkeypatch.setattr(fakes.FakeScorer, "uses_seed", True)
+    run(fake_recipe)
+    fake_recipe.write_text(text.replace("seed = 1\n", "seed = 2\n", 1))
+    status = statuses(run(fake_recipe))
+    assert status["score:quality"] == "done" and status["train:full"] == "cached"  # the same replicate seed 0
+
+
+def test_checkpoints_and_trainer_files_are_keyed_by_content(tmp_path):
+    """checkpoint_hash reads every byte (a large weight file changed only in its middle hashes otherwise); a scorer's
+    `model` and the trainer's DeepSpeed config are fingerprinted by content."""
+    from mixlab.caches import checkpoint_hash
+    from mixlab.plugins.scorers.perplexity import PerplexityScorer
+    from mixlab.plugins.trainers.llava_sft import LlavaSft
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "config.json").write_text("{}")
+    weights = ref / "model.safetensors"
+    weights.write_bytes(bytes(65 << 20))  # over 64 MiB
+    scorer = PerplexityScorer(PerplexityScorer.Options(model="ref"), "ppl", tmp_path)
+    before, fingerprint = checkpoint_hash(ref), scorer.fingerprint()
+    with open(weights, "r+b") as f:
+        f.seek(32 << 20)
+        f.write(b"\x01")
+    assert checkpoint_hash(ref) != before and scorer.fingerprint() != fingerprint
+    assert PerplexityScorer(PerplexityScorer.Options(), "ppl", tmp_path).fingerprint() == ""
+
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    trainer = LlavaSft(LlavaSft.Options(deepspeed="ds.json"), "trainer", tmp_path)
+    before = trainer.fingerprint()
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 3}}')
+    assert trainer.fingerprint() != before

@@ -115,6 +115,17 @@ def test_a_change_in_seeds_or_decision_rules_decides_again(fake_recipe, tmp_path
     assert stages.get("train:isel/baseline@seed0", stages.get("train:isel/baseline")) == "cached"  # seed 0's
 
 
+def test_judging_by_seeded_evaluations_decides_again_on_another_run_seed(fake_recipe, tmp_path, monkeypatch):
+    """With an evaluator that draws from the run's seed (uses_seed: lm-eval's few-shot sampling), the evaluations
+    Individual Select judges by change with [run] seed, so its decisions are made again."""
+    monkeypatch.setattr(fakes.FakeEvaluator, "uses_seed", True)
+    for seed in (0, 5):
+        text = RECIPE.format(options="").replace('name = "isel"', f'name = "isel"\nseed = {seed}\nseeds = [0]')
+        report = Run(load_recipe(fakes.write_recipe(tmp_path, text)), tmp_path / "run", show_progress=False).execute()
+    stages = {s["name"]: s["status"] for s in report["stages"]}
+    assert stages["select:curated"] == "done" and stages["train:isel/baseline"] == "cached"
+
+
 def test_a_merge_that_judges_nothing_stays_cached_when_the_rules_change(fake_recipe, tmp_path):
     def run_with(change: str) -> dict[str, str]:
         text = RECIPE.format(options="").replace('name = "isel"', f'name = "isel"\n{change}')

@@ -116,6 +116,28 @@ def test_hf_dataset_messages_and_images(tmp_path, fake_recipe):
     assert not hello["image"]
 
 
+def test_hf_dataset_splits_keep_their_own_images(tmp_path, fake_recipe):
+    """Row i of each split writes its image to a folder of that split: another split never reads the first's."""
+    import datasets
+
+    def rows(colour: str) -> list[dict]:
+        user = [{"type": "image"}, {"type": "text", "text": "Colour?"}]
+        answer = [{"type": "text", "text": colour}]
+        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return [{"messages": turns, "images": [Image.new("RGB", (8, 8), colour)]}]
+
+    splits = {"train": rows("red"), "validation": rows("blue")}
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    seen = {}
+    for split in ("train", "validation"):
+        report = run_recipe(recipe(tmp_path, f'split = "{split}"', type_="hf_dataset", path="ds"))
+        (sample,) = load_samples(Path(report["run_dir"]) / "selections/all.parquet")
+        seen[split] = Image.open(sample["image"]).getpixel((0, 0))
+    assert seen == {"train": (255, 0, 0), "validation": (0, 0, 255)}
+
+
 def test_toyworld_and_inspect_commands(tmp_path):
     out = tmp_path / "world"
     proc = subprocess.run(

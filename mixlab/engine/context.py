@@ -202,6 +202,7 @@ class PipelineContext:
         material = {
             "trainer": self.recipe.trainer.raw,
             "code": plugin_code(self.recipe.trainer.cls),
+            "fingerprint": self._trainer.fingerprint(),  # e.g. the content of its DeepSpeed config
             "overrides": overrides or {},
             "base": self._base_key,
             "samples": self.samples_material(ordered),

@@ -28,6 +28,14 @@ class ModelScorer(Scorer):
     def model_dir(self, ctx: RunContext) -> Path:
         return self.resolve(self.options.model) if self.options.model else Path(ctx.base_model)
 
+    def fingerprint(self) -> str:
+        """The named reference checkpoint's content (new weights in that folder score again); the base model and a
+        reference arm are keyed by their stages."""
+        if self.options.model is None:
+            return ""
+        path = self.resolve(self.options.model)
+        return checkpoint_hash(path) if path.is_dir() else "missing"
+
     def check(self) -> list[tuple[tuple, str]]:
         """The reference checkpoint, when named, is a model folder."""
         if self.options.model is None:

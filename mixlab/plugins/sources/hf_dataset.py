@@ -153,7 +153,8 @@ class HfDataset(Source):
                 if hasattr(ds, "select")
                 else ds[: self.options.limit]
             )
-        image_dir = ctx.cache_dir("hf_images", {"source": self.label, "fingerprint": self.fingerprint()})
+        where = {"source": self.label, "fingerprint": self.fingerprint(), "split": self.options.split}
+        image_dir = ctx.cache_dir("hf_images", where)  # row i's image is {i}.png: one folder per split
         root = self.resolve(self.options.image_root) if self.options.image_root else path.parent
         if self.options.image_root is not None and (found := root_problem(root, True)):
             raise UserError(f"[sources.{self.label}]: {found}.")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mixlab import hookimpl
+from mixlab.caches import files_fingerprint
 from mixlab.components import RunContext, Trainer, TrainResult
 from mixlab.data import Sample
 from mixlab.hookspecs import Register
@@ -27,6 +28,10 @@ class LlavaSft(Trainer):
         if settings.vision_cache_dir:
             settings.vision_cache_dir = str(self.resolve(settings.vision_cache_dir))
         return settings
+
+    def fingerprint(self) -> str:
+        """The DeepSpeed config's content: an edited optimizer or ZeRO stage trains again."""
+        return files_fingerprint([self.resolve(self.options.deepspeed)]) if self.options.deepspeed else ""
 
     def train(
         self,
