@@ -245,8 +245,11 @@ class Comparison:
 
     @property
     def distinguishable(self) -> bool | None:
-        """Whether the interval excludes 0 (None without an interval)."""
-        return None if self.ci is None else not (self.ci[0] <= 0.0 <= self.ci[1])
+        """Whether the interval excludes 0 (None without an interval, or with an undefined one: a benchmark with no
+        items in the part compared)."""
+        if self.ci is None or not all(math.isfinite(x) for x in self.ci):
+            return None
+        return not (self.ci[0] <= 0.0 <= self.ci[1])
 
     def items_limited(self, power: float = 0.8, level: float = 0.95) -> bool:
         """Whether the item noise that more seeds leave alone is too wide for Δ: no number of seeds would detect a
@@ -269,10 +272,9 @@ class Comparison:
             return None
         z = float(_sps.norm.ppf(1 - (1 - level) / 2))
         floor = self.item_floor_se or 0.0
-        per_seed_items = max((self.item_se or 0.0) ** 2 - floor**2, 0.0) * self.n_seeds  # shrinks as 1/n
-        for n in range(2, max_seeds + 1):
+        for n in range(2, max_seeds + 1):  # the seed spread holds each seed's item luck: it shrinks with it, as 1/√n
             seeds = self.seed_sd / math.sqrt(n) * float(_sps.t.ppf(1 - (1 - level) / 2, n - 1)) / z
-            if mdd(math.sqrt(floor**2 + per_seed_items / n + seeds**2), power, level) <= abs(self.delta):
+            if mdd(math.sqrt(floor**2 + seeds**2), power, level) <= abs(self.delta):
                 return n
         return None
 
@@ -426,13 +428,23 @@ def _average_weights(names: list[str], weights: Mapping[str, float] | None, excl
 
 
 def _combine(part: _Part, t: np.ndarray | None) -> tuple[IntervalKind, np.ndarray | None]:
-    """The draws of point + item deviation + seed term, and the interval kind."""
+    """The draws of point + item deviation + seed term, and the interval kind.
+
+    With two seeds or more the seed term s/√n·T already holds each seed's own item luck (the items one training gets
+    right and another wrong move its value), so the item term keeps only the part the seeds share: the seed mean's
+    item deviations scaled to the shared variance (``_shared_spread``). Counting both would widen the interval by up
+    to √2 where item flips between trainings dominate.
+    """
     n, item_dev = len(part.per_seed), part.item_dev
     seeds = n >= 2 and t is not None
     if not seeds and item_dev is None:
         return "none", None
     draws = np.full(next(len(a) for a in (t, item_dev) if a is not None), part.point)
     if item_dev is not None:
+        if seeds:
+            shared = _shared_spread(part.seed_item_devs) or 0.0
+            total = float(np.std(item_dev, ddof=1))
+            item_dev = item_dev * (min(shared / total, 1.0) if total > 0 else 0.0)
         draws = draws + item_dev
     if seeds:
         draws = draws + np.std(part.per_seed, ddof=1) / math.sqrt(n) * t

@@ -273,3 +273,16 @@ def test_checkpoints_and_trainer_files_are_keyed_by_content(tmp_path):
     before = trainer.fingerprint()
     (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 3}}')
     assert trainer.fingerprint() != before
+
+
+def test_a_cached_evaluation_reports_its_score_under_the_current_weights(fake_recipe):
+    """The score recorded with each eval stage in report.json follows [run] weights even when the stage is cached."""
+    text = fake_recipe.read_text() + '\n[evaluators.noisy]\ntype = "fake_noisy_bench"\n'
+    fake_recipe.write_text(text)
+    first = {s["name"]: s for s in run(fake_recipe)["stages"]}
+    fake_recipe.write_text(text.replace("seed = 1\n", "seed = 1\nweights = { noisybench = 0.0 }\n", 1))
+    report = run(fake_recipe)
+    again = {s["name"]: s for s in report["stages"]}
+    assert again["eval:full"]["status"] == "cached"
+    assert again["eval:full"]["score"] == report["arms"]["full"]["metrics"]["fakebench"]["score"]
+    assert again["eval:full"]["score"] != first["eval:full"]["score"]

@@ -192,15 +192,27 @@ def _simulate(rng, n_seeds=3, n_strata=3, per_stratum=40, delta=0.05, seed_sd=0.
     return a_runs, b_runs, 100 * delta
 
 
-def test_coverage_with_clusters_strata_and_seed_noise():
+def _item_luck_only(rng, n_seeds, n_items=600):
+    """Every training gets each item right by its own luck (A with probability 0.60, B 0.55): the seeds share no
+    item effect, so all item noise is per-seed luck, already in the spread of the per-seed differences."""
+    runs = [[{"bench": _table("mean", [(f"c{k}", x) for k, x in enumerate(rng.random(n_items) < p)])}
+             for _ in range(n_seeds)] for p in (0.60, 0.55)]  # fmt: skip
+    return runs[0], runs[1], 5.0
+
+
+@pytest.mark.parametrize(("world", "n_seeds"), [(_simulate, 3), (_simulate, 5), (_item_luck_only, 3)])
+def test_coverage_is_nominal_with_clusters_strata_and_seed_noise(world, n_seeds):
+    """95 % intervals contain the truth 93-97.5 % of the time (400 simulated studies: ±1.1 points of sampling error):
+    not below (too narrow), and not above, which counting each seed's item luck twice, in the seed spread and in the
+    item term, gave (97 % here, 99 % with item luck only)."""
     rng = np.random.default_rng(2025)
     reps, covered = 400, 0
     for r in range(reps):
-        a_runs, b_runs, truth = _simulate(rng)
+        a_runs, b_runs, truth = world(rng, n_seeds=n_seeds)
         c = stats.compare(a_runs, b_runs, n_draws=800, seed=r)
         assert c.interval == "seeds+items"
         covered += c.ci[0] <= truth <= c.ci[1]
-    assert covered / reps >= 0.93, covered / reps
+    assert 0.93 <= covered / reps <= 0.975, covered / reps
 
 
 def test_naive_item_resampling_is_too_narrow_on_clustered_data():

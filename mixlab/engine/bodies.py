@@ -50,7 +50,6 @@ def eval_body(evaluators: dict[str, Evaluator], model_dir: Path, ctx: RunContext
             if bench in found.outcomes:
                 outcomes[name] = found.outcomes[bench]
     write_outcomes(stage_dir / OUTCOMES_FILE, outcomes)
-    ctx.record(score=round(ctx.aggregate(metrics), 3))
     return {"metrics": metrics}
 
 

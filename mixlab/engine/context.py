@@ -116,6 +116,8 @@ class PipelineContext:
             f"eval:{tag}", material, partial(eval_body, self._evaluators, Path(model_dir), self), kind="eval"
         )
         self.decisions.check_names(list(result["metrics"]))
+        # the average under this run's weights and exclusions, which the evaluation's key leaves out
+        self.engine.annotate(f"eval:{tag}", score=round(self.aggregate(result["metrics"]), 3))
         return Evaluation(result["metrics"], read_outcomes(stage_dir / OUTCOMES_FILE))
 
     def trials(self, jobs: list[tuple[list[Sample], str]], overrides: dict[str, Any] | None = None) -> list[Trial]:

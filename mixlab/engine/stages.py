@@ -136,3 +136,10 @@ class Engine:
         """Attach facts to the stage being run (they go to report.json)."""
         if self._current is not None:
             self._current.record.update(info)
+
+    def annotate(self, name: str, **info: Any) -> None:
+        """Attach facts to the latest entry of stage ``name``, finished or cached: values derived from its result
+        under this run's settings, which its key does not cover."""
+        entry = next((e for e in reversed(self.entries) if e.name == name), None)
+        if entry is not None:
+            entry.record.update(info)
