@@ -55,7 +55,10 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
 def checkpoint_hash(model_dir: Path) -> str:
     """Content hash of a checkpoint: every file's relative path and the digest of all its bytes (`file_digest`, so a
     process reads each file once). Weights are hashed whole: two fine-tunes of one large model can differ only in
-    the middle of their weight file (a LoRA merge leaves the output head and the vision tower as they were)."""
+    the middle of their weight file (a LoRA merge leaves the output head and the vision tower as they were).
+    "missing" for a path that is not a folder (the stage that loads it reports that)."""
+    if not Path(model_dir).is_dir():
+        return "missing"
     h = hashlib.sha256()
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(model_dir)}:{file_digest(f)}\n".encode())

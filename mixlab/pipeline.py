@@ -305,8 +305,7 @@ def model_material(model: ModelSection, corpus_keys: list[str], seed: int, recip
     the run's seed, which its pretraining draws from."""
     material: dict[str, Any] = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(corpus_keys)}
     if model.path is not None:
-        path = (recipe_dir / Path(model.path).expanduser()).resolve()
-        material["checkpoint"] = checkpoint_hash(path) if path.is_dir() else "missing"
+        material["checkpoint"] = checkpoint_hash((recipe_dir / Path(model.path).expanduser()).resolve())
     if model.preset == "tiny":
         from mixlab.models.templates import TINY_CHAT_TEMPLATE
 

@@ -362,7 +362,8 @@ def first_rows(kind: str, rows: list[Row], limit: int | None) -> list[Row]:
     copy of each, wherever the file lists them, so that a limited run is still scored circularly."""
     if limit is None:
         return rows
-    if _RULES.get(kind, ("", None))[1] is not _rate_circular:
+    circular = kind in _RULES and _RULES[kind][1] is _rate_circular
+    if not circular:
         return rows[:limit]
     questions = set(list(dict.fromkeys(_index(r) % CIRCULAR_STRIDE for r in rows))[:limit])
     return [r for r in rows if _index(r) % CIRCULAR_STRIDE in questions]

@@ -33,8 +33,7 @@ class ModelScorer(Scorer):
         reference arm are keyed by their stages."""
         if self.options.model is None:
             return ""
-        path = self.resolve(self.options.model)
-        return checkpoint_hash(path) if path.is_dir() else "missing"
+        return checkpoint_hash(self.resolve(self.options.model))
 
     def check(self) -> list[tuple[tuple, str]]:
         """The reference checkpoint, when named, is a model folder."""
