@@ -23,17 +23,33 @@ from mixlab.store import Store
 def arm_evaluations(run_dir: Path, report: dict, arm: str) -> dict[int, Evaluation]:
     """Seed → the arm's stored evaluation (every item), for each seed the run evaluated it with."""
     seeds = report.get("seeds") or [0]
+    stages = report.get("stages", [])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(
+            f"{run_dir / 'report.json'}: `seeds` is not a list of integers. Rerun `mixlab run` to rewrite it."
+        )
+    if not isinstance(stages, list):
+        raise UserError(f"{run_dir / 'report.json'}: `stages` is not a list. Rerun `mixlab run` to rewrite it.")
     names = [*report["arms"], *(["soup"] if report.get("soup") else [])]
     if arm not in names:
-        raise UserError(f"{run_dir} has no arm {arm!r}.{did_you_mean(arm, names)} Its arms: {', '.join(names)}.")
-    keys = {s.get("name"): s.get("key") for s in report.get("stages", []) if isinstance(s, dict)}
+        raise UserError(f"{run_dir} has no arm {arm!r}.{did_you_mean(arm, names)} Give one of its arms.")
+    keys = {s.get("name"): s.get("key") for s in stages if isinstance(s, dict) and isinstance(s.get("key"), str)}
     store, out = Store(run_dir), {}
     for seed in seeds:
         key = keys.get(f"eval:{seed_tag(arm, seed, seeds)}")
         stage_dir = None if key is None else store.stage_dir("eval", key)
         if stage_dir is None or not Store.is_done(stage_dir):
             continue
-        out[int(seed)] = Evaluation(Store.result(stage_dir)["metrics"], read_outcomes(stage_dir / OUTCOMES_FILE))
+        try:
+            metrics = Store.result(stage_dir)["metrics"]
+            if not isinstance(metrics, dict) or not metrics:
+                raise ValueError("no `metrics` table")
+            out[int(seed)] = Evaluation(metrics, read_outcomes(stage_dir / OUTCOMES_FILE))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a stage file cut short or edited
+            raise UserError(
+                f"{stage_dir}: the stored evaluation of {arm!r} cannot be read ({type(exc).__name__}: {exc}). "
+                f"Rerun `mixlab run --fresh 'eval:*'` on the recipe to evaluate it again."
+            ) from None
     if not out:
         raise UserError(
             f"{run_dir}: no finished evaluation of {arm!r} is stored (stage eval:{arm}…). Rerun `mixlab run` on the "
@@ -73,7 +89,13 @@ def compare_arms(
             f"{run_dir}: the evaluations name no item categories (a VLMEvalKit TSV's `category` column, an lm-eval "
             "group's subtasks; runs evaluated before mixlab recorded them have none): drop --by-category."
         )
-    return decisions.compare(views[0], views[1]), seeds, part, categories
+    try:
+        return decisions.compare(views[0], views[1]), seeds, part, categories
+    except (KeyError, TypeError, ValueError) as exc:  # evaluations of the two arms that do not pair up
+        raise UserError(
+            f"{run_dir}: the stored evaluations of {a!r} and {b!r} cannot be compared ({type(exc).__name__}: {exc}). "
+            "Rerun `mixlab run` on the recipe (finished stages are reused)."
+        ) from None
 
 
 def verdict(c: Comparison) -> str:

@@ -44,6 +44,9 @@ class Component:
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = Options
     uses_seed: ClassVar[bool] = False  # reads ``ctx.seed``: its stage key then covers the run's seed
+    path_options: ClassVar[frozenset[str]] = frozenset()
+    """Options that name files or folders of this machine: ``validate --no-path-checks`` leaves out the problems
+    ``check()`` finds with them (and with what they need installed)."""
 
     def __init__(self, options: BaseModel, label: str, base_dir: Path | None = None):
         self.options = options

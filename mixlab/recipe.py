@@ -18,9 +18,11 @@ from mixlab.validation import (
     TOP_LEVEL,
     Problem,
     Validator,
+    check_executor,
     check_model_path,
     check_output_dir,
     check_overrides,
+    check_toy_worlds,
     cross_references,
     provided_sources,
     unique_problems,
@@ -131,8 +133,11 @@ def validate_data(path: Path, text: str, data: dict[str, Any], v: Validator) -> 
 
     provided = provided_sources(v, sources)
     cross_references(v, run, model, sources, provided, scorers, selectors, arms, soup)
+    check_toy_worlds(v, {"sources": sources, "evaluators": evaluators})
     if run and v.check_paths and v.own_output_dir:
         check_output_dir(v, run)
+    if run and v.check_paths:
+        check_executor(v, run)
     if model and model.path is not None and v.check_paths:
         check_model_path(v, model.path)
     if trainer:

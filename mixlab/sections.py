@@ -40,7 +40,7 @@ class ExecutorSection(Options):
         description="Processes per training (torchrun, data parallel; DeepSpeed ZeRO if the trainer sets "
         "`deepspeed`), and data-parallel shards per scorer.",
     )
-    cluster: str | None = Field(
+    cluster: Literal["slurm", "local", "debug"] | None = Field(
         None, description='submitit: "slurm", "local" or "debug"; None lets submitit pick (Slurm when present).'
     )
     parameters: dict[str, Any] = Field(

@@ -77,7 +77,9 @@ def _pydantic_problems(
             at = _data_loc(value, loc) if isinstance(value, dict) and loc and loc[0] in value else loc
             given = e.get("input")
             shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
-            message = f"{e['msg'].removeprefix('Value error, ')}{shown}{_hint(e['type'])}"
+            text = e["msg"].removeprefix("Value error, ")
+            hint = _hint(e["type"])
+            message = f"{text}{shown}{'' if hint == '.' and text.endswith('.') and not shown else hint}"
             if at not in merged:
                 merged[at] = []
                 problems.append(Problem(prefix + at, ""))
@@ -282,13 +284,14 @@ class Validator:
         return built if self.check(built, path) else None
 
     def check(self, section: Section, path: tuple, only: set[str] | None = None) -> bool:
-        """Run the plugin's own ``check()``; False if it found problems (then the section counts as broken)."""
-        if not self.check_paths:
-            return True
+        """Run the plugin's own ``check()``; False if it found problems (then the section counts as broken). Without
+        path checks, problems with its ``path_options`` are left out."""
         try:
             found = section.build().check()
         except (UserError, OSError, ValueError) as exc:
-            found = [((), str(exc))]
+            found = [((), str(exc))] if self.check_paths else []
+        if not self.check_paths:
+            found = [(key, message) for key, message in found if not (key and key[0] in section.cls.path_options)]
         if only is not None:
             found = [(key, message) for key, message in found if key and key[0] in only]
         for key, message in found:
@@ -330,7 +333,8 @@ class Validator:
         if name in known:
             return True
         if name not in self.broken[kind] and not quiet:
-            self.add(path, f"unknown {what} {name!r}.{did_you_mean(str(name), known)}")
+            hint = did_you_mean(str(name), known) or f" The recipe has no [{kind}] sections: add [{kind}.{name}]."
+            self.add(path, f"unknown {what} {name!r}.{hint}")
         return False
 
 
@@ -436,6 +440,8 @@ def cross_references(
         _check_columns(v, label, section, scorers)
     if run and run.compare_to is not None:
         v.ref(("run", "compare_to"), run.compare_to, arms, "arm", "arms")
+    _check_scored_pools(v, model, arms, scorers, selectors)
+    _check_layers(v, model, scorers, selectors)
 
     # a reference arm trains before any scorer runs, so it cannot use scores itself (that would be a cycle)
     for label, scorer in scorers.items():
@@ -479,6 +485,63 @@ def cross_references(
                 )
 
 
+def _check_scored_pools(
+    v: Validator,
+    model: ModelSection | None,
+    arms: dict[str, ArmSection],
+    scorers: dict[str, Section],
+    selectors: dict[str, Section],
+) -> None:
+    """A scorer with its own `sources` scores every sample of each pool its selector ranks (else the select stage
+    stops, after scoring)."""
+    pools = [(f"arm {n!r}", a.selector, a.sources) for n, a in arms.items()]
+    pools += [(f"arm {n!r}'s alignment", a.align.selector, a.align.sources) for n, a in arms.items() if a.align]
+    if model and model.align:
+        pools.append(("[model.align]", model.align.selector, model.align.sources))
+    for where, selector, sources in pools:
+        section = selectors.get(selector or "")
+        for name in section.core.get("scorers", []) if section else []:
+            own = scorers[name].core.get("sources") if name in scorers else None
+            missing = [s for s in sources if own and s not in own]
+            if missing:
+                v.add(
+                    ("scorers", name, "sources"),
+                    f"does not score {missing} of {where}, which selector {selector!r} ranks: add them, or drop "
+                    "`sources` (the scorer then scores the pools that need it).",
+                )
+
+
+def _check_layers(
+    v: Validator, model: ModelSection | None, scorers: dict[str, Section], selectors: dict[str, Section]
+) -> None:
+    """An `activations` scorer's `layers` are distinct layers that exist (known for the tiny preset before it is
+    built); COINCIDE's `layout_blocks` is the number of layers its scorer embeds (else its "text halves" would hold
+    image blocks, silently)."""
+    depth = model.tiny.layers if model and model.preset == "tiny" else None
+    for label, scorer in scorers.items():
+        layers = getattr(scorer.options, "layers", None) if scorer.type == "activations" else None
+        if layers is None:
+            continue
+        top = depth if depth is not None and getattr(scorer.options, "model", None) is None else None
+        bad = [x for x in layers if x < 0 or (top is not None and x >= top)]
+        if not layers or bad or len(set(layers)) != len(layers):
+            within = f"0..{top - 1}" if top is not None else "0..(layers - 1)"
+            v.add(
+                ("scorers", label, "layers"),
+                f"must list distinct decoder layers within {within}, not {layers}: fix them.",
+            )
+    for label, section in selectors.items():
+        blocks = getattr(section.options, "layout_blocks", None) if section.type == "coincide" else None
+        for name in section.core.get("scorers", []) if blocks is not None else []:
+            layers = getattr(scorers[name].options, "layers", None) if name in scorers else None
+            if layers is not None and blocks != len(layers):
+                v.add(
+                    ("selectors", label, "layout_blocks"),
+                    f"is {blocks}, but scorer {name!r} embeds {len(layers)} layers ({layers}): set layout_blocks = "
+                    f"{len(layers)}, or the text halves it picks would include image blocks.",
+                )
+
+
 def _check_align_selector(v: Validator, path: tuple, section: Section, scorers: dict[str, Section]) -> None:
     """An alignment pool's selector: one that does not train models, and for [model.align] (which every arm and
     reference arm starts from) one whose scorers need no reference arm."""
@@ -518,6 +581,7 @@ def _check_columns(v: Validator, label: str, section: Section, scorers: dict[str
         )
         return
     columns: dict[str, int] = {}
+    writer: dict[str, str] = {}
     for name in names:
         scorer = scorers.get(name)
         if scorer is None:
@@ -525,6 +589,14 @@ def _check_columns(v: Validator, label: str, section: Section, scorers: dict[str
         known = SCORER_COLUMNS.get(scorer.type, getattr(scorer.cls, "columns", None))
         if not isinstance(known, dict):
             return  # a plugin scorer that does not declare its columns: checked at run time
+        shared = [c for c in known if c in writer]
+        if shared:
+            v.add(
+                ("selectors", label, "scorers"),
+                f"scorers {writer[shared[0]]!r} and {name!r} both write column {shared[0]!r}, so one would hide the "
+                "other: name only one of them.",
+            )
+        writer.update({c: name for c in known if c not in writer})
         columns.update(known)
     kind = "a 2-D embedding" if ndim == 2 else "a 1-D score"
     if column not in columns:
@@ -607,30 +679,43 @@ def _check_individual_select(
 
 
 def run_dir_problem(target: Path) -> str | None:
-    """What keeps target from being a run directory (a file in its place or above it, no write permission), or None.
+    """What keeps target from being a run directory (a file in its place or above it, no write permission, other
+    files in it), or None.
 
     Relative paths are taken from the working directory. Also for `mixlab run --output-dir`.
     """
     target = target.expanduser()
     target = target if target.is_absolute() else Path.cwd() / target
+    if problem := folder_problem(target, "the run directory", "choose another output directory"):
+        return problem
+    try:
+        visible = target.is_dir() and any(not p.name.startswith(".") for p in target.iterdir())
+    except OSError as exc:  # a folder that cannot be listed
+        return f"cannot use {target} ({exc.strerror or exc}): choose another output directory."
+    if visible and not is_run_dir(target):
+        return (
+            f"{target} holds other files and is not a mixlab run directory, so a run would mix its files with "
+            "them: choose a new or empty folder, or an earlier run's."
+        )
+    return None
+
+
+def folder_problem(target: Path, role: str, instead: str = "choose another folder") -> str | None:
+    """What keeps mixlab from creating and writing the folder target (`role` says what it is for): a file in its
+    place or above it, no write permission in its nearest existing folder; or None. `instead` is what to do."""
+    target = target.expanduser()
     try:
         for folder in (target, *target.parents):
             if not folder.exists():
                 continue
             if not folder.is_dir():
-                what = "the run directory" if folder == target else f"a parent of the run directory {target}"
-                return f"{folder} is a file, but it would be {what}: remove it or choose another output directory."
+                what = role if folder == target else f"a parent of {role} {target}"
+                return f"{folder} is a file, but it would be {what}: remove it or {instead}."
             if not os.access(folder, os.W_OK | os.X_OK):
-                return f"cannot write in {folder} (permission denied): choose another output directory."
-            visible = folder == target and any(not p.name.startswith(".") for p in target.iterdir())
-            if visible and not is_run_dir(target):
-                return (
-                    f"{target} holds other files and is not a mixlab run directory, so a run would mix its files with "
-                    "them: choose a new or empty folder, or an earlier run's."
-                )
+                return f"cannot write in {folder} (permission denied): {instead}."
             return None
-    except OSError as exc:  # a name too long, a folder that cannot be listed
-        return f"cannot use {target} ({exc.strerror or exc}): choose another output directory."
+    except OSError as exc:  # a name too long
+        return f"cannot use {target} ({exc.strerror or exc}): {instead}."
     return None
 
 
@@ -648,22 +733,65 @@ def check_output_dir(v: Validator, run: RunSection) -> None:
         v.add(key, problem.replace("another output directory", "another `output_dir`"))
 
 
+def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> None:
+    """Two sections that name one toy-world `dir` must ask for the same world: the second would regenerate it under
+    the samples the first already loaded (the image files keep their names whatever the world's seed)."""
+    from mixlab.toyworld.params import ToyWorldParams
+
+    first: dict[Path, tuple[tuple, ToyWorldParams]] = {}
+    for kind, table in sections.items():
+        for label, section in table.items():
+            for key, params in (((), section.options), (("toyworld",), getattr(section.options, "toyworld", None))):
+                if not isinstance(params, ToyWorldParams) or not params.dir:
+                    continue
+                folder = Path(params.dir).expanduser().resolve()
+                world = params.model_dump(include={"seed", "n_train", "n_bench", "image_size"})
+                path = (kind, label, *key, "dir")
+                if folder not in first:
+                    first[folder] = (path, params)
+                elif first[folder][1].model_dump(include=set(world)) != world:
+                    other = ".".join(map(str, first[folder][0]))
+                    v.add(
+                        path,
+                        f"{params.dir} is also {other}, with other world parameters: a folder holds one toy world. "
+                        "Give the same seed, n_train, n_bench and image_size, or another dir.",
+                    )
+
+
+def check_executor(v: Validator, run: RunSection) -> None:
+    """type = "submitit": submitit is installed and takes the `parameters` (it refuses a misspelt or mistyped one only
+    when the first training is submitted)."""
+    import tempfile
+
+    o = run.executor
+    if o.type != "submitit":
+        return
+    try:
+        import submitit
+    except ImportError:
+        v.add(("run", "executor", "type"), 'type "submitit" needs submitit: pip install -e ".[cluster]".')
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            executor = submitit.AutoExecutor(folder=folder, cluster=o.cluster)
+            slurm = executor.cluster == "slurm"  # slurm_* parameters are refused by the other clusters
+            executor.update_parameters(**{k: x for k, x in o.parameters.items() if slurm or not k.startswith("slurm_")})
+        except (NameError, AssertionError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            v.add(("run", "executor", "parameters"), f"submitit refuses them: {first}. Fix or drop that parameter.")
+
+
 def check_model_path(v: Validator, value: str) -> None:
+    from mixlab.models.loading import model_dir_problem
+
     path = Path(value).expanduser()
     path = path if path.is_absolute() else v.base_dir / path
-    if not path.exists():
-        problem = "does not exist"
-    elif not path.is_dir():
-        problem = "is a file, not a model folder"
-    elif not (path / "config.json").is_file():
-        problem = "is not a model folder (no config.json)"
-    else:
-        return
-    v.add(
-        ("model", "path"),
-        f"{path} {problem}. Give a local llava-hf format checkpoint folder (relative to the recipe), or "
-        'use preset = "tiny".',
-    )
+    if problem := model_dir_problem(path):
+        v.add(
+            ("model", "path"),
+            f"{path} {problem}. Give a local llava-hf format checkpoint folder (relative to the recipe), or "
+            'use preset = "tiny".',
+        )
 
 
 def check_overrides(v: Validator, trainer: Section, path: tuple, overrides: dict[str, Any]) -> None:

@@ -271,9 +271,10 @@ arms = ["full", "curated"]
 
 
 def write_recipe(folder: Path, text: str = RECIPE) -> Path:
-    """A recipe plus the empty 'base' model folder it points at."""
+    """A recipe plus the 'base' model folder it points at (a config and a weights file, neither ever loaded)."""
     (folder / "base").mkdir(parents=True, exist_ok=True)
     (folder / "base" / "config.json").write_text("{}")
+    (folder / "base" / "model.safetensors").write_bytes(b"")
     path = folder / "recipe.toml"
     path.write_text(text)
     return path

@@ -120,6 +120,7 @@ def write_world(folder: Path, text: str = RECIPE) -> Path:
     """A recipe that validates, and the files it names: model folder, data, image, benchmark TSV."""
     (folder / "base").mkdir(parents=True, exist_ok=True)
     (folder / "base" / "config.json").write_text("{}")
+    (folder / "base" / "model.safetensors").write_bytes(b"")
     (folder / "ok.png").write_bytes(png_bytes())
     (folder / "data.json").write_text(json.dumps([GOOD, TEXT]))
     (folder / "bench").mkdir(exist_ok=True)
@@ -136,6 +137,7 @@ def assert_clear(code: int, text: str, expect: list[str], problems: int | None =
     for piece in expect:
         assert " ".join(piece.split()) in flat, f"{piece!r} not in:\n{text}"
     assert HINT.search(text), f"no hint of what to do in:\n{text}"
+    assert not re.search(r"\w\.\.(\s|$)", text), f"a sentence ends in '..' in:\n{text}"
     if problems is not None and "problem" in text.split("\n")[0]:
         assert len(re.findall(rf"\b{problems} problems?\b", text.split("\n")[0])) == 1, text
 
@@ -1050,6 +1052,116 @@ RECIPE_CASES = [
         '[arms.""]',
         ["arms.: has an empty name", "give the arm a name"],
     ),
+    # checked before any work, not found at the first training or selection (a review of run-time failures)
+    R(
+        "submitit-cluster",
+        "seed = 0",
+        'seed = 0\nexecutor = { type = "submitit", cluster = "kubernetes" }',
+        "executor",
+        ["run.executor.cluster", "'slurm', 'local' or 'debug'"],
+    ),
+    R(
+        "submitit-parameter",
+        "seed = 0",
+        'seed = 0\nexecutor = { type = "submitit", cluster = "debug", parameters = { nonsense_key = 1 } }',
+        "executor",
+        ["run.executor.parameters", "submitit refuses them", "nonsense_key", "Fix or drop that parameter"],
+    ),
+    R(
+        "vision-cache-dir-a-file",
+        "learning_rate = 2e-5",
+        'learning_rate = 2e-5\nvision_cache = true\nvision_cache_dir = "ok.png"',
+        "vision_cache_dir",
+        ["trainer.vision_cache_dir", "ok.png is a file, but it would be the vision cache folder", "choose another"],
+    ),
+    R(
+        "vision-cache-dir-under-a-file",
+        "learning_rate = 2e-5",
+        'learning_rate = 2e-5\nvision_cache = true\nvision_cache_dir = "ok.png/features"',
+        "vision_cache_dir",
+        ["trainer.vision_cache_dir", "ok.png is a file, but it would be a parent of the vision cache folder"],
+    ),
+    R(
+        "pack-length-without-packing",
+        "learning_rate = 2e-5",
+        "learning_rate = 2e-5\npack_length = 512",
+        "trainer",
+        ["trainer", "pack_length is set but packing is false", "set packing = true, or drop pack_length"],
+    ),
+    R(
+        "scorer-sources-miss-the-pool",
+        '[scorers.ppl]\ntype = "perplexity"',
+        '[scorers.ppl]\ntype = "perplexity"\nsources = ["data"]',
+        'sources = ["data"]',
+        ["scorers.ppl.sources", "does not score ['color_clean'] of arm 'filtered'", "selector 'low_ppl' ranks"],
+    ),
+    R(
+        "activations-layers-empty",
+        '[scorers.act]\ntype = "activations"',
+        '[scorers.act]\ntype = "activations"\nlayers = []',
+        "layers",
+        ["scorers.act.layers", "must list distinct decoder layers"],
+    ),
+    R(
+        "activations-layers-twice",
+        '[scorers.act]\ntype = "activations"',
+        '[scorers.act]\ntype = "activations"\nlayers = [0, 0]',
+        "layers",
+        ["scorers.act.layers", "must list distinct decoder layers", "not [0, 0]"],
+    ),
+    R(
+        "activations-layers-beyond-tiny",
+        'path = "base"',
+        'preset = "tiny"\ntiny = { layers = 2 }\n\n[scorers.deep]\ntype = "activations"\nlayers = [0, 2]',
+        "layers = [0, 2]",
+        ["scorers.deep.layers", "within 0..1, not [0, 2]"],
+    ),
+    R(
+        "coincide-layout-blocks",
+        '[scorers.act]\ntype = "activations"',
+        '[scorers.act]\ntype = "activations"\nlayers = [0, 1]\n\n[selectors.cc]\ntype = "coincide"\n'
+        'scorers = ["act"]\nfraction = 0.2\nlayout_blocks = 3',
+        "layout_blocks",
+        ["selectors.cc.layout_blocks", "is 3, but scorer 'act' embeds 2 layers", "set layout_blocks = 2"],
+    ),
+    R(
+        "coincide-text-slices",
+        '[scorers.act]\ntype = "activations"',
+        '[scorers.act]\ntype = "activations"\n\n[selectors.cc]\ntype = "coincide"\nscorers = ["act"]\n'
+        "fraction = 0.2\ntext_slices = [[5, 1]]",
+        "[selectors.cc]",
+        ["selectors.cc", "text_slices: [5, 1] is not a column range", "give [start, stop)"],
+    ),
+    R(
+        "toy-world-dir-under-a-file",
+        'type = "toyworld"',
+        'type = "toyworld"\ndir = "ok.png/world"',
+        "dir =",
+        ["sources.toy.dir", "ok.png is a file, but it would be a parent of the toy world's folder"],
+    ),
+    R(
+        "toy-source-twice",
+        'sources = ["color_clean", "color_noisy", "shape_clean"]',
+        'sources = ["color_clean", "color_noisy", "color_clean"]',
+        'sources = ["color_clean", "color_noisy", "color_clean"]',
+        ["sources.toy.sources.2", "lists 'color_clean' twice", "name each toy source once"],
+    ),
+    R(
+        "model-without-weights",
+        'path = "base"',
+        'path = "noweights"',
+        'path = "noweights"',
+        ["model.path", "noweights has no weights (*.safetensors or *.bin)"],
+        setup=_file("noweights/config.json", "{}"),
+    ),
+    R(
+        "model-config-not-json",
+        'path = "base"',
+        'path = "badconfig"',
+        'path = "badconfig"',
+        ["model.path", "badconfig has a config.json that cannot be read as JSON"],
+        setup=_file("badconfig/config.json", "{"),
+    ),
     # top level
     R("unknown-section", "[soup]", "[soupp]", "[soupp]", ["soupp: unknown section", "Did you mean 'soup'"]),
 ]
@@ -1073,6 +1185,52 @@ def _validate(world: Path, text: str | bytes, monkeypatch, capsys, name: str = "
     path = world / name
     (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
     return invoke(monkeypatch, capsys, "validate", name)
+
+
+def test_two_scorers_that_write_one_column(world, monkeypatch, capsys):
+    text = RECIPE.replace('scorers = ["ppl"]', 'scorers = ["ppl", "ppl2"]').replace(
+        "[scorers.act]", '[scorers.ppl2]\ntype = "perplexity"\n\n[scorers.act]'
+    )
+    code, out = _validate(world, text, monkeypatch, capsys)
+    line = text[: text.index('scorers = ["ppl", "ppl2"]')].count("\n") + 1
+    expect = [f"recipe.toml:{line}: selectors.low_ppl.scorers", "scorers 'ppl' and 'ppl2' both write column 'ppl'"]
+    assert_clear(code, out, [*expect, "name only one of them"])
+
+
+def test_one_toy_world_folder_for_two_different_worlds(world, monkeypatch, capsys):
+    """The evaluator would regenerate the folder under the samples the source already loaded."""
+    text = RECIPE.replace('type = "toyworld"', 'type = "toyworld"\ndir = "w1"').replace(
+        'paths = ["bench/*.tsv"]', 'paths = ["bench/*.tsv"]\ntoyworld = { seed = 3, dir = "w1" }'
+    )
+    code, out = _validate(world, text, monkeypatch, capsys)
+    line = text[: text.index("toyworld = {")].count("\n") + 1
+    expect = [f"recipe.toml:{line}: evaluators.bench.toyworld.dir", "w1 is also sources.toy.dir, with other world"]
+    assert_clear(code, out, [*expect, "or another dir"])
+    same = text.replace("toyworld = { seed = 3,", "toyworld = {")  # the same world in one folder is fine
+    code, out = _validate(world, same, monkeypatch, capsys)
+    assert code == 0, out
+
+
+def test_deepspeed_config_without_deepspeed_installed(world, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
+    )
+    (world / "ds.json").write_text("{}")
+    text = RECIPE.replace("batch_size = 8", 'batch_size = 8\ndeepspeed = "ds.json"')
+    code, out = _validate(world, text, monkeypatch, capsys)
+    assert_clear(code, out, ["trainer.deepspeed", "DeepSpeed is not installed", 'pip install -e ".[deepspeed]"'])
+
+
+def test_validate_without_path_checks_still_checks_the_options(world, monkeypatch, capsys):
+    """--no-path-checks leaves out what concerns files and folders, not a plugin's other checks."""
+    text = RECIPE.replace("batch_size = 8", "batch_size = 100000").replace('path = "data.json"', 'path = "gone.json"')
+    (world / "recipe.toml").write_text(text)
+    code, out = invoke(monkeypatch, capsys, "validate", "recipe.toml", "--no-path-checks")
+    assert_clear(code, out, ["trainer.batch_size", "batch_size = 100000 is larger than 4096"])
+    assert "gone.json" not in out
 
 
 ARMS = """
@@ -1915,6 +2073,36 @@ TSV_CASES = [
         _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRouge?\tYes").encode()
         + "1\tx\tcaf\xe9?\tNo\n".encode("latin-1"),
         ["bench/MME_x.tsv:3: not UTF-8 text (byte 0xe9)", "Save the TSV as UTF-8"],
+    ),
+    (
+        "image-not-base64",
+        "MME_x.tsv",
+        _tsv("index\timage\tquestion\tanswer", f"0\t{'@' * 80}\tRed?\tYes"),
+        ["bench/MME_x.tsv: row index 0: the base64 image cannot be decoded"],
+    ),
+    (
+        "image-not-an-image",
+        "MME_x.tsv",
+        _tsv("index\timage\tquestion\tanswer", f"0\t{base64.b64encode(b'not a picture' * 8).decode()}\tRed?\tYes"),
+        ["bench/MME_x.tsv: row index 0: the base64 image cannot be decoded (not an image format PIL reads)"],
+    ),
+    (
+        "no-answer-column",
+        "SEED_x.tsv",
+        _tsv("index\timage\tquestion\tA\tB", f"0\t{IMG}\tColour?\tred\tblue"),
+        ["bench/SEED_x.tsv: multiple-choice benchmark: no 'answer' column", "use a split with answers"],
+    ),
+    (
+        "no-image-at-all",
+        "MME_x.tsv",
+        _tsv("index\timage\tquestion\tanswer", "0\t\tRed?\tYes", "1\t\tBlue?\tNo"),
+        ["bench/MME_x.tsv: MME: no rows to score (every image cell is empty)", "add the images"],
+    ),
+    (
+        "circular-copies-only",
+        "MMBench_x.tsv",
+        _tsv(MCQ_HEADER, f"1000000\t{IMG}\tColour?\tred\tblue\tgreen\tA"),
+        ["bench/MMBench_x.tsv: MMBench: no original questions (index below 1000000)", "add them"],
     ),
     (
         "question-nan",

@@ -163,6 +163,34 @@ def test_compare_errors(fake_recipe, monkeypatch, capsys, tmp_path):
     assert code == 2 and "no finished evaluation of 'curated'" in text and "Traceback" not in text
 
 
+def _edit_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "expect"),
+    [
+        (lambda d: _edit_json(d / "report.json", lambda r: r.update(seeds=5)), "`seeds` is not a list of integers"),
+        (lambda d: _edit_json(d / "report.json", lambda r: r.update(seeds=["a"])), "`seeds` is not a list of integers"),
+        (lambda d: _edit_json(d / "report.json", lambda r: r.update(stages=3)), "`stages` is not a list"),
+        (lambda d: [(s / "result.json").write_text('{"metr') for s in d.glob("stages/eval-*")], "cannot be read"),
+        (lambda d: [(s / "result.json").write_text("{}") for s in d.glob("stages/eval-*")], "cannot be read"),
+        (lambda d: [(s / "outcomes.json").write_text("[1") for s in d.glob("stages/eval-*")], "cannot be read"),
+    ],
+    ids=["seeds-int", "seeds-str", "stages-int", "result-cut", "result-empty", "outcomes-cut"],
+)
+def test_compare_on_a_damaged_run_folder(break_it, expect, fake_recipe, monkeypatch, capsys):
+    """A run folder edited or cut short: one message naming the file and how to redo it, exit 2, no traceback."""
+    run_recipe(fake_recipe)
+    run_dir = fake_recipe.parent / "runs" / "fake"
+    break_it(run_dir)
+    code, text = invoke(monkeypatch, capsys, "compare", str(run_dir), "curated", "full")
+    assert code == 2 and expect in text and "Traceback" not in text, text
+    assert "Rerun `mixlab run" in text, text
+
+
 def test_compare_on_a_run_whose_recipe_copy_has_a_broken_run_section(fake_recipe, monkeypatch, capsys):
     run_recipe(fake_recipe)
     run_dir = fake_recipe.parent / "runs" / "fake"

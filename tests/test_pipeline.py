@@ -62,6 +62,14 @@ def test_run_writes_contract_report(fake_recipe):
     assert {"start", "end"} <= {e["event"] for e in events}
 
 
+def test_an_evaluator_label_is_not_a_path(fake_recipe):
+    """A section label is any TOML key: "a/b" or ".." must name a folder inside the stage, not a path elsewhere."""
+    fake_recipe.write_text(fake_recipe.read_text().replace("[evaluators.bench]", '[evaluators."a/../.."]'))
+    run_recipe(fake_recipe)
+    stages = list((fake_recipe.parent / "runs" / "fake" / "stages").glob("eval-*"))
+    assert stages and all((stage / "a_.._..").is_dir() for stage in stages)
+
+
 def test_second_run_reuses_every_stage(fake_recipe):
     first = run_recipe(fake_recipe)
     second = run_recipe(fake_recipe)

@@ -131,4 +131,9 @@ def test_plugin_check_problems_are_located(tmp_path, fake_plugins, monkeypatch):
     line = line_containing(text, 'quality = "good"')
     assert f"recipe.toml:{line}: sources.good.quality: no such quality: use good" in rendered
     assert "unknown source" not in rendered  # the arms' references to the broken sources stay quiet
-    load_recipe(fakes.write_recipe(tmp_path, text), check_paths=False)  # without path checks, check() is not run
+    # without path checks, check() still runs: what it finds with an option that names no file is reported...
+    with pytest.raises(RecipeError, match="no such quality"):
+        load_recipe(fakes.write_recipe(tmp_path, text), check_paths=False)
+    # ...and what it finds with one of the plugin's path options is left out
+    monkeypatch.setattr(fakes.FakeSource, "path_options", frozenset({"quality"}))
+    load_recipe(fakes.write_recipe(tmp_path, text), check_paths=False)

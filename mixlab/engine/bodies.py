@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mixlab.components import Evaluation
 from mixlab.errors import UserError
 from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, write_outcomes
+from mixlab.store import slug
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +41,7 @@ def eval_body(evaluators: dict[str, Evaluator], model_dir: Path, ctx: RunContext
     metrics: Metrics = {}
     outcomes: dict[str, ItemOutcomes] = {}
     for label, evaluator in evaluators.items():
-        work = stage_dir / label
+        work = stage_dir / slug(label)  # a label is any TOML key: "a/b", "..", "/abs" must not become paths
         work.mkdir(exist_ok=True)
         returned = evaluator.evaluate(model_dir, work, ctx)
         found = returned if isinstance(returned, Evaluation) else Evaluation(returned)

@@ -42,6 +42,7 @@ class HarnessEvaluator(Evaluator):
 
     options: HarnessOptions
     uses_seed = True  # the harness's random_seed (few-shot sampling)
+    path_options = frozenset({"include_path"})
 
     def include(self) -> Path | None:
         return self.resolve(self.options.include_path) if self.options.include_path else None

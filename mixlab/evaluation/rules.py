@@ -388,6 +388,21 @@ def rate(kind: str, rows: list[Row], extraction: Extraction = "vlmevalkit") -> S
     return scored
 
 
+def check_rateable(kind: str, rows: list[Row]) -> None:
+    """What ``rate`` needs of a whole benchmark that its rows alone do not show, checked before any model answers:
+    an ``answer`` column, a row with an image, and a circular set's originals. Raises UserError."""
+    label, rule = _RULES[kind]
+    if rows and "answer" not in rows[0]:
+        raise UserError(
+            f"{label}: no 'answer' column, so nothing can be scored: use a split with answers (a DEV split, not TEST)."
+        )
+    kept = [r for r in rows if not lacks_image(r)]
+    if not kept:
+        raise UserError(f"{label}: no rows to score (every image cell is empty): add the images.")
+    if rule is _rate_circular and not any(0 <= _index(r) < CIRCULAR_STRIDE for r in kept):
+        raise UserError(f"{label}: no original questions (index below 1000000), only circular copies: add them.")
+
+
 def score(kind: str, rows: list[Row], extraction: Extraction = "vlmevalkit") -> Metrics:
     """The metrics of rows, by the rule for a benchmark kind (see ``rate``)."""
     return rate(kind, rows, extraction).metrics

@@ -13,6 +13,8 @@ import csv
 import io
 import string
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,15 +147,30 @@ def _resolve_image_refs(rows: list[dict[str, Any]]) -> None:
 
 def decode_image(b64: str, index: int | str | None = None) -> Image.Image:
     """Decode a base64 image to RGB; ``index`` names the row in the error message."""
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(b64, validate=False)))
+    with _reading_image(index):
+        image = open_image(b64, index)
         image.load()
         return image.convert("RGB")
+
+
+def open_image(b64: str, index: int | str | None = None) -> Image.Image:
+    """Open a base64 image without decoding its pixels (its format and size are read): a cheap check of the cell."""
+    with _reading_image(index):
+        return Image.open(io.BytesIO(base64.b64decode(b64, validate=False)))
+
+
+@contextmanager
+def _reading_image(index: int | str | None) -> Iterator[None]:
+    """What goes wrong reading a row's base64 image, as a UserError naming the row."""
+    try:
+        yield
     except (binascii.Error, ValueError):
-        raise UserError(f"row index {index}: the image is not valid base64.") from None
+        raise UserError(f"row index {index}: the image is not valid base64: fix the image cell.") from None
     except (UnidentifiedImageError, OSError) as e:
         reason = "not an image format PIL reads" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise UserError(f"row index {index}: the base64 image cannot be decoded ({reason}).") from None
+        raise UserError(
+            f"row index {index}: the base64 image cannot be decoded ({reason}): fix the image cell."
+        ) from None
 
 
 def detect_kind(name: str, columns: list[str], answers: list[str] | None = None) -> str:

@@ -32,15 +32,32 @@ def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
     return "sdpa"
 
 
-def _check_model_dir(path: Path) -> None:
+def model_dir_problem(path: Path) -> str | None:
+    """What keeps path from being a Hugging Face model folder (a phrase that follows the path), or None: it exists, is
+    a folder, has a config.json holding a JSON object, and weights (*.safetensors or *.bin)."""
+    import json
+
     if not path.exists():
-        raise UserError(f"model directory {path} does not exist")
+        return "does not exist"
     if not path.is_dir():
-        raise UserError(f"model path {path} is not a directory (expected a Hugging Face model folder)")
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} has no config.json: it is not a Hugging Face model folder")
+        return "is a file, not a model folder"
+    config = path / "config.json"
+    if not config.is_file():
+        return "is not a model folder (no config.json)"
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"has a config.json that cannot be read as JSON ({exc})"
+    if not isinstance(parsed, dict):
+        return "has a config.json that is not a JSON object"
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise UserError(f"{path} has no weights (*.safetensors or *.bin)")
+        return "has no weights (*.safetensors or *.bin)"
+    return None
+
+
+def _check_model_dir(path: Path) -> None:
+    if problem := model_dir_problem(path):
+        raise UserError(f"model folder {path} {problem}: give a local Hugging Face model folder.")
 
 
 def load_model(

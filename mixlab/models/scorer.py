@@ -24,6 +24,7 @@ class ModelScorer(Scorer):
     """Base of the scorers that run a reference model: model resolution, bucketed batches, lazy loading."""
 
     options: ModelScorerOptions
+    path_options = frozenset({"model"})
 
     def model_dir(self, ctx: RunContext) -> Path:
         return self.resolve(self.options.model) if self.options.model else Path(ctx.base_model)
@@ -39,10 +40,11 @@ class ModelScorer(Scorer):
         """The reference checkpoint, when named, is a model folder."""
         if self.options.model is None:
             return []
+        from mixlab.models.loading import model_dir_problem
+
         path = self.resolve(self.options.model)
-        if not (path / "config.json").is_file():
-            found = "does not exist" if not path.exists() else "is not a model folder (no config.json)"
-            return [(("model",), f"{path} {found}: give a local llava-hf format checkpoint folder.")]
+        if problem := model_dir_problem(path):
+            return [(("model",), f"{path} {problem}: give a local llava-hf format checkpoint folder.")]
         return []
 
     def batches(self, processor: Any, samples: list[Sample]) -> list[list[int]]:

@@ -98,6 +98,8 @@ class SFTSettings(BaseModel, extra="forbid", allow_inf_nan=False):
             )
         if self.vision_cache_dir is not None and not self.vision_cache:
             raise ValueError("vision_cache_dir is set but vision_cache is false: set vision_cache = true.")
+        if self.pack_length is not None and not self.packing:
+            raise ValueError("pack_length is set but packing is false: set packing = true, or drop pack_length.")
         if self.freeze_language_model and self.lora is not None:
             raise ValueError(
                 "freeze_language_model = true leaves no language model weights for LoRA to adapt: drop one of them."

@@ -57,6 +57,7 @@ class Benchmarks(Evaluator):
     name = "benchmarks"
     Options = BenchmarksOptions
     options: BenchmarksOptions
+    path_options = frozenset({"paths", "toyworld"})
 
     def fingerprint(self) -> str:
         """The content of the files `paths` names (the toy world's benchmarks follow from the section and mixlab's
@@ -120,10 +121,13 @@ class Benchmarks(Evaluator):
                 try:
                     self.predict(loaded, kind, todo, cache, ctx, tsv.stem)
                 except UserError as e:  # a row the model cannot read (a bad base64 image): name the file too
-                    raise UserError(f"{tsv}: {e} Fix that row of the benchmark file.") from None
+                    raise UserError(f"{tsv}: {e}") from None
             for r in asked:
                 r["prediction"] = cache.items[str(r["index"])]
-            scored = rate(kind, rows, extraction=o.extraction)
+            try:
+                scored = rate(kind, rows, extraction=o.extraction)
+            except UserError as e:  # the rule names the benchmark kind, not the file
+                raise UserError(f"{tsv}: {e} Fix the benchmark file.") from None
             metrics[tsv.stem] = scored.metrics
             outcomes[tsv.stem] = order_blind(scored.outcomes) if self.by_text(kind) else scored.outcomes
             with open(work_dir / f"{tsv.stem}.jsonl", "w") as f:
@@ -179,8 +183,8 @@ class Benchmarks(Evaluator):
 
     def check(self) -> list[tuple[tuple, str]]:
         """Every `paths` pattern matches TSV files; `only` names benchmarks that exist."""
-        from mixlab.evaluation.tsv import detect_kind, load_tsv
         from mixlab.registry import did_you_mean
+        from mixlab.validation import folder_problem
 
         o = self.options
         problems: list[tuple[tuple, str]] = []
@@ -199,22 +203,16 @@ class Benchmarks(Evaluator):
                     problems.append((("paths", i), f"{path} is a folder: give the .tsv files, e.g. '{path}/*.tsv'."))
                 elif path.suffix.lower() != ".tsv":
                     problems.append((("paths", i), f"{path} is not a .tsv file: give VLMEvalKit TSV benchmarks."))
-                else:
-                    try:  # every row scoring needs, checked before any training
-                        rows = load_tsv(path)
-                        if not rows:
-                            raise UserError(f"{path}: no rows below the header: add the benchmark's questions.")
-                        detect_kind(path.stem, list(rows[0]), [str(r.get("answer", "")) for r in rows])
-                    except UserError as e:
-                        message = str(e)
-                        problems.append((("paths", i), message if str(path) in message else f"{path}: {message}"))
+                elif found := tsv_problem(path):
+                    problems.append((("paths", i), found))
                 stems.append(path.stem)
         if clash := stem_clash([p for p in seen if p.is_file()]):
             problems.append((("paths",), clash))
         if o.toyworld is not None:
             stems += ["MME_toy", "MMBench_toy", "SEED_toy", "ScienceQA_toy"]
-            if o.toyworld.dir and Path(o.toyworld.dir).expanduser().is_file():
-                problems.append((("toyworld", "dir"), f"{o.toyworld.dir} is a file: give a folder for the toy world."))
+            folder = Path(o.toyworld.dir).expanduser().resolve() if o.toyworld.dir else None
+            if folder and (found := folder_problem(folder, "the toy world's folder")):
+                problems.append((("toyworld", "dir"), found))
         elif not o.paths:
             problems.append(((), "no benchmarks: set `paths` (VLMEvalKit TSVs) or `toyworld`."))
         if o.only is not None and not o.only:
@@ -225,6 +223,29 @@ class Benchmarks(Evaluator):
                     (("only", i), f"no benchmark named {name!r}.{did_you_mean(name, stems)} Benchmarks are file stems.")
                 )
         return problems
+
+
+def tsv_problem(path: Path) -> str | None:
+    """What keeps a benchmark TSV from being scored (every row scoring needs, each image's header), or None: checked
+    before any training."""
+    from mixlab.evaluation.rules import check_rateable
+    from mixlab.evaluation.tsv import detect_kind, lacks_image, load_tsv, open_image
+
+    try:
+        rows = load_tsv(path)
+        if not rows:
+            raise UserError(f"{path}: no rows below the header: add the benchmark's questions.")
+        kind = detect_kind(path.stem, list(rows[0]), [str(r.get("answer", "")) for r in rows])
+        check_rateable(kind, rows)
+        opened: set[str] = set()  # rows that name another row's image share its string
+        for r in rows:
+            if not lacks_image(r) and r.get("image") and r["image"] not in opened:
+                open_image(r["image"], r["index"]).close()
+                opened.add(r["image"])
+    except UserError as e:
+        message = str(e)
+        return message if str(path) in message else f"{path}: {message}"
+    return None
 
 
 @hookimpl

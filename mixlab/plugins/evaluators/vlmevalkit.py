@@ -99,6 +99,7 @@ class VLMEvalKit(Evaluator):
     name = "vlmevalkit"
     Options = VLMEvalKitOptions
     options: VLMEvalKitOptions
+    path_options = frozenset({"checkout", "python"})
 
     def run_py(self) -> Path:
         checkout = self.resolve(self.options.checkout)

@@ -47,6 +47,11 @@ class CoincideOptions(Options):
     def _one_layout(self) -> CoincideOptions:
         if self.layout_blocks is not None and self.text_slices is not None:
             raise ValueError("give at most one of `layout_blocks` or `text_slices`")
+        bad = next(((a, b) for a, b in self.text_slices or [] if not 0 <= a < b), None)
+        if bad is not None:
+            raise ValueError(
+                f"text_slices: [{bad[0]}, {bad[1]}] is not a column range: give [start, stop) with 0 <= start < stop"
+            )
         return self
 
 

@@ -103,6 +103,7 @@ class HfDataset(Source):
 
     name = "hf_dataset"
     Options = HfDatasetOptions
+    path_options = frozenset({"path", "image_root"})
     options: HfDatasetOptions
 
     def fingerprint(self) -> str:

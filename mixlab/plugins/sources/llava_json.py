@@ -31,6 +31,7 @@ class LlavaJson(Source):
 
     name = "llava_json"
     Options = LlavaJsonOptions
+    path_options = frozenset({"path", "image_root"})
     options: LlavaJsonOptions
 
     def fingerprint(self) -> str:

@@ -31,6 +31,7 @@ class ToyWorld(Source):
 
     name = "toyworld"
     Options = ToyWorldOptions
+    path_options = frozenset({"dir"})
     options: ToyWorldOptions
 
     def provides(self) -> list[str]:
@@ -42,16 +43,22 @@ class ToyWorld(Source):
         return list(wanted)
 
     def check(self) -> list[tuple[tuple, str]]:
+        from mixlab.validation import folder_problem
+
         known = all_source_names()
         problems: list[tuple[tuple, str]] = []
         wanted = self.options.sources
         if wanted is not None and not wanted:
             problems.append((("sources",), "is empty: name the toy sources to provide, or drop `sources` for all."))
-        for i, name in enumerate(wanted or []):
+        names = wanted or []
+        for i, name in enumerate(names):
             if name not in known:
                 problems.append((("sources", i), f"no toy-world source named {name!r}.{did_you_mean(name, known)}"))
-        if self.options.dir and Path(self.options.dir).expanduser().is_file():
-            problems.append((("dir",), f"{self.options.dir} is a file: give a folder for the toy world."))
+            elif name in names[:i]:
+                problems.append((("sources", i), f"lists {name!r} twice: name each toy source once."))
+        folder = Path(self.options.dir).expanduser().resolve() if self.options.dir else None
+        if folder and (found := folder_problem(folder, "the toy world's folder")):
+            problems.append((("dir",), found))
         return problems
 
     def categories(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ class LlavaSft(Trainer):
     name = "llava_sft"
     Options = SFTSettings
     options: SFTSettings
+    path_options = frozenset({"deepspeed", "vision_cache_dir"})
 
     def settings(self, overrides: dict[str, Any] | None) -> SFTSettings:
         settings = SFTSettings.model_validate({**self.options.model_dump(exclude_unset=True), **(overrides or {})})
@@ -60,7 +61,9 @@ class LlavaSft(Trainer):
         return TrainResult(work_dir / "model", stats)
 
     def check(self) -> list[tuple[tuple, str]]:
-        """The DeepSpeed config is a readable JSON file; seed and sizes are within bounds."""
+        """The DeepSpeed config is a readable JSON file and DeepSpeed is installed; the vision cache folder can be
+        written; seed and sizes are within bounds."""
+        import importlib.util
         import json
 
         o = self.options
@@ -73,6 +76,11 @@ class LlavaSft(Trainer):
                 problems.append(((key,), f"{key} = {value} is larger than {top}: check the value."))
         if o.lora is not None and not o.lora.target_modules:
             problems.append((("lora", "target_modules"), "is empty: name the linear layers to adapt, or drop it."))
+        if o.vision_cache_dir:
+            from mixlab.validation import folder_problem
+
+            if problem := folder_problem(self.resolve(o.vision_cache_dir), "the vision cache folder"):
+                problems.append((("vision_cache_dir",), problem))
         if o.deepspeed:
             path = self.resolve(o.deepspeed)
             found: str | None
@@ -93,6 +101,10 @@ class LlavaSft(Trainer):
             if found:
                 problems.append(
                     (("deepspeed",), f"DeepSpeed config {path} {found}: give a JSON file (relative to the recipe).")
+                )
+            elif importlib.util.find_spec("deepspeed") is None:
+                problems.append(
+                    (("deepspeed",), 'DeepSpeed is not installed: pip install -e ".[deepspeed]", or drop it.')
                 )
         return problems
 
