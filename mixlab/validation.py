@@ -302,6 +302,8 @@ class Validator:
         """The raw ``[section.<name>]`` tables, with a problem if the section is not a table of tables."""
         value = self.data.get(section, {})
         noun = "arm" if section == "arms" else "section"
+        if not isinstance(value, dict) and section in self.broken:
+            self.broken[section].add("*")  # reported here: references to its sections stay quiet
         if isinstance(value, list):
             self.add(
                 (section,),
@@ -332,7 +334,7 @@ class Validator:
         """Whether name is known; reports it unless it names a section already reported (or quiet)."""
         if name in known:
             return True
-        if name not in self.broken[kind] and not quiet:
+        if name not in self.broken[kind] and "*" not in self.broken[kind] and not quiet:
             hint = did_you_mean(str(name), known) or f" The recipe has no [{kind}] sections: add [{kind}.{name}]."
             self.add(path, f"unknown {what} {name!r}.{hint}")
         return False

@@ -1187,6 +1187,15 @@ def _validate(world: Path, text: str | bytes, monkeypatch, capsys, name: str = "
     return invoke(monkeypatch, capsys, "validate", name)
 
 
+def test_sources_as_an_array_of_tables_is_one_problem(world, monkeypatch, capsys):
+    """[[sources]] is reported once; the arms' references to the sources it meant stay quiet."""
+    text = RECIPE.replace("[sources.data]", "[[sources]]").replace('[sources.toy]\ntype = "toyworld"\n', "")
+    text = text.replace('sources = ["color_clean", "color_noisy", "shape_clean"]\n', "", 1)
+    code, out = _validate(world, text, monkeypatch, capsys)
+    assert_clear(code, out, ["sources: must be named tables like [sources.<name>]", "give each section a name"])
+    assert "unknown source" not in out
+
+
 def test_two_scorers_that_write_one_column(world, monkeypatch, capsys):
     text = RECIPE.replace('scorers = ["ppl"]', 'scorers = ["ppl", "ppl2"]').replace(
         "[scorers.act]", '[scorers.ppl2]\ntype = "perplexity"\n\n[scorers.act]'
