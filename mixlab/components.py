@@ -167,6 +167,11 @@ class Evaluator(Component):
 
     kind = "evaluator"
 
+    def benchmark_names(self) -> list[str] | None:
+        """The benchmarks ``evaluate`` will report, where they are known without running (``validate`` then checks
+        the names in ``[run] weights`` and ``exclude``); None when they are not."""
+        return None
+
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics | Evaluation:
         raise NotImplementedError
 

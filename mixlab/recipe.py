@@ -18,6 +18,7 @@ from mixlab.validation import (
     TOP_LEVEL,
     Problem,
     Validator,
+    check_benchmark_names,
     check_executor,
     check_model_path,
     check_output_dir,
@@ -134,6 +135,8 @@ def validate_data(path: Path, text: str, data: dict[str, Any], v: Validator) -> 
     provided = provided_sources(v, sources)
     cross_references(v, run, model, sources, provided, scorers, selectors, arms, soup)
     check_toy_worlds(v, {"sources": sources, "evaluators": evaluators})
+    if run and v.check_paths and not v.broken["evaluators"]:
+        check_benchmark_names(v, run, evaluators)
     if run and v.check_paths and v.own_output_dir:
         check_output_dir(v, run)
     if run and v.check_paths:

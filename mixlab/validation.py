@@ -760,6 +760,26 @@ def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> N
                     )
 
 
+def check_benchmark_names(v: Validator, run: RunSection, evaluators: dict[str, Section]) -> None:
+    """`weights` and `exclude` name benchmarks the evaluators report, where every evaluator knows its benchmarks
+    without running (else the first evaluation checks them)."""
+    if not (run.weights or run.exclude) or not evaluators:
+        return
+    names: list[str] = []
+    for label, section in evaluators.items():
+        found = section.build().benchmark_names()
+        if found is None:
+            return
+        names += [bench if bench not in names else f"{label}/{bench}" for bench in found]  # as evaluation names them
+    from mixlab.decisions import Decisions
+
+    try:
+        Decisions(run).check_names(names)
+    except UserError as exc:
+        key = next((k for k in ("weights", "exclude") if any(b not in names for b in getattr(run, k))), None)
+        v.add(("run", key) if key else ("run",), str(exc))
+
+
 def check_executor(v: Validator, run: RunSection) -> None:
     """type = "submitit": submitit is installed and takes the `parameters` (it refuses a misspelt or mistyped one only
     when the first training is submitted)."""

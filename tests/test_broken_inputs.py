@@ -1162,6 +1162,20 @@ RECIPE_CASES = [
         ["model.path", "badconfig has a config.json that cannot be read as JSON"],
         setup=_file("badconfig/config.json", "{"),
     ),
+    R(
+        "weights-unknown-benchmark",
+        "seed = 0",
+        "seed = 0\nweights = { MME_y = 2.0 }",
+        "weights",
+        ["run.weights", "[run] weights names ['MME_y'], but the evaluators give the benchmarks ['MME_x']", "Fix"],
+    ),
+    R(
+        "exclude-everything",
+        "seed = 0",
+        'seed = 0\nexclude = ["MME_x"]',
+        "[run]",
+        ["run: [run] weights and exclude leave none of the benchmarks ['MME_x']", "keep at least one"],
+    ),
     # top level
     R("unknown-section", "[soup]", "[soupp]", "[soupp]", ["soupp: unknown section", "Did you mean 'soup'"]),
 ]

@@ -248,6 +248,13 @@ def test_offtask_sources(world: tuple[Path, dict]) -> None:
     assert any("background" in r["conversations"][0]["value"] for r in bright)
 
 
+def test_the_benchmarks_evaluator_knows_the_toy_benchmark_names(world: tuple[Path, dict]) -> None:
+    """`validate` checks `[run] weights` against these names before the world exists."""
+    from mixlab.plugins.evaluators.benchmarks import TOY_BENCHMARKS
+
+    assert sorted(world[1]["benchmarks"]) == sorted(TOY_BENCHMARKS)
+
+
 def test_mmbench_circular_copies(world: tuple[Path, dict]) -> None:
     root, m = world
     rows = read_tsv(root / "bench" / "MMBench_toy.tsv")

@@ -53,6 +53,10 @@ class BenchmarksOptions(Options):
     )
 
 
+TOY_BENCHMARKS = ["MME_toy", "MMBench_toy", "SEED_toy", "ScienceQA_toy"]
+"""What the toy world's benchmarks are named (its benchmark builders name them; a test checks the two agree)."""
+
+
 class Benchmarks(Evaluator):
     name = "benchmarks"
     Options = BenchmarksOptions
@@ -64,6 +68,19 @@ class Benchmarks(Evaluator):
         code): an edited answer key or a new file matching a glob evaluates again."""
         matched = (Path(p) for pattern in self.options.paths for p in glob.glob(str(self.resolve(pattern))))
         return files_fingerprint(matched)
+
+    def benchmark_names(self) -> list[str] | None:
+        """File stems of the TSVs `paths` matches and the toy world's benchmarks, as `only` keeps them; None while a
+        pattern matches nothing (validate reports that)."""
+        stems: list[str] = []
+        for pattern in self.options.paths:
+            matched = [Path(p) for p in glob.glob(str(self.resolve(pattern)))]
+            if not matched:
+                return None
+            stems += [p.stem for p in matched if p.stem not in stems]
+        stems += TOY_BENCHMARKS if self.options.toyworld is not None else []
+        only = self.options.only
+        return [s for s in stems if s in only] if only is not None else stems
 
     def tsv_files(self, ctx: RunContext) -> list[Path]:
         files: list[Path] = []
@@ -209,7 +226,7 @@ class Benchmarks(Evaluator):
         if clash := stem_clash([p for p in seen if p.is_file()]):
             problems.append((("paths",), clash))
         if o.toyworld is not None:
-            stems += ["MME_toy", "MMBench_toy", "SEED_toy", "ScienceQA_toy"]
+            stems += TOY_BENCHMARKS
             folder = Path(o.toyworld.dir).expanduser().resolve() if o.toyworld.dir else None
             if folder and (found := folder_problem(folder, "the toy world's folder")):
                 problems.append((("toyworld", "dir"), found))
