@@ -12,6 +12,8 @@ def read_text(path: Path, what: str, path_hint: str, encoding_hint: str) -> str:
     (and the line of the first bad byte), followed by ``path_hint`` or ``encoding_hint``."""
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a {what}: {path_hint}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a regular file (a device, a pipe or a socket), not a {what}: {path_hint}")
     if not path.is_file():
         raise UserError(f"{what} {path} not found: {path_hint}")
     try:

@@ -1326,6 +1326,11 @@ def test_recipe_is_a_folder(world, monkeypatch, capsys):
     assert_clear(code, out, ["bench is a folder, not a recipe", "give the path of the file itself"])
 
 
+def test_recipe_is_a_device(world, monkeypatch, capsys):
+    code, out = invoke(monkeypatch, capsys, "validate", "/dev/null")
+    assert_clear(code, out, ["/dev/null is not a regular file", "not a recipe", "give the path of the file itself"])
+
+
 def test_recipe_empty(world, monkeypatch, capsys):
     code, out = _validate(world, "", monkeypatch, capsys)
     assert_clear(code, out, ["missing the [run] section", "missing the [model] section", "no evaluator"], None)
@@ -1579,6 +1584,24 @@ DATA_CASES = [
                         {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
                     ],
                     "images": [{"bytes": b"junk", "path": None}],
+                }
+            ]
+        ),
+    ),
+    D(
+        "hf-empty-image",
+        None,
+        ["data.parquet: record 0", "the image's `bytes` and `path` are both empty", "give the image"],
+        name="data.parquet",
+        type="hf_dataset",
+        setup=_parquet(
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
+                    ],
+                    "images": [{"bytes": None, "path": None}],
                 }
             ]
         ),

@@ -218,6 +218,8 @@ class HfDataset(Source):
             return image_path(image, root)
         if isinstance(image, dict) and image.get("path") and not image.get("bytes"):
             return image_path(str(image["path"]), root)
+        if isinstance(image, dict) and not image.get("bytes") and not image.get("path"):
+            raise BadRecord("the image's `bytes` and `path` are both empty: give the image, or drop it from the row")
         if not (hasattr(image, "save") or (isinstance(image, dict) and isinstance(image.get("bytes"), bytes))):
             raise BadRecord(f"an image must be a path, {{bytes, path}} or a PIL image, got {type(image).__name__}")
         out = image_dir / f"{index}.png"
