@@ -1413,6 +1413,13 @@ def _parquet(rows: list[dict]) -> Callable[[Path], None]:
     return make
 
 
+def _image_row(image: dict) -> dict:
+    """An hf_dataset row whose one image is `image` ({bytes, path}), asked about in the user's message."""
+    user = [{"type": "image", "text": None}, {"type": "text", "text": "?"}]
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]
+    return {"messages": messages, "images": [image]}
+
+
 HF_ROW = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}], "images": []}
 TURNS = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]
 
@@ -1576,17 +1583,7 @@ DATA_CASES = [
         ["data.parquet: record 0", "the image bytes are not a readable image"],
         name="data.parquet",
         type="hf_dataset",
-        setup=_parquet(
-            [
-                {
-                    "messages": [
-                        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "?"}]},
-                        {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
-                    ],
-                    "images": [{"bytes": b"junk", "path": None}],
-                }
-            ]
-        ),
+        setup=_parquet([_image_row({"bytes": b"junk", "path": None})]),
     ),
     D(
         "hf-empty-image",
@@ -1594,17 +1591,7 @@ DATA_CASES = [
         ["data.parquet: record 0", "the image's `bytes` and `path` are both empty", "give the image"],
         name="data.parquet",
         type="hf_dataset",
-        setup=_parquet(
-            [
-                {
-                    "messages": [
-                        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "?"}]},
-                        {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
-                    ],
-                    "images": [{"bytes": None, "path": None}],
-                }
-            ]
-        ),
+        setup=_parquet([_image_row({"bytes": None, "path": None})]),
     ),
     D(
         "hf-image-escapes",
@@ -2020,6 +2007,7 @@ def test_broken_json_for_inspect(content, expect, world, monkeypatch, capsys):
 
 IMG = base64.b64encode(png_bytes()).decode()
 MCQ_HEADER = "index\timage\tquestion\tA\tB\tC\tanswer"
+MME_HEADER = "index\timage\tquestion\tanswer"
 
 
 def _tsv(*lines: str) -> str:
@@ -2031,7 +2019,7 @@ TSV_CASES = [
     (
         "missing-question",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tIs it red?\tYes", f"1\t{IMG}\t\tNo"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tIs it red?\tYes", f"1\t{IMG}\t\tNo"),
         ["bench/MME_x.tsv:3: row index 1: no question", "Fill in the question"],
     ),
     (
@@ -2043,7 +2031,7 @@ TSV_CASES = [
     (
         "dangling-image",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRed?\tYes", "1\t7\tBlue?\tNo"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\tYes", "1\t7\tBlue?\tNo"),
         ["bench/MME_x.tsv:3: row index 1: image '7' is neither a base64 image nor the index of another row"],
     ),
     (
@@ -2067,31 +2055,31 @@ TSV_CASES = [
     (
         "duplicate-index",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRed?\tYes", f"0\t{IMG}\tBlue?\tNo"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\tYes", f"0\t{IMG}\tBlue?\tNo"),
         ["bench/MME_x.tsv:3: row index 0 appears twice (also on line 2)", "give every row its own index"],
     ),
     (
         "mme-not-yes-no",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRed?\tYes", f"1\t{IMG}\tBlue?\tMaybe"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\tYes", f"1\t{IMG}\tBlue?\tMaybe"),
         ["bench/MME_x.tsv:3: row index 1: answer 'Maybe' is not Yes or No, as MME_x needs"],
     ),
     (
         "pope-not-yes-no",
         "POPE_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRed?\ty"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\ty"),
         ["bench/POPE_x.tsv:2: row index 0: answer 'y' is not Yes or No"],
     ),
     (
         "index-not-int",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"zero\t{IMG}\tRed?\tYes"),
+        _tsv(MME_HEADER, f"zero\t{IMG}\tRed?\tYes"),
         ["bench/MME_x.tsv:2: index 'zero' is not an integer"],
     ),
     (
         "extra-field",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRed?\tYes\textra"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\tYes\textra"),
         ["bench/MME_x.tsv:2: 5 tab-separated fields, expected 4", "must be quoted"],
     ),
     (
@@ -2104,32 +2092,31 @@ TSV_CASES = [
     (
         "kind-unknown",
         "Custom_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tWhat colour?\tred"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tWhat colour?\tred"),
         ["bench/Custom_x.tsv: benchmark 'Custom_x': cannot tell its kind", "Add the option columns"],
     ),
     (
         "header-only",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer"),
+        _tsv(MME_HEADER),
         ["bench/MME_x.tsv: no rows below the header", "add the benchmark's questions"],
     ),
     (
         "tsv-not-utf8",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tRouge?\tYes").encode()
-        + "1\tx\tcaf\xe9?\tNo\n".encode("latin-1"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tRouge?\tYes").encode() + "1\tx\tcaf\xe9?\tNo\n".encode("latin-1"),
         ["bench/MME_x.tsv:3: not UTF-8 text (byte 0xe9)", "Save the TSV as UTF-8"],
     ),
     (
         "image-not-base64",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{'@' * 80}\tRed?\tYes"),
+        _tsv(MME_HEADER, f"0\t{'@' * 80}\tRed?\tYes"),
         ["bench/MME_x.tsv: row index 0: the base64 image cannot be decoded"],
     ),
     (
         "image-not-an-image",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{base64.b64encode(b'not a picture' * 8).decode()}\tRed?\tYes"),
+        _tsv(MME_HEADER, f"0\t{base64.b64encode(b'not a picture' * 8).decode()}\tRed?\tYes"),
         ["bench/MME_x.tsv: row index 0: the base64 image cannot be decoded (not an image format PIL reads)"],
     ),
     (
@@ -2141,7 +2128,7 @@ TSV_CASES = [
     (
         "no-image-at-all",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", "0\t\tRed?\tYes", "1\t\tBlue?\tNo"),
+        _tsv(MME_HEADER, "0\t\tRed?\tYes", "1\t\tBlue?\tNo"),
         ["bench/MME_x.tsv: MME: no rows to score (every image cell is empty)", "add the images"],
     ),
     (
@@ -2153,7 +2140,7 @@ TSV_CASES = [
     (
         "question-nan",
         "MME_x.tsv",
-        _tsv("index\timage\tquestion\tanswer", f"0\t{IMG}\tNA\tYes"),
+        _tsv(MME_HEADER, f"0\t{IMG}\tNA\tYes"),
         ["bench/MME_x.tsv:2: row index 0: no question"],
     ),
 ]
