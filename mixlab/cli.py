@@ -178,7 +178,7 @@ def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: b
     """ARM_A − ARM_B in RUN_DIR (an arm, or "soup"), paired by seed and item, with 95% intervals and, where these
     contain 0, the seeds that would decide it (nothing reruns)."""
     from mixlab.compare import compare_arms, verdict
-    from mixlab.report_tables import plan_cell
+    from mixlab.report_tables import fmt_ci, plan_cell
     from mixlab.stats import Comparison
 
     c, seeds, part, categories = compare_arms(run_dir, arm_a, arm_b, by_category)
@@ -200,7 +200,7 @@ def compare(run_dir: Path, arm_a: str, arm_b: str, as_json: bool, by_category: b
     click.echo(f"{arm_a} − {arm_b}, seeds {seeds}, on {items}; interval: {c.interval}")
     click.echo(f"{'':<{width}} {'Δ':>8}  {'95% CI':<18} {'P(better)':>9}  {'verdict':<19}  seeds to decide")
     for name, x in rows.items():
-        ci = "-" if x.ci is None else f"[{x.ci[0]:+.2f}, {x.ci[1]:+.2f}]"
+        ci = fmt_ci(x.ci)
         p = "-" if x.p_better is None else f"{x.p_better:.2f}"
         click.echo(f"{name:<{width}} {x.delta:>+8.2f}  {ci:<18} {p:>9}  {verdict(x):<19}  {plan_cell([fields(x)])}")
     if categories:

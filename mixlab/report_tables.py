@@ -57,10 +57,16 @@ def interval_of(ci: Any) -> tuple[float, float] | None:
 
 
 def fmt_ci(ci: Any, spec: str = "+.2f") -> str:
-    """An interval as "[lo, hi]", or "-" without one."""
-    if not isinstance(ci, list | tuple) or len(ci) != 2 or "-" in (fmt_num(ci[0]), fmt_num(ci[1])):
+    """An interval as "[lo, hi]", or "-" without one. An end that would read as zero but is not shows one significant
+    digit (+0.005), so that its side of 0, which the verdict follows, can be read."""
+    if interval_of(ci) is None:
         return "-"
-    return f"[{fmt_num(ci[0], spec)}, {fmt_num(ci[1], spec)}]"
+    return f"[{_end(ci[0], spec)}, {_end(ci[1], spec)}]"
+
+
+def _end(value: float, spec: str) -> str:
+    text = format(value, spec)
+    return text if value == 0 or float(text) != 0 else format(value, "+.1g" if "+" in spec else ".1g")
 
 
 def _half_width(ci: Any) -> float | None:

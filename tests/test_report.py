@@ -391,3 +391,13 @@ def test_individual_select_own_items_columns():
     assert "on the average and on its category's own items (ocr: `category_items`)" in md
     assert "own items" in _terminal(report) and "[-30.25, -11.00]" in _terminal(report)
     assert "own items" not in render_markdown(new_report([0]), [])  # no own items judged: the table as before
+
+
+def test_an_interval_end_near_zero_shows_its_side_of_zero():
+    """The verdict follows the sign of the interval's ends: one that rounds to 0.00 is shown with one digit."""
+    from mixlab.report_tables import fmt_ci
+
+    assert fmt_ci([0.004852, 4.0027]) == "[+0.005, +4.00]"
+    assert fmt_ci((-0.0012, 2.5)) == "[-0.001, +2.50]"
+    assert fmt_ci([0.0, 1.0]) == "[+0.00, +1.00]"
+    assert fmt_ci([float("nan"), 1.0]) == "-" and fmt_ci(None) == "-"
