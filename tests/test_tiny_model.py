@@ -91,8 +91,11 @@ def test_load_model_cpu_and_errors(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         load_model(tmp_path / "empty")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="is a file, not a model folder"):
         load_model(tmp_path / "file")
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"has no weights \(\*.safetensors or \*.bin\)"):
+        load_model(tmp_path / "empty")
 
 
 def test_answer_words_are_the_question_words_tokens(tmp_path):
