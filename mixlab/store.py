@@ -44,6 +44,25 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def folder_problem(target: Path, role: str, instead: str = "choose another folder") -> str | None:
+    """What keeps mixlab from creating and writing the folder target (`role` says what it is for): a file in its
+    place or above it, no write permission in its nearest existing folder; or None. `instead` is what to do."""
+    target = target.expanduser()
+    try:
+        for folder in (target, *target.parents):
+            if not folder.exists():
+                continue
+            if not folder.is_dir():
+                what = role if folder == target else f"a parent of {role} {target}"
+                return f"{folder} is a file, but it would be {what}: remove it or {instead}."
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"cannot write in {folder} (permission denied): {instead}."
+            return None
+    except OSError as exc:  # a name too long
+        return f"cannot use {target} ({exc.strerror or exc}): {instead}."
+    return None
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")[:60] or "stage"
 

@@ -7,7 +7,6 @@ Strict types: a value keeps its TOML type (a string is not a number).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
 from mixlab.sections import AlignSection, ArmSection, ModelSection, RunSection, Section
-from mixlab.store import slug
+from mixlab.store import folder_problem, slug
 
 CORE_KEYS: dict[str, dict[str, Any]] = {
     # section → core keys the pipeline reads (everything else is the plugin's own options)
@@ -699,25 +698,6 @@ def run_dir_problem(target: Path) -> str | None:
             f"{target} holds other files and is not a mixlab run directory, so a run would mix its files with "
             "them: choose a new or empty folder, or an earlier run's."
         )
-    return None
-
-
-def folder_problem(target: Path, role: str, instead: str = "choose another folder") -> str | None:
-    """What keeps mixlab from creating and writing the folder target (`role` says what it is for): a file in its
-    place or above it, no write permission in its nearest existing folder; or None. `instead` is what to do."""
-    target = target.expanduser()
-    try:
-        for folder in (target, *target.parents):
-            if not folder.exists():
-                continue
-            if not folder.is_dir():
-                what = role if folder == target else f"a parent of {role} {target}"
-                return f"{folder} is a file, but it would be {what}: remove it or {instead}."
-            if not os.access(folder, os.W_OK | os.X_OK):
-                return f"cannot write in {folder} (permission denied): {instead}."
-            return None
-    except OSError as exc:  # a name too long
-        return f"cannot use {target} ({exc.strerror or exc}): {instead}."
     return None
 
 

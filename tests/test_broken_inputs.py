@@ -2129,7 +2129,7 @@ TSV_CASES = [
         "no-image-at-all",
         "MME_x.tsv",
         _tsv(MME_HEADER, "0\t\tRed?\tYes", "1\t\tBlue?\tNo"),
-        ["bench/MME_x.tsv: MME: no rows to score (every image cell is empty)", "add the images"],
+        ["bench/MME_x.tsv: MME: no rows to score (2 rows without an image skipped)", "add the images"],
     ),
     (
         "circular-copies-only",

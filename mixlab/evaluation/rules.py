@@ -73,11 +73,8 @@ def _group(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, l
     return dict(groups)
 
 
-def _check(rows: list[Row], benchmark: str, skipped: int) -> None:
-    """Refuse an empty table or rows without a prediction or answer."""
-    if not rows:
-        why = f" ({skipped} rows without an image skipped)" if skipped else ""
-        raise UserError(f"{benchmark}: no rows to score{why}.")
+def _check(rows: list[Row], benchmark: str) -> None:
+    """Refuse rows without a prediction or answer."""
     for row in rows:
         missing = [k for k in ("prediction", "answer") if k not in row]
         if missing:
@@ -295,14 +292,13 @@ def _rate_pope(rows: list[Row], extraction: Extraction) -> Scored:
 def _rate_circular(rows: list[Row], extraction: Extraction) -> Scored:
     """CircularEval (MMBench and the others VLMEvalKit runs circularly): a question counts only if every copy is right.
 
-    Copies are grouped by ``index % 10**6``; a group is scored when its original (0 <= index < 10**6) is present.
+    Copies are grouped by ``index % 10**6``; a group is scored when its original (0 <= index < 10**6) is present
+    (``check_rateable`` has made sure there is one).
     ``vanilla`` is the accuracy on the originals alone; without copies the circular accuracy equals it.
     """
     hits = [option_correct(r, extraction) for r in rows]
     groups = _group(range(len(rows)), lambda i: _index(rows[i]) % CIRCULAR_STRIDE)
     originals = [i for i, r in enumerate(rows) if 0 <= _index(r) < CIRCULAR_STRIDE]
-    if not originals:
-        raise UserError("MMBench: no original questions (index below 1000000) to score.")
     group_hit = {i: all(hits[j] for j in groups[_index(rows[i])]) for i in originals}
     original_rows = [rows[i] for i in originals]
     metrics: Metrics = {"overall": _pct(group_hit.values())}
@@ -378,10 +374,11 @@ def rate(kind: str, rows: list[Row], extraction: Extraction = "vlmevalkit") -> S
     if kind not in _RULES:
         raise UserError(f"unknown benchmark kind {kind!r}; expected one of {', '.join(_RULES)}.")
     check_extraction(extraction)
+    check_rateable(kind, rows)
     label, rule = _RULES[kind]
     kept = [r for r in rows if not lacks_image(r)]
     skipped = len(rows) - len(kept)
-    _check(kept, label, skipped)
+    _check(kept, label)
     scored = rule(kept, extraction)
     if skipped:
         scored.metrics["skipped_no_image"] = float(skipped)
@@ -392,13 +389,14 @@ def check_rateable(kind: str, rows: list[Row]) -> None:
     """What ``rate`` needs of a whole benchmark that its rows alone do not show, checked before any model answers:
     an ``answer`` column, a row with an image, and a circular set's originals. Raises UserError."""
     label, rule = _RULES[kind]
-    if rows and "answer" not in rows[0]:
+    kept = [r for r in rows if not lacks_image(r)]
+    if not kept:
+        why = f" ({len(rows)} rows without an image skipped): add the images" if rows else ": add the questions"
+        raise UserError(f"{label}: no rows to score{why}.")
+    if "answer" not in kept[0]:
         raise UserError(
             f"{label}: no 'answer' column, so nothing can be scored: use a split with answers (a DEV split, not TEST)."
         )
-    kept = [r for r in rows if not lacks_image(r)]
-    if not kept:
-        raise UserError(f"{label}: no rows to score (every image cell is empty): add the images.")
     if rule is _rate_circular and not any(0 <= _index(r) < CIRCULAR_STRIDE for r in kept):
         raise UserError(f"{label}: no original questions (index below 1000000), only circular copies: add them.")
 

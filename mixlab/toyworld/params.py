@@ -27,6 +27,12 @@ class ToyWorldParams(Options):
             return Path(self.dir).expanduser().resolve()
         return ctx.run_dir / "toyworld" / f"s{self.seed}-t{self.n_train}-b{self.n_bench}-i{self.image_size}"
 
+    def dir_problem(self) -> str | None:
+        """What keeps mixlab from writing the world to `dir` (a file in the way, no permission), or None."""
+        from mixlab.store import folder_problem
+
+        return folder_problem(Path(self.dir).expanduser().resolve(), "the toy world's folder") if self.dir else None
+
     def ensure(self, ctx: RunContext) -> dict[str, Any]:
         """Generate (or reuse) the world; the manifest gets its folder under ``_dir``."""
         from mixlab.toyworld import generate

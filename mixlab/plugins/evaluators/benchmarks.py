@@ -201,7 +201,6 @@ class Benchmarks(Evaluator):
     def check(self) -> list[tuple[tuple, str]]:
         """Every `paths` pattern matches TSV files; `only` names benchmarks that exist."""
         from mixlab.registry import did_you_mean
-        from mixlab.validation import folder_problem
 
         o = self.options
         problems: list[tuple[tuple, str]] = []
@@ -227,8 +226,7 @@ class Benchmarks(Evaluator):
             problems.append((("paths",), clash))
         if o.toyworld is not None:
             stems += TOY_BENCHMARKS
-            folder = Path(o.toyworld.dir).expanduser().resolve() if o.toyworld.dir else None
-            if folder and (found := folder_problem(folder, "the toy world's folder")):
+            if found := o.toyworld.dir_problem():
                 problems.append((("toyworld", "dir"), found))
         elif not o.paths:
             problems.append(((), "no benchmarks: set `paths` (VLMEvalKit TSVs) or `toyworld`."))

@@ -43,8 +43,6 @@ class ToyWorld(Source):
         return list(wanted)
 
     def check(self) -> list[tuple[tuple, str]]:
-        from mixlab.validation import folder_problem
-
         known = all_source_names()
         problems: list[tuple[tuple, str]] = []
         wanted = self.options.sources
@@ -56,8 +54,7 @@ class ToyWorld(Source):
                 problems.append((("sources", i), f"no toy-world source named {name!r}.{did_you_mean(name, known)}"))
             elif name in names[:i]:
                 problems.append((("sources", i), f"lists {name!r} twice: name each toy source once."))
-        folder = Path(self.options.dir).expanduser().resolve() if self.options.dir else None
-        if folder and (found := folder_problem(folder, "the toy world's folder")):
+        if found := self.options.dir_problem():
             problems.append((("dir",), found))
         return problems
 

@@ -77,7 +77,7 @@ class LlavaSft(Trainer):
         if o.lora is not None and not o.lora.target_modules:
             problems.append((("lora", "target_modules"), "is empty: name the linear layers to adapt, or drop it."))
         if o.vision_cache_dir:
-            from mixlab.validation import folder_problem
+            from mixlab.store import folder_problem
 
             if problem := folder_problem(self.resolve(o.vision_cache_dir), "the vision cache folder"):
                 problems.append((("vision_cache_dir",), problem))
