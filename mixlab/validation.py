@@ -64,6 +64,7 @@ def _pydantic_problems(
     """One problem per key: the errors of a union's members (``seeds``: a list or an int) are said together."""
     problems: list[Problem] = []
     merged: dict[tuple, list[str]] = {}
+    whole: set[str] = set()  # "this list or table is not an int" from a union's other member
     for e in error.errors():
         loc = tuple(x for x in e["loc"])
         if e["type"] == "extra_forbidden":
@@ -79,6 +80,8 @@ def _pydantic_problems(
             text = e["msg"].removeprefix("Value error, ")
             hint = _hint(e["type"])
             message = f"{text}{shown}{'' if hint == '.' and text.endswith('.') and not shown else hint}"
+            if isinstance(given, (dict, list)) and e["type"].endswith("_type"):
+                whole.add(message)
             if at not in merged:
                 merged[at] = []
                 problems.append(Problem(prefix + at, ""))
@@ -86,7 +89,9 @@ def _pydantic_problems(
     for at in list(merged):  # a union's members fail at different depths: say it once, at the shallowest key
         outer = next((o for o in merged if o != at and at[: len(o)] == o), None)
         if outer is not None:
-            merged[outer] += merged.pop(at)
+            inner = merged.pop(at)
+            # a list given where a list is allowed: its bad element is the problem, not that it is no integer
+            merged[outer] = [m for m in merged[outer] if m not in whole] + inner
     problems = [p for p in problems if p.message or p.path[len(prefix) :] in merged]
     for p in problems:
         if not p.message:
@@ -740,17 +745,45 @@ def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> N
                     )
 
 
-def check_benchmark_names(v: Validator, run: RunSection, evaluators: dict[str, Section]) -> None:
-    """`weights` and `exclude` name benchmarks the evaluators report, where every evaluator knows its benchmarks
-    without running (else the first evaluation checks them)."""
-    if not (run.weights or run.exclude) or not evaluators:
-        return
+def reported_benchmarks(evaluators: dict[str, Section]) -> list[str] | None:
+    """The benchmark names evaluation will report, as it names them; None where some evaluator cannot tell without
+    running."""
     names: list[str] = []
     for label, section in evaluators.items():
         found = section.build().benchmark_names()
         if found is None:
-            return
+            return None
         names += [bench if bench not in names else f"{label}/{bench}" for bench in found]  # as evaluation names them
+    return names
+
+
+def check_benchmark_names(
+    v: Validator, run: RunSection, evaluators: dict[str, Section], selectors: dict[str, Section]
+) -> None:
+    """`weights`, `exclude` and Individual Select's `category_items` name benchmarks the evaluators report, where
+    every evaluator knows its benchmarks without running (else the first evaluation checks them)."""
+    judged = {
+        label: section.options.category_items
+        for label, section in selectors.items()
+        if section.type == "individual_select" and getattr(section.options, "category_items", None)
+    }
+    if not (run.weights or run.exclude or judged) or not evaluators:
+        return
+    names = reported_benchmarks(evaluators)
+    if names is None:
+        return
+    for label, entries in judged.items():
+        for category, items in entries.items():
+            for i, entry in enumerate(items):
+                bench = entry.partition("/")[0]
+                if bench not in names:
+                    v.add(
+                        ("selectors", label, "category_items", category, i),
+                        f"names benchmark {bench!r}, which the evaluators do not report.{did_you_mean(bench, names)} "
+                        f"They report: {', '.join(names)}.",
+                    )
+    if not (run.weights or run.exclude):
+        return
     from mixlab.decisions import Decisions
 
     try:

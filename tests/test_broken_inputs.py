@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import re
+import sys
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -801,12 +802,24 @@ RECIPE_CASES = [
     R(
         "isel-category-items-unknown",
         'baseline = ["color_clean"]',
-        'baseline = ["color_clean"]\ncategory_items = { colr = ["MME"] }',
+        'baseline = ["color_clean"]\ncategory_items = { colr = ["MME_x"] }',
         "category_items",
         [
             "selectors.isel.category_items.colr",
             "no candidate source of arm 'isel' has category 'colr'",
             "Did you mean 'color'",
+        ],
+    ),
+    R(
+        "isel-category-items-unknown-benchmark",
+        'baseline = ["color_clean"]',
+        'baseline = ["color_clean"]\ncategory_items = { color = ["MME_x/color", "MMEx"] }',
+        "category_items",
+        [
+            "selectors.isel.category_items.color.1",
+            "names benchmark 'MMEx', which the evaluators do not report",
+            "Did you mean 'MME_x'",
+            "They report: MME_x",
         ],
     ),
     R(
@@ -1195,6 +1208,14 @@ def test_broken_recipe(case: R, world, monkeypatch, capsys):
     assert_clear(code, out, expect, case.problems)
 
 
+def test_a_bad_element_of_a_list_or_count_is_said_once(world, monkeypatch, capsys):
+    """`seeds` is a list or a count: a list with a bad element gets that element's problem, not also "not a count"."""
+    (world / "recipe.toml").write_text(RECIPE.replace("seed = 0", "seed = 0\nseeds = [0, 1.5]", 1))
+    code, out = invoke(monkeypatch, capsys, "validate", "recipe.toml")
+    assert_clear(code, out, ["run.seeds", "fractional part (got 1.5)", "write a whole number"])
+    assert "Or:" not in out and "valid integer: " not in out, out
+
+
 def _validate(world: Path, text: str | bytes, monkeypatch, capsys, name: str = "recipe.toml") -> tuple[int, str]:
     path = world / name
     (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
@@ -1245,6 +1266,17 @@ def test_deepspeed_config_without_deepspeed_installed(world, monkeypatch, capsys
     text = RECIPE.replace("batch_size = 8", 'batch_size = 8\ndeepspeed = "ds.json"')
     code, out = _validate(world, text, monkeypatch, capsys)
     assert_clear(code, out, ["trainer.deepspeed", "DeepSpeed is not installed", 'pip install -e ".[deepspeed]"'])
+
+
+@pytest.mark.parametrize("harness, module", [("lm_eval", "lm_eval"), ("lmms_eval", "lmms_eval")])
+def test_a_harness_that_is_not_installed_is_found_by_validate(harness, module, world, monkeypatch, capsys):
+    """Before any training; a recipe for another machine (--no-path-checks) passes."""
+    monkeypatch.setitem(sys.modules, module, None)
+    text = RECIPE + f'\n[evaluators.text]\ntype = "{harness}"\ntasks = ["arc_easy"]\n'
+    code, out = _validate(world, text, monkeypatch, capsys)
+    assert_clear(code, out, ["evaluators.text.tasks", f"these tasks need {module}, which is not installed", "pip"])
+    code, out = invoke(monkeypatch, capsys, "validate", "recipe.toml", "--no-path-checks")
+    assert code == 0, out
 
 
 def test_validate_without_path_checks_still_checks_the_options(world, monkeypatch, capsys):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -38,11 +39,14 @@ class HarnessOptions(Options):
 
 class HarnessEvaluator(Evaluator):
     """Base of the harness adapters: few-shot sampling draws from the run's seed, and local task YAMLs (with their
-    data) are part of the evaluation's cache key."""
+    data) are part of the evaluation's cache key. A subclass names the harness's ``module`` and how to ``install``
+    it; validate then says when it is missing (a problem with `tasks`, so ``--no-path-checks`` leaves it out)."""
 
     options: HarnessOptions
     uses_seed = True  # the harness's random_seed (few-shot sampling)
-    path_options = frozenset({"include_path"})
+    path_options = frozenset({"include_path", "tasks"})  # both depend on this machine
+    module: ClassVar[str]
+    install: ClassVar[str]
 
     def include(self) -> Path | None:
         return self.resolve(self.options.include_path) if self.options.include_path else None
@@ -52,10 +56,15 @@ class HarnessEvaluator(Evaluator):
         return files_fingerprint([include]) if include else ""
 
     def check(self) -> list[tuple[tuple, str]]:
+        problems: list[tuple[tuple, str]] = []
+        if importlib.util.find_spec(self.module) is None:
+            problems.append(
+                (("tasks",), f"these tasks need {self.module}, which is not installed: install it with {self.install}.")
+            )
         include = self.include()
         if include is not None and not include.is_dir():
-            return [(("include_path",), f"{include} is not a folder: give the folder of task YAMLs.")]
-        return []
+            problems.append((("include_path",), f"{include} is not a folder: give the folder of task YAMLs."))
+        return problems
 
 
 def _numeric(values: Mapping[str, Any]) -> dict[str, tuple[str, float]]:

@@ -47,10 +47,15 @@ def language_model(model_dir: Path) -> tuple[Any, Any]:
     return lm.eval(), processor.tokenizer
 
 
+INSTALL = 'pip install -e ".[eval]" (or pip install lm-eval)'
+
+
 class LmEval(HarnessEvaluator):
     name = "lm_eval"
     Options = LmEvalOptions
     options: LmEvalOptions
+    module = "lm_eval"
+    install = INSTALL
 
     def task_manager(self) -> Any:
         from lm_eval.tasks import TaskManager
@@ -62,9 +67,7 @@ class LmEval(HarnessEvaluator):
             import lm_eval
             from lm_eval.models.huggingface import HFLM
         except ImportError:
-            raise UserError(
-                f'evaluator {self.label!r} needs lm-eval: pip install -e ".[eval]" (or pip install lm-eval).'
-            ) from None
+            raise UserError(f"evaluator {self.label!r} needs lm-eval: {INSTALL}.") from None
         os.environ.update(OFFLINE)
         o = self.options
         manager = self.task_manager()

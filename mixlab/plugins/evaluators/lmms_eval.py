@@ -60,6 +60,8 @@ class LmmsEval(HarnessEvaluator):
     name = "lmms_eval"
     Options = LmmsEvalOptions
     options: LmmsEvalOptions
+    module = "lmms_eval"
+    install = INSTALL
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Evaluation:
         simple_evaluate, task_manager_class, model_class = lmms_eval_modules()
