@@ -762,10 +762,10 @@ def check_benchmark_names(
 ) -> None:
     """`weights`, `exclude` and Individual Select's `category_items` name benchmarks the evaluators report, where
     every evaluator knows its benchmarks without running (else the first evaluation checks them)."""
-    judged = {
-        label: section.options.category_items
+    judged: dict[str, dict[str, list[str]]] = {
+        label: items
         for label, section in selectors.items()
-        if section.type == "individual_select" and getattr(section.options, "category_items", None)
+        if section.type == "individual_select" and (items := getattr(section.options, "category_items", None))
     }
     if not (run.weights or run.exclude or judged) or not evaluators:
         return
