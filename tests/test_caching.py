@@ -233,6 +233,28 @@ def test_a_draw_from_a_reordered_pool_is_drawn_again(fake_recipe):
     assert status["select:random_half"] == "done" and status["select:curated"] == "cached"
 
 
+def test_an_arms_trainer_overrides_are_fingerprinted_as_the_training_uses_them(fake_recipe, monkeypatch):
+    """An arm's `trainer` table can name its own file (a DeepSpeed config): an edit of that file trains the arm
+    again, and only that arm."""
+    folder = fake_recipe.parent
+    for epochs in (1, 2):
+        (folder / f"config{epochs}.txt").write_text("v1")
+    monkeypatch.setattr(
+        fakes.FakeTrainer, "fingerprint", lambda self: (folder / f"config{self.options.epochs}.txt").read_text()
+    )
+    text = fake_recipe.read_text()
+    fake_recipe.write_text(
+        text.replace(
+            '[arms.full]\nsources = ["good", "bad"]\n',
+            '[arms.full]\nsources = ["good", "bad"]\ntrainer = { epochs = 2 }\n',
+        )
+    )
+    run(fake_recipe)
+    (folder / "config2.txt").write_text("v2")
+    status = statuses(run(fake_recipe))
+    assert status["train:full"] == "done" and status["train:curated"] == "cached"
+
+
 def test_a_scorers_fingerprint_and_seed_are_in_its_key(fake_recipe, monkeypatch):
     """A scorer's fingerprint (its reference checkpoint's content) and, with uses_seed, the run's seed key its stage."""
     text = fake_recipe.read_text().replace("seed = 1\n", "seed = 1\nseeds = [0]\n", 1)

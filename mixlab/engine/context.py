@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixlab.components import Evaluation, Metrics, Trial
+from mixlab.components import Evaluation, Metrics, Trainer, Trial
 from mixlab.decisions import Decisions
 from mixlab.engine.bodies import SCORES_FILE, eval_body, save_scores, score_body, train_body
 from mixlab.engine.keys import cache_key, plugin_code, seed_tag
@@ -204,13 +204,22 @@ class PipelineContext:
         material = {
             "trainer": self.recipe.trainer.raw,
             "code": plugin_code(self.recipe.trainer.cls),
-            "fingerprint": self._trainer.fingerprint(),  # e.g. the content of its DeepSpeed config
+            "fingerprint": self._trainer_with(overrides).fingerprint(),  # e.g. the content of its DeepSpeed config
             "overrides": overrides or {},
             "base": self._base_key,
             "samples": self.samples_material(ordered),
             "seed": seed,
         }
         return ordered, tag, material
+
+    def _trainer_with(self, overrides: dict[str, Any] | None) -> Trainer:
+        """The trainer with an arm's (or the alignment's) `trainer` overrides in its options, so that its fingerprint
+        sees a file they name (an arm's own DeepSpeed config)."""
+        if not overrides:
+            return self._trainer
+        trainer = self._trainer
+        options = trainer.options.model_validate({**trainer.options.model_dump(exclude_unset=True), **overrides})
+        return type(trainer)(options, trainer.label, trainer.base_dir)
 
     def _train_body(
         self, samples: list[Sample], overrides: dict[str, Any] | None, seed: int
