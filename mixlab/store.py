@@ -24,6 +24,15 @@ def content_text(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
+def tree_digest(root: Path) -> str:
+    """A hash of every file's path and bytes under ``root`` (``__pycache__`` left out)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def content_hash(obj: Any) -> str:
     """sha256 of ``content_text(obj)``."""
     return hashlib.sha256(content_text(obj).encode()).hexdigest()

@@ -367,6 +367,21 @@ def test_cached_second_call_does_not_rewrite(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["w"]  # no temp folders left
 
 
+def test_an_edit_of_the_generator_rebuilds_the_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A world on disk is keyed by the generator's source files, not only by GENERATOR_VERSION, which an edit can
+    forget to bump."""
+    from mixlab.toyworld import world
+
+    out = tmp_path / "w"
+    first = generate(out, seed=1, n_train=20, n_bench=4)
+    assert first["generator_code"] == world.generator_code()
+    monkeypatch.setattr(world, "generator_code", lambda: "edited")
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    rebuilt = generate(out, seed=1, n_train=20, n_bench=4)
+    assert rebuilt["generator_code"] == "edited" and (out / "manifest.json").stat().st_mtime_ns != stamp
+    assert generate(out, seed=1, n_train=20, n_bench=4) == rebuilt  # and reused after that
+
+
 def test_crash_leaves_no_half_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mixlab
-from mixlab.store import content_hash
+from mixlab.store import content_hash, tree_digest
 
 
 def seed_tag(tag: str, seed: int, seeds: Sequence[int]) -> str:
@@ -44,15 +44,6 @@ def mixlab_code() -> str:
     if dist is not None and dist.version and not _editable(dist):
         return f"mixlab-{dist.version}"
     return f"mixlab-{mixlab.__version__}+{tree_digest(Path(mixlab.__file__).parent)}"
-
-
-def tree_digest(root: Path) -> str:
-    """A hash of every file's path and bytes under ``root`` (``__pycache__`` left out)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def plugin_code(cls: type) -> str:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from mixlab.errors import UserError
+from mixlab.store import tree_digest
 from mixlab.toyworld.benchmarks import BUILDERS
 from mixlab.toyworld.sources import SOURCES, build_source
 from mixlab.toyworld.writer import atomic_dir, write_json, write_lines, write_tsv
 
 GENERATOR_VERSION = "3"
 CATEGORIES = ("caption", "color", "shape", "count", "spatial", "ocr", "chart", "science", "text")
-PARAMS = ("generator_version", "seed", "n_train", "n_bench", "image_size")
+PARAMS = ("generator_version", "generator_code", "seed", "n_train", "n_bench", "image_size")
+
+
+@functools.cache
+def generator_code() -> str:
+    """A hash of the generator's source files: a world on disk is rebuilt after an edit of the generator, even one
+    that forgets to bump GENERATOR_VERSION."""
+    return tree_digest(Path(__file__).parent)
 
 
 def _check(seed: int, n_train: int, n_bench: int, image_size: int) -> None:
@@ -46,6 +55,7 @@ def generate(out_dir: Path, seed: int = 0, n_train: int = 400, n_bench: int = 60
     out_dir = Path(out_dir)
     params = {
         "generator_version": GENERATOR_VERSION,
+        "generator_code": generator_code(),
         "seed": seed,
         "n_train": n_train,
         "n_bench": n_bench,
