@@ -85,3 +85,43 @@ def test_every_named_doc_exists():
     assert not missing, "these name a docs page that does not exist:\n" + "\n".join(
         f"  {path}:{number}: {name}" for path, number, name in missing
     )
+
+
+def documented_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
+def undocumented_options(models: dict[str, type], text: str) -> list[str]:
+    """``where.option`` for each option of the models that the docs never name (as `option` or `option = ...`)."""
+    return [
+        f"{where}.{name}"
+        for where, model in models.items()
+        for name in model.model_fields
+        if f"`{name}`" not in text and f"{name} =" not in text
+    ]
+
+
+def test_every_option_of_the_recipe_and_of_the_built_in_plugins_is_documented():
+    from pydantic import BaseModel
+
+    from mixlab import sections
+    from mixlab.registry import get_registry
+
+    models: dict[str, type] = {
+        name: cls
+        for name, cls in vars(sections).items()
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and cls.__module__ == sections.__name__
+    }
+    for kind, entries in get_registry().entries.items():
+        for name, entry in entries.items():
+            if entry.cls.__module__.startswith("mixlab."):
+                models[f"{kind} {name}"] = entry.cls.Options
+    assert len(models) > 15
+    text = documented_text()
+    assert not undocumented_options(models, text), "document these options in docs/ (recipes.md or the plugin's page)"
+
+    class Made(BaseModel):
+        tasks: list[str]
+        never_written_down_anywhere: int = 0
+
+    assert undocumented_options({"made": Made}, text) == ["made.never_written_down_anywhere"]
