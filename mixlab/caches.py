@@ -72,8 +72,11 @@ class JsonlCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.items: dict[str, Any] = {}
+        self.torn = False  # the file ends in a line a crash cut: the next batch starts on a line of its own
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            self.torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a crash
@@ -83,6 +86,9 @@ class JsonlCache:
 
     def add(self, pairs: Iterable[tuple[str, Any]]) -> None:
         with open(self.path, "a") as f:
+            if self.torn:
+                f.write("\n")
+                self.torn = False
             for key, value in pairs:
                 self.items[key] = value
                 f.write(json.dumps({"key": key, "value": value}) + "\n")

@@ -4,6 +4,7 @@ and resumable; plugins see the run through its context (mixlab.engine.context)."
 
 from __future__ import annotations
 
+import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -53,36 +54,61 @@ class Run:
         self.unaligned: tuple[Path, str] = (Path(), "")  # the base model before any alignment, and its stage key
 
     def execute(self) -> dict[str, Any]:
-        """Run every stage, then write report.json / report.md; returns the report."""
+        """Run every stage, then write the run's files, report.json last; returns the report. One run at a time in a
+        folder; a ``--fresh`` run stopped before its end is taken up."""
+        with self.store.lock():
+            resumed = self.engine.resume_fresh()
+            self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__, resumed=resumed)
+            if resumed:
+                self.board.log(f"Taking up the unfinished `--fresh {' '.join(resumed)}` of an earlier run here.")
+            if not self.keep_finished:  # a run stopped early is still a run folder with its recipe
+                self.copy_recipe()
+            failed: BaseException | None = None
+            with self.board:
+                try:
+                    self.run_stages()
+                except BaseException as exc:  # keep what is finished; write a report of the failure
+                    failed = exc
+            report = self.write_files(failed)
+            if failed is not None:
+                raise failed
+            self.store.clear_fresh()
+            return report
+
+    def run_stages(self) -> None:
+        self.load_sources()
+        self.build_model()
+        for arm in reference_arms(self.recipe):  # arms whose model a scorer uses go first
+            self.run_arm(arm, {})
+        scores = self.score(scorers_needed(self.recipe))
+        for arm in self.recipe.arms:
+            if arm not in self.result.arms:
+                self.run_arm(arm, scores)
+        if self.recipe.soup is not None:
+            self.run_soup(self.recipe.soup)
+        analyse(self.result, self.ctx.decisions, self.recipe.run.compare_to or next(iter(self.recipe.arms)))
+
+    def write_files(self, failed: BaseException | None) -> dict[str, Any]:
+        """The report, selections and recipe copy. A failed rerun leaves an earlier finished run's files alone (its
+        report goes to report-failed.json). Otherwise the earlier report.json goes first and the new one comes last,
+        so a stop in between leaves no report that disagrees with the other files (a rerun writes them again)."""
         from mixlab.report import write_report
 
-        self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__)
-        failed: BaseException | None = None
-        with self.board:
-            try:
-                self.load_sources()
-                self.build_model()
-                for arm in reference_arms(self.recipe):  # arms whose model a scorer uses go first
-                    self.run_arm(arm, {})
-                scores = self.score(scorers_needed(self.recipe))
-                for arm in self.recipe.arms:
-                    if arm not in self.result.arms:
-                        self.run_arm(arm, scores)
-                if self.recipe.soup is not None:
-                    self.run_soup(self.recipe.soup)
-                analyse(self.result, self.ctx.decisions, self.recipe.run.compare_to or next(iter(self.recipe.arms)))
-            except BaseException as exc:  # keep what is finished; write a report of the failure
-                failed = exc
-        keep_earlier = failed is not None and self.keep_finished
-        report = write_report(self.result, None if failed is None else f"{type(failed).__name__}: {failed}")
-        if not keep_earlier:  # a failed rerun leaves an earlier finished run's files (report, recipe, selections) alone
+        error = None if failed is None else f"{type(failed).__name__}: {failed}"
+        if failed is None or not self.keep_finished:
+            (self.run_dir / "report.json").unlink(missing_ok=True)
             for name, chosen in self.selections.items() if self.keep_finished else ():  # else saved as selected
                 save_samples(self.store.selection_file(name), chosen)
-            if self.recipe.path.resolve() != (self.run_dir / "recipe.toml").resolve():
-                shutil.copyfile(self.recipe.path, self.run_dir / "recipe.toml")
-        if failed is not None:
-            raise failed
-        return report
+            self.copy_recipe()
+        return write_report(self.result, error)
+
+    def copy_recipe(self) -> None:
+        """RUN_DIR/recipe.toml: the recipe the run's files come from (`compare` and `export` read it)."""
+        target = self.run_dir / "recipe.toml"
+        if self.recipe.path.resolve() != target.resolve():
+            tmp = target.with_name(f".recipe.toml.{os.getpid()}.tmp")
+            shutil.copyfile(self.recipe.path, tmp)
+            os.replace(tmp, target)
 
     # ---- sources and the base model -------------------------------------------------------------------------
     def load_sources(self) -> None:

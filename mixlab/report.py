@@ -188,9 +188,9 @@ def write_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
     if error is not None and is_finished_report(run_dir / "report.json"):
         atomic_write_json(run_dir / FAILED_REPORT, report)
         return report
-    atomic_write_json(run_dir / "report.json", report)
-    (run_dir / FAILED_REPORT).unlink(missing_ok=True)
     render(report, run_dir, show=error is None)  # a failed run ends with its error message alone
+    atomic_write_json(run_dir / "report.json", report)  # last: a report.json says the files beside it are done
+    (run_dir / FAILED_REPORT).unlink(missing_ok=True)
     return report
 
 

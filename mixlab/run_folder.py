@@ -53,6 +53,12 @@ def read_report(run_dir: Path) -> dict:
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a report: remove it and rerun `mixlab run` to write the report.")
     if not path.is_file():
+        if (run_dir / "stages").is_dir():
+            raise UserError(
+                f"{run_dir} holds a run that has not finished (no report.json: stopped before its end or while "
+                f"writing its files). Finish it with `mixlab run {run_dir / 'recipe.toml'} --output-dir {run_dir}` "
+                "(its finished stages are reused)."
+            )
         raise UserError(
             f"{path} does not exist: give a run directory that `mixlab run` has written a report to (rerun the "
             "recipe to write it)."

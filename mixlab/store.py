@@ -7,7 +7,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,10 @@ def tree_digest(root: Path) -> str:
 def content_hash(obj: Any) -> str:
     """sha256 of ``content_text(obj)``."""
     return hashlib.sha256(content_text(obj).encode()).hexdigest()
+
+
+FRESH_FILE = "fresh.json"  # the patterns and progress of a `--fresh` run until it ends
+LOCK_FILE = ".lock"  # held by the `mixlab run` working in the folder
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -119,6 +124,57 @@ class Store:
         finished part inside it (the shards of a sharded scoring), which would otherwise be kept."""
         for marker in [stage_dir / "DONE", *stage_dir.glob("*/**/DONE")]:
             marker.unlink(missing_ok=True)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for one `mixlab run`: a second run on it stops with a message instead of training
+        into the same stage folders. The operating system drops the lock when the process ends, killed or not."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            yield
+            return
+        path = self.run_dir / LOCK_FILE
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(
+                    f"{self.run_dir} is in use by another `mixlab run` ({holder}): wait for it to end, or give "
+                    "another --output-dir."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def pending_fresh(self) -> tuple[list[str], set[str]]:
+        """The ``--fresh`` patterns of a run that stopped before its end, and the stages it had already run again."""
+        try:
+            data = json.loads((self.run_dir / FRESH_FILE).read_text())
+            return [str(p) for p in data["patterns"]], {str(k) for k in data["refreshed"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return [], set()
+
+    def save_fresh(self, patterns: Sequence[str], refreshed: set[str]) -> None:
+        """What a ``--fresh`` run has still to do, kept until it ends: a crash does not turn its remaining stages
+        back into cached ones (an evaluation of the model it replaced)."""
+        atomic_write_json(self.run_dir / FRESH_FILE, {"patterns": list(patterns), "refreshed": sorted(refreshed)})
+
+    def clear_fresh(self) -> None:
+        (self.run_dir / FRESH_FILE).unlink(missing_ok=True)
+
+    @staticmethod
+    def sweep(stage_dir: Path) -> None:
+        """Remove the temp files a killed process left half written in a stage folder about to be run."""
+        for tmp in stage_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def result(stage_dir: Path) -> dict[str, Any]:

@@ -94,6 +94,41 @@ def test_reopening_a_stage_unfinishes_its_finished_parts(tmp_path):
     assert not list(stage.rglob("DONE"))
 
 
+def test_fresh_on_an_unfinished_stage_unfinishes_its_finished_shards(tmp_path):
+    """A scoring stopped after some shards, then asked --fresh: the shards scored before are not kept either."""
+    from mixlab.engine.stages import Engine
+
+    engine = Engine(Store(tmp_path), fresh=("score:ppl",))
+    _, stage = engine.folder("score:ppl", {"m": 1})
+    (stage / "shard-0-of-2").mkdir(parents=True)
+    (stage / "shard-0-of-2" / "DONE").write_text("")
+    assert not engine.reusable("score:ppl", {"m": 1}, stage)
+    assert not list(stage.rglob("DONE"))
+
+
+def test_a_stage_run_again_sweeps_the_temp_files_a_killed_process_left(tmp_path):
+    from mixlab.engine.stages import Engine
+
+    engine = Engine(Store(tmp_path))
+    _, stage = engine.folder("train:x", {"m": 1})
+    stage.mkdir(parents=True)
+    (stage / ".result.json.4242.tmp").write_text("{")
+    engine.stage("train:x", {"m": 1}, lambda folder: {"ok": True})
+    assert sorted(p.name for p in stage.iterdir()) == ["DONE", "result.json"]
+
+
+def test_a_cache_line_cut_by_a_crash_costs_only_itself(tmp_path):
+    """The next batch starts on a line of its own, so what it saves can be read back."""
+    from mixlab.caches import JsonlCache
+
+    path = tmp_path / "cache.jsonl"
+    path.write_text('{"key": "a", "value": 1.0}\n{"key": "b", "val')
+    cache = JsonlCache(path)
+    assert cache.items == {"a": 1.0}
+    cache.add([("c", 3.0)])
+    assert JsonlCache(path).items == {"a": 1.0, "c": 3.0}
+
+
 def test_fresh_on_the_command_line(fake_recipe, monkeypatch, capsys):
     out = fake_recipe.parent / "cli-run"
     for argv in (["run", str(fake_recipe)], ["run", str(fake_recipe), "--fresh", "train:full,score:quality"]):

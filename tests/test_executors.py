@@ -3,6 +3,13 @@ the same selection, scores and cache as in-process training; worker failures are
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from mixlab.engine.dispatch import worker_command
@@ -87,3 +94,56 @@ def test_worker_command_uses_torchrun_for_several_processes(tmp_path):
     assert worker_command(tmp_path / "job.json", 1)[1:] == ["-m", "mixlab.engine.worker", str(tmp_path / "job.json")]
     launch = worker_command(tmp_path / "job.json", 2)
     assert launch[1:3] == ["-m", "torch.distributed.run"] and launch[launch.index("--nproc_per_node") + 1] == "2"
+
+
+PARENT = """
+import subprocess, sys, time
+from mixlab.engine.dispatch import die_with_parent
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=die_with_parent())
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_local_worker_does_not_outlive_a_killed_mixlab():
+    """Killed mixlab (out of memory, kill -9): its workers stop too, instead of training on into stage folders that
+    the next run works in."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, env=env)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 10
+        while alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not alive(child)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_sharded_scoring_resumed_with_another_number_of_processes(fake_recipe, tmp_path):
+    """Stopped after its shards finished, then run with `processes = 3` instead of 2: the samples are cut anew
+    (the two finished shards hold other rows), and the scores come out the same."""
+    text = fake_recipe.read_text()
+    fake_recipe.write_text(text.replace("seed = 1\n", "seed = 1\nexecutor = { processes = 2 }\n", 1))
+    first = Run(load_recipe(fake_recipe), tmp_path / "run", show_progress=False).execute()
+    stage = next((tmp_path / "run" / "stages").glob("score_quality-*"))
+    assert sorted(p.name for p in stage.glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
+    (stage / "DONE").unlink()  # as if stopped before the merge
+    fake_recipe.write_text(text.replace("seed = 1\n", "seed = 1\nexecutor = { processes = 3 }\n", 1))
+    again = Run(load_recipe(fake_recipe), tmp_path / "run", show_progress=False).execute()
+    assert statuses(again)["score:quality"] == "done"
+    assert comparable(again) == comparable(first)

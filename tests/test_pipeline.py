@@ -182,3 +182,97 @@ def test_failed_rerun_leaves_the_finished_runs_files_alone(fake_recipe, monkeypa
     monkeypatch.delenv("FAKE_TRAIN_SLEEP")
     run_recipe(fake_recipe)  # a rerun that finishes replaces them
     assert len(load_samples(run_dir / "selections" / "curated.parquet")) == 5
+
+
+def stopped_fresh_run(fake_recipe, monkeypatch, out: Path) -> None:
+    """`--fresh 'train:full*'` over a finished two-seed run, stopped while it trains seed 1 (after seed 0 is
+    trained again, before any evaluation of it)."""
+    import pytest
+
+    from tests import fakes
+
+    fake_recipe.write_text(fake_recipe.read_text().replace("seed = 1\n", "seed = 1\nseeds = [0, 1]\n", 1))
+    run_recipe(fake_recipe, out)
+    train = fakes.FakeTrainer.train
+    calls = []
+
+    def stop_at_the_second(self, samples, base_model, work_dir, ctx, overrides=None):
+        calls.append(ctx.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill would stop it: no evaluation after the training
+        return train(self, samples, base_model, work_dir, ctx, overrides)
+
+    monkeypatch.setattr(fakes.FakeTrainer, "train", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        Run(load_recipe(fake_recipe), out, show_progress=False, fresh=("train:full*",)).execute()
+    monkeypatch.setattr(fakes.FakeTrainer, "train", train)
+    assert calls == [0, 1] and (out / "fresh.json").is_file()
+
+
+def test_a_fresh_run_stopped_midway_is_taken_up_by_the_next_run(fake_recipe, monkeypatch, tmp_path):
+    """The next plain run redoes what the --fresh run had still to do: the evaluations of the models it replaced are
+    not reused (they would score a model that is no longer on disk), and the training it finished is kept."""
+    out = tmp_path / "out"
+    stopped_fresh_run(fake_recipe, monkeypatch, out)
+    status = {s["name"]: s["status"] for s in run_recipe(fake_recipe, out)["stages"]}
+    assert status["train:full@seed0"] == "cached" and status["train:full@seed1"] == "done"
+    assert status["eval:full@seed0"] == status["eval:full@seed1"] == "done"
+    assert status["train:curated@seed0"] == "cached" and not (out / "fresh.json").exists()
+    again = {s["name"]: s["status"] for s in run_recipe(fake_recipe, out)["stages"]}
+    assert set(again.values()) == {"cached"}
+
+
+def test_repeating_the_stopped_fresh_run_keeps_what_it_redid(fake_recipe, monkeypatch, tmp_path):
+    out = tmp_path / "out"
+    stopped_fresh_run(fake_recipe, monkeypatch, out)
+    report = Run(load_recipe(fake_recipe), out, show_progress=False, fresh=("train:full*",)).execute()
+    status = {s["name"]: s["status"] for s in report["stages"]}
+    assert status["train:full@seed0"] == "cached" and status["train:full@seed1"] == "done"
+    assert status["eval:full@seed0"] == "done"
+
+
+def test_one_run_at_a_time_in_a_folder(fake_recipe, tmp_path):
+    import pytest
+
+    from mixlab.errors import UserError
+    from mixlab.store import Store
+
+    out = tmp_path / "out"
+    with Store(out).lock():  # another `mixlab run` holds the folder
+        with pytest.raises(UserError, match=r"is in use by another `mixlab run` \(pid \d+, since .*\): wait"):
+            run_recipe(fake_recipe, out)
+    assert not (out / "report.json").exists()
+    run_recipe(fake_recipe, out)  # free again
+
+
+def test_the_report_is_written_last_and_a_first_run_keeps_its_recipe_from_the_start(fake_recipe, monkeypatch, tmp_path):
+    """A run stopped while it writes its files leaves no report.json that disagrees with them, and `compare` says
+    how to finish it; a first run stopped early is still a run folder (its recipe copy is written first)."""
+    import pytest
+
+    from mixlab import report as report_module
+    from mixlab.errors import UserError
+    from mixlab.run_folder import read_report, run_arms
+
+    out = tmp_path / "out"
+    run_recipe(fake_recipe, out)
+    fake_recipe.write_text(fake_recipe.read_text().replace("count = 10", "count = 5"))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "render", stopped)  # stopped after the new selections and recipe copy
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(fake_recipe, out)
+    assert "count = 5" in (out / "recipe.toml").read_text()
+    with pytest.raises(UserError, match=r"holds a run that has not finished .* Finish it with `mixlab run"):
+        read_report(out)
+    monkeypatch.undo()
+    assert run_recipe(fake_recipe, out)["arms"]["curated"]["n_samples"] == 5
+
+    first = tmp_path / "first"
+    monkeypatch.setattr(Run, "run_stages", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(report_module, "render", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(fake_recipe, first)
+    assert run_arms(first) == ["full", "curated"]

@@ -53,6 +53,19 @@ def launch(job_file: str, processes: int = 1) -> None:
         raise RuntimeError(f"job {job_file} exited with code {code}; see {log}")
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function that makes a child process get SIGTERM when mixlab dies (killed, out of memory), so that
+    no orphaned worker trains on into a stage folder that the next run works in; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def run_local(jobs: list[Job], o: ExecutorSection, on_done: Callable[[Job], None]) -> None:
     """Up to `workers` jobs at once as child processes; the others wait for a free slot (and its GPUs)."""
     slots: list[str | None] = list(o.devices) if o.devices else [None] * o.workers
@@ -61,6 +74,7 @@ def run_local(jobs: list[Job], o: ExecutorSection, on_done: Callable[[Job], None
     waiting = list(jobs)
     running: dict[int, tuple[subprocess.Popen, Job, Any, float]] = {}
     failed: list[Job] = []
+    tie = die_with_parent()
     while waiting or running:
         for slot, devices in enumerate(slots):
             if slot not in running and waiting:
@@ -68,7 +82,11 @@ def run_local(jobs: list[Job], o: ExecutorSection, on_done: Callable[[Job], None
                 (job.stage_dir / ERROR_FILE).unlink(missing_ok=True)
                 out = open(job.stage_dir / LOG_FILE, "ab")
                 proc = subprocess.Popen(
-                    worker_command(job.file, o.processes), stdout=out, stderr=out, env=worker_env(devices, threads)
+                    worker_command(job.file, o.processes),
+                    stdout=out,
+                    stderr=out,
+                    env=worker_env(devices, threads),
+                    preexec_fn=tie,
                 )
                 running[slot] = (proc, job, out, time.perf_counter())
         time.sleep(0.2)

@@ -99,7 +99,8 @@ class Remote:
         import numpy as np
 
         n = self.executor.processes
-        shards = [Job(f"score:{section.label} shard {i + 1}/{n}", stage_dir / f"shard-{i}") for i in range(n)]
+        # named by their number: a rerun with another `processes` cuts the samples anew, not onto old shards
+        shards = [Job(f"score:{section.label} shard {i + 1}/{n}", stage_dir / f"shard-{i}-of-{n}") for i in range(n)]
         todo = [job for job in shards if not self.store.is_done(job.stage_dir)]  # finished shards are kept
         reference = str(reference_dir) if reference_dir else None
         for i, job in enumerate(shards):

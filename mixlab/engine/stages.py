@@ -3,7 +3,8 @@
 A stage's folder is ``stages/<ident>-<key>``; its ``DONE`` marker is written after its ``result.json`` and
 artifacts, so a rerun trusts only finished work. ``fresh`` names stages to run again even when finished (``*``:
 all); a stage whose material mentions the key of a stage run fresh in this run is run fresh too, so what depends on
-a refreshed stage follows it.
+a refreshed stage follows it. A ``--fresh`` run that stops before its end is taken up by the next run on the
+folder (``resume_fresh``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ class Engine:
         key = stage_key(ident, material)
         return key, self.store.stage_dir(ident, key)
 
+    def resume_fresh(self) -> list[str]:
+        """Take up a ``--fresh`` run that stopped before its end (its patterns join this run's, and the stages it
+        already ran again stay done); returns its patterns. Called once, as the run starts."""
+        patterns, refreshed = self.store.pending_fresh()
+        self.fresh = tuple(dict.fromkeys([*patterns, *self.fresh]))
+        self._refreshed |= refreshed
+        if self.fresh:
+            self.store.save_fresh(self.fresh, self._refreshed)
+        return patterns
+
+    def _mark_refreshed(self, short: str) -> None:
+        self._refreshed.add(short)
+        self.store.save_fresh(self.fresh, self._refreshed)
+
     def must_refresh(self, name: str, material: Any) -> bool:
         """Whether ``--fresh`` asks for this stage, directly or through a stage it depends on."""
         if not self.fresh:
@@ -56,14 +71,13 @@ class Engine:
         return any(key in text for key in self._refreshed)
 
     def reusable(self, name: str, material: Any, stage_dir: Path) -> bool:
-        """A finished folder that ``--fresh`` does not ask to redo (a refreshed one loses its DONE marker)."""
-        if not self.store.is_done(stage_dir):
-            return False
+        """A finished folder that ``--fresh`` does not ask to redo. One it asks to redo loses its DONE marker and
+        those of its finished parts (a sharded scoring's shards), finished or not."""
         short = stage_dir.name[-12:]
         if short in self._refreshed or short in self._by_worker or not self.must_refresh(name, material):
-            return True
+            return self.store.is_done(stage_dir)
         self.store.reopen(stage_dir)
-        self._refreshed.add(stage_dir.name[-12:])
+        self._mark_refreshed(short)
         return False
 
     def stage(
@@ -87,6 +101,7 @@ class Engine:
             self.event(event="end", stage=name, status=entry.status, seconds=entry.seconds)
             return result, stage_dir
         stage_dir.mkdir(parents=True, exist_ok=True)
+        self.store.sweep(stage_dir)
         self.event(event="start", stage=name, key=key[:12])
         start = time.perf_counter()
         try:
@@ -103,7 +118,7 @@ class Engine:
         result[RECORD] = dict(entry.record)
         self.store.finish(stage_dir, result)
         if self.fresh:
-            self._refreshed.add(key[:12])
+            self._mark_refreshed(key[:12])
         self.entries.append(entry)
         self.event(event="end", stage=name, status="done", seconds=entry.seconds)
         return result, stage_dir
@@ -112,7 +127,7 @@ class Engine:
         """A worker just finished this folder: report it as done (with the worker's time), not as cached."""
         self._by_worker.add(stage_dir.name[-12:])
         if self.fresh:
-            self._refreshed.add(stage_dir.name[-12:])
+            self._mark_refreshed(stage_dir.name[-12:])
 
     @contextmanager
     def downstream_of(self, name: str) -> Iterator[None]:
