@@ -4,8 +4,6 @@ and resumable; plugins see the run through its context (mixlab.engine.context)."
 
 from __future__ import annotations
 
-import os
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,20 +54,23 @@ class Run:
     def execute(self) -> dict[str, Any]:
         """Run every stage, then write the run's files, report.json last; returns the report. One run at a time in a
         folder; a ``--fresh`` run stopped before its end is taken up."""
+        from mixlab.report import write_report
+
         with self.store.lock():
             resumed = self.engine.resume_fresh()
             self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__, resumed=resumed)
             if resumed:
                 self.board.log(f"Taking up the unfinished `--fresh {' '.join(resumed)}` of an earlier run here.")
             if not self.keep_finished:  # a run stopped early is still a run folder with its recipe
-                self.copy_recipe()
+                self.store.keep_recipe(self.recipe.path)
             failed: BaseException | None = None
             with self.board:
                 try:
                     self.run_stages()
                 except BaseException as exc:  # keep what is finished; write a report of the failure
                     failed = exc
-            report = self.write_files(failed)
+            error = None if failed is None else f"{type(failed).__name__}: {failed}"
+            report = write_report(self.result, error, self.selections if self.keep_finished else None)
             if failed is not None:
                 raise failed
             self.store.clear_fresh()
@@ -88,45 +89,18 @@ class Run:
             self.run_soup(self.recipe.soup)
         analyse(self.result, self.ctx.decisions, self.recipe.run.compare_to or next(iter(self.recipe.arms)))
 
-    def write_files(self, failed: BaseException | None) -> dict[str, Any]:
-        """The report, selections and recipe copy. A failed rerun leaves an earlier finished run's files alone (its
-        report goes to report-failed.json). Otherwise the earlier report.json goes first and the new one comes last,
-        so a stop in between leaves no report that disagrees with the other files (a rerun writes them again)."""
-        from mixlab.report import write_report
-
-        error = None if failed is None else f"{type(failed).__name__}: {failed}"
-        if failed is None or not self.keep_finished:
-            (self.run_dir / "report.json").unlink(missing_ok=True)
-            for name, chosen in self.selections.items() if self.keep_finished else ():  # else saved as selected
-                save_samples(self.store.selection_file(name), chosen)
-            self.copy_recipe()
-        return write_report(self.result, error)
-
-    def copy_recipe(self) -> None:
-        """RUN_DIR/recipe.toml: the recipe the run's files come from (`compare` and `export` read it)."""
-        target = self.run_dir / "recipe.toml"
-        if self.recipe.path.resolve() != target.resolve():
-            tmp = target.with_name(f".recipe.toml.{os.getpid()}.tmp")
-            shutil.copyfile(self.recipe.path, tmp)
-            os.replace(tmp, target)
-
     # ---- sources and the base model -------------------------------------------------------------------------
     def load_sources(self) -> None:
         for label, section in self.recipe.sources.items():
             source = section.build()
             material = {"section": section.raw, "code": plugin_code(section.cls), "fingerprint": source.fingerprint()}
-            _, stage_dir = self.engine.stage(f"source:{label}", material, partial(self.load_source, source, section))
+            _, stage_dir = self.engine.stage(
+                f"source:{label}", material, partial(source_body, source, section, self.ctx)
+            )
             samples = load_samples(stage_dir / SAMPLES_FILE) if (stage_dir / SAMPLES_FILE).exists() else []
             for name in source.provides():
                 self.ctx.source_keys[name] = self.engine.keys[f"source:{label}"]
                 self.samples_of_source[name] = [s for s in samples if s["source"] == name]
-
-    def load_source(self, source: Source, section: Section, stage_dir: Path) -> dict[str, Any]:
-        """The source stage's body: load, normalise and store the samples."""
-        samples = normalise(source.load(self.ctx), section, source.provides())
-        save_samples(stage_dir / SAMPLES_FILE, samples)
-        self.ctx.record(n_samples=len(samples))
-        return {"counts": count_sources(samples)}
 
     def samples_of(self, names: list[str]) -> list[Sample]:
         return [s for name in names for s in self.samples_of_source[name]]
@@ -289,6 +263,14 @@ def pool_scorers(recipe: Recipe, pools: list[tuple[str | None, list[str]]]) -> d
             needed.setdefault(scorer, [])
             needed[scorer] += [s for s in sources if s not in needed[scorer]]
     return needed
+
+
+def source_body(source: Source, section: Section, ctx: PipelineContext, stage_dir: Path) -> dict[str, Any]:
+    """The source stage's body: load, normalise and store the samples."""
+    samples = normalise(source.load(ctx), section, source.provides())
+    save_samples(stage_dir / SAMPLES_FILE, samples)
+    ctx.record(n_samples=len(samples))
+    return {"counts": count_sources(samples)}
 
 
 def pretrain_body(

@@ -12,9 +12,10 @@ from mixlab.engine.keys import mixlab_code
 from mixlab.report_plots import plot
 from mixlab.report_tables import print_tables, render_markdown
 from mixlab.run_folder import is_finished_report
-from mixlab.store import atomic_write_json, atomic_write_text
+from mixlab.store import Store, atomic_write_json, atomic_write_text, save_samples
 
 if TYPE_CHECKING:
+    from mixlab.data import Sample
     from mixlab.results import AlignResult, ArmResult, Replicate, RunResult
 
 FAILED_REPORT = "report-failed.json"
@@ -177,17 +178,26 @@ def finite(value: Any) -> Any:
     return value
 
 
-def write_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
-    """Write report.json, report.md and the plots; returns the report.
+def write_report(
+    result: RunResult, error: str | None = None, selections: Mapping[str, Sequence[Sample]] | None = None
+) -> dict[str, Any]:
+    """Write the run's files: the ``selections`` given (arm → samples; those saved as selected need not be), the
+    recipe copy, report.md and the plots, and report.json last; returns the report.
 
-    A failed run (``error`` given) never overwrites the report of an earlier finished run in the same folder: its
-    report goes to report-failed.json instead, and report.md is left alone.
+    A failed run (``error`` given) never overwrites the files of an earlier finished run in the same folder: its
+    report goes to report-failed.json instead. Otherwise the earlier report.json goes first, so a stop while the
+    files are written leaves no report that disagrees with them (a rerun writes them again from its stages).
     """
     report = build_report(result, error)
     run_dir = result.run_dir
     if error is not None and is_finished_report(run_dir / "report.json"):
         atomic_write_json(run_dir / FAILED_REPORT, report)
         return report
+    (run_dir / "report.json").unlink(missing_ok=True)
+    store = Store(run_dir)
+    for arm, chosen in (selections or {}).items():
+        save_samples(store.selection_file(arm), chosen)
+    store.keep_recipe(result.recipe)
     render(report, run_dir, show=error is None)  # a failed run ends with its error message alone
     atomic_write_json(run_dir / "report.json", report)  # last: a report.json says the files beside it are done
     (run_dir / FAILED_REPORT).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -153,6 +154,14 @@ class Store:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def keep_recipe(self, recipe: Path) -> None:
+        """RUN_DIR/recipe.toml: the recipe the run's files come from (`compare` and `export` read it)."""
+        target = self.run_dir / "recipe.toml"
+        if recipe.resolve() != target.resolve():
+            tmp = target.with_name(f".recipe.toml.{os.getpid()}.tmp")
+            shutil.copyfile(recipe, tmp)
+            os.replace(tmp, target)
 
     def pending_fresh(self) -> tuple[list[str], set[str]]:
         """The ``--fresh`` patterns of a run that stopped before its end, and the stages it had already run again."""

@@ -204,22 +204,13 @@ class PipelineContext:
         material = {
             "trainer": self.recipe.trainer.raw,
             "code": plugin_code(self.recipe.trainer.cls),
-            "fingerprint": self._trainer_with(overrides).fingerprint(),  # e.g. the content of its DeepSpeed config
+            "fingerprint": with_overrides(self._trainer, overrides).fingerprint(),  # e.g. its DeepSpeed config
             "overrides": overrides or {},
             "base": self._base_key,
             "samples": self.samples_material(ordered),
             "seed": seed,
         }
         return ordered, tag, material
-
-    def _trainer_with(self, overrides: dict[str, Any] | None) -> Trainer:
-        """The trainer with an arm's (or the alignment's) `trainer` overrides in its options, so that its fingerprint
-        sees a file they name (an arm's own DeepSpeed config)."""
-        if not overrides:
-            return self._trainer
-        trainer = self._trainer
-        options = trainer.options.model_validate({**trainer.options.model_dump(exclude_unset=True), **overrides})
-        return type(trainer)(options, trainer.label, trainer.base_dir)
 
     def _train_body(
         self, samples: list[Sample], overrides: dict[str, Any] | None, seed: int
@@ -237,3 +228,12 @@ class PipelineContext:
             columns = score_body(section, samples, reference_dir, self)
         save_scores(stage_dir / SCORES_FILE, [s["id"] for s in samples], columns)
         return sorted(columns)
+
+
+def with_overrides(trainer: Trainer, overrides: dict[str, Any] | None) -> Trainer:
+    """The trainer with an arm's (or the alignment's) `trainer` overrides in its options, so that its fingerprint
+    sees a file they name (an arm's own DeepSpeed config)."""
+    if not overrides:
+        return trainer
+    options = trainer.options.model_validate({**trainer.options.model_dump(exclude_unset=True), **overrides})
+    return type(trainer)(options, trainer.label, trainer.base_dir)
