@@ -13,7 +13,7 @@ from rich.text import Text
 from mixlab.data import Sample
 from mixlab.errors import UserError
 
-console = Console()
+console = Console(emoji=False)
 
 
 def _recipe_samples(path: Path, only: list[str]) -> tuple[list[Sample], Any, int, int | None]:

@@ -58,7 +58,9 @@ class Run:
 
         with self.store.lock():
             resumed = self.engine.resume_fresh()
-            self.store.event(event="run", recipe=str(self.recipe.path), mixlab_version=__version__, resumed=resumed)
+            self.store.event(
+                event="run", recipe=str(self.recipe.path.resolve()), mixlab_version=__version__, resumed=resumed
+            )
             if resumed:
                 self.board.log(f"Taking up the unfinished `--fresh {' '.join(resumed)}` of an earlier run here.")
             if not self.keep_finished:  # a run stopped early is still a run folder with its recipe

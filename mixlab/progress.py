@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 LOG_WIDTH = 160
 """Columns of the tables when stderr is a file or a pipe (a log), where rich would otherwise assume 80."""
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # a message's ":cat:" stays text
 if not console.is_terminal and not os.environ.get("COLUMNS"):
     console.width = LOG_WIDTH
 

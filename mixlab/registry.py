@@ -149,8 +149,20 @@ def _load_entry_points(pm: pluggy.PluginManager, packages: dict[str, tuple[str, 
                 f"plugin package {dist_name!r} (entry point {ep.value!r}) failed to import: "
                 f"{type(exc).__name__}: {exc}. Fix or uninstall it, or run with MIXLAB_LOAD_PLUGINS='' to skip it."
             ) from exc
-        pm.register(plugin, name=ep.name)
+        _register(pm, plugin, ep.name, f"plugin package {dist_name!r}")
         packages[ep.name] = (dist_name, dist.version if dist else "")
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None, what: str) -> str | None:
+    """``pm.register``, with one clear message where a hook implementation's arguments are not the hook's."""
+    try:
+        return pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        said = " ".join(str(exc).split()).rstrip(".")  # pluggy's message spans lines
+        raise UserError(
+            f"{what}: {said}. Name a hook implementation's arguments as its hook does (docs/plugins.md lists "
+            "them: register_*(register))."
+        ) from None
 
 
 def make_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
@@ -163,7 +175,7 @@ def make_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
         packages[module_name] = ("mixlab", __version__)
     _load_entry_points(pm, packages)
     for plugin in extra_plugins:
-        name = pm.register(plugin)
+        name = _register(pm, plugin, None, f"plugin {getattr(plugin, '__name__', plugin)!r}")
         if name is not None:  # None: pluggy blocked that plugin name, so nothing was registered
             packages[name] = (getattr(plugin, "__name__", "local"), "")
     try:

@@ -56,7 +56,7 @@ def read_report(run_dir: Path) -> dict:
         if (run_dir / "stages").is_dir():
             raise UserError(
                 f"{run_dir} holds a run that has not finished (no report.json: stopped before its end or while "
-                f"writing its files). Finish it with `mixlab run {run_dir / 'recipe.toml'} --output-dir {run_dir}` "
+                f"writing its files). Finish it with `mixlab run {last_recipe(run_dir)} --output-dir {run_dir}` "
                 "(its finished stages are reused)."
             )
         raise UserError(
@@ -82,6 +82,23 @@ def read_report(run_dir: Path) -> dict:
             "`mixlab run` to rewrite it."
         )
     return data
+
+
+def last_recipe(run_dir: Path) -> str:
+    """The recipe the last `mixlab run` in run_dir ran (events.jsonl), where it still exists; else "RECIPE". Not the
+    copy inside run_dir: its relative paths would resolve from there."""
+    try:
+        lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return "RECIPE"
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "run" and isinstance(event.get("recipe"), str):
+            return event["recipe"] if Path(event["recipe"]).is_file() else "RECIPE"
+    return "RECIPE"
 
 
 def is_finished_report(path: Path) -> bool:

@@ -539,13 +539,26 @@ def _check_layers(
     for label, section in selectors.items():
         blocks = getattr(section.options, "layout_blocks", None) if section.type == "coincide" else None
         for name in section.core.get("scorers", []) if blocks is not None else []:
-            layers = getattr(scorers[name].options, "layers", None) if name in scorers else None
+            layers = embedded_layers(scorers[name], depth) if name in scorers else None
             if layers is not None and blocks != len(layers):
                 v.add(
                     ("selectors", label, "layout_blocks"),
                     f"is {blocks}, but scorer {name!r} embeds {len(layers)} layers ({layers}): set layout_blocks = "
                     f"{len(layers)}, or the text halves it picks would include image blocks.",
                 )
+
+
+def embedded_layers(scorer: Section, depth: int | None) -> list[int] | None:
+    """The layers an `activations` scorer embeds, where known before running: its `layers`, or the default ones
+    of the tiny preset's `depth` when it embeds with the base model."""
+    if scorer.type != "activations":
+        return None
+    layers = getattr(scorer.options, "layers", None)
+    if layers is None and depth is not None and getattr(scorer.options, "model", None) is None:
+        from mixlab.models.layers import default_layers
+
+        return default_layers(depth)
+    return layers
 
 
 def _check_align_selector(v: Validator, path: tuple, section: Section, scorers: dict[str, Section]) -> None:

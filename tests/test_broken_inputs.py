@@ -1279,6 +1279,19 @@ def test_a_harness_that_is_not_installed_is_found_by_validate(harness, module, w
     assert code == 0, out
 
 
+def test_coincide_layout_blocks_against_the_default_layers(world, monkeypatch, capsys):
+    """A scorer without `layers` embeds the tiny preset's default ones (3 of 4 layers): layout_blocks must match."""
+    text = RECIPE.replace('path = "base"', 'preset = "tiny"\ntiny = { layers = 4 }').replace(
+        '[scorers.act]\ntype = "activations"',
+        '[scorers.act]\ntype = "activations"\n\n[selectors.cc]\ntype = "coincide"\nscorers = ["act"]\n'
+        "fraction = 0.2\nlayout_blocks = 5",
+    )
+    code, out = _validate(world, text, monkeypatch, capsys)
+    assert_clear(code, out, ["selectors.cc.layout_blocks", "is 5, but scorer 'act' embeds 3 layers ([0, 1, 2])"])
+    code, out = _validate(world, text.replace("layout_blocks = 5", "layout_blocks = 3"), monkeypatch, capsys)
+    assert code == 0, out
+
+
 def test_validate_without_path_checks_still_checks_the_options(world, monkeypatch, capsys):
     """--no-path-checks leaves out what concerns files and folders, not a plugin's other checks."""
     text = RECIPE.replace("batch_size = 8", "batch_size = 100000").replace('path = "data.json"', 'path = "gone.json"')

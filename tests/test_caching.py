@@ -150,6 +150,15 @@ def test_fresh_on_the_command_line(fake_recipe, monkeypatch, capsys):
     assert "Did you mean 'score:quality'" in err
 
 
+def test_a_message_is_printed_as_written(fake_recipe, monkeypatch, capsys):
+    """Rich would turn ":cat:" in a message into an emoji."""
+    monkeypatch.setattr(sys, "argv", ["mixlab", "run", str(fake_recipe), "--fresh", "selct:cat:", "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "--fresh selct:cat:" in " ".join(capsys.readouterr().err.split())
+
+
 def test_two_scorers_writing_one_column_is_an_error_naming_both(fake_recipe):
     text = (
         fake_recipe.read_text().replace('scorers = ["quality"]', 'scorers = ["quality", "quality_again"]')

@@ -265,8 +265,9 @@ def test_the_report_is_written_last_and_a_first_run_keeps_its_recipe_from_the_st
     with pytest.raises(KeyboardInterrupt):
         run_recipe(fake_recipe, out)
     assert "count = 5" in (out / "recipe.toml").read_text()
-    with pytest.raises(UserError, match=r"holds a run that has not finished .* Finish it with `mixlab run"):
+    with pytest.raises(UserError, match=r"holds a run that has not finished .* Finish it with `mixlab run") as info:
         read_report(out)
+    assert f"`mixlab run {fake_recipe} --output-dir {out}`" in str(info.value)  # the recipe, not the copy
     monkeypatch.undo()
     assert run_recipe(fake_recipe, out)["arms"]["curated"]["n_samples"] == 5
 

@@ -50,6 +50,18 @@ def test_unknown_hook_is_rejected():
         registry.make_registry((Typo(),))
 
 
+def test_a_hook_argument_with_another_name_is_one_clear_message():
+    class Misnamed:
+        __name__ = "misnamed_plugin"
+
+        @hookimpl
+        def register_scorers(self, reg):  # the hook's argument is `register`
+            pass
+
+    with pytest.raises(UserError, match=r"plugin 'misnamed_plugin': .*reg.* Name a hook implementation's arguments"):
+        registry.make_registry((Misnamed(),))
+
+
 def test_component_without_name_is_rejected():
     class Nameless:
         @hookimpl

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from mixlab.data import Sample
+from mixlab.models.layers import default_layers
 from mixlab.models.loading import load_model
-from mixlab.models.predict import default_layers
 from mixlab.models.templates import training_template
 from mixlab.plugins.scorers.activations import ActivationsScorer
 from mixlab.plugins.scorers.perplexity import PerplexityScorer

@@ -40,7 +40,7 @@ def layers_for(model_dir: Any, layers: list[int] | None) -> list[int]:
     from transformers import AutoConfig
 
     from mixlab.errors import UserError
-    from mixlab.models.predict import default_layers
+    from mixlab.models.layers import default_layers
 
     config = AutoConfig.from_pretrained(model_dir)
     n = int(config.get_text_config().num_hidden_layers)
