@@ -59,18 +59,32 @@ class Decisions:
 
     def check_names(self, benchmarks: list[str]) -> None:
         """``weights`` and ``exclude`` name benchmarks the evaluators give (a typo would silently change nothing)."""
+        problems = self.name_problems(benchmarks)
+        if problems:
+            raise UserError(problems[0][1])
+
+    def name_problems(self, benchmarks: list[str]) -> list[tuple[str | None, str]]:
+        """What ``check_names`` finds, every problem: (the [run] key at fault, or None for both, the message)."""
+        problems: list[tuple[str | None, str]] = []
         for key, named in (("weights", list(self.weights)), ("exclude", list(self.exclude))):
             unknown = [b for b in named if b not in benchmarks]
             if unknown:
-                raise UserError(
-                    f"[run] {key} names {unknown}, but the evaluators give the benchmarks {benchmarks}. "
-                    f"Fix the names in `{key}`.{did_you_mean(unknown[0], benchmarks)}"
+                problems.append(
+                    (
+                        key,
+                        f"[run] {key} names {unknown}, but the evaluators give the benchmarks {benchmarks}. "
+                        f"Fix the names in `{key}`.{did_you_mean(unknown[0], benchmarks)}",
+                    )
                 )
         if benchmarks and all(b in self.exclude or self.weights.get(b, 1.0) == 0 for b in benchmarks):
-            raise UserError(
-                f"[run] weights and exclude leave none of the benchmarks {benchmarks} in the average score: "
-                "keep at least one with a weight above 0."
+            problems.append(
+                (
+                    None,
+                    f"[run] weights and exclude leave none of the benchmarks {benchmarks} in the average score: "
+                    "keep at least one with a weight above 0.",
+                )
             )
+        return problems
 
     def aggregate(self, metrics: Metrics) -> float:
         """The weighted mean of the benchmarks' 0-100 ``score`` (``weights``, default 1; ``exclude`` left out)."""

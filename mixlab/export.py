@@ -15,8 +15,9 @@ def export_arm(run_dir: Path, arm: str, out: Path, image_root: Path | None = Non
     """Write the samples arm trains on to out (LLaVA JSON); image paths absolute, or relative to image_root."""
     arms = run_arms(run_dir)
     if arm not in arms:
-        hint = did_you_mean(arm, arms)
-        raise UserError(f"{run_dir} has no arm {arm!r}.{hint} Its arms: {', '.join(arms) or 'none'}.")
+        hint = did_you_mean(arm, arms) if arms else ""
+        listed = "" if " Known: " in hint else f" Its arms: {', '.join(arms) or 'none'}."
+        raise UserError(f"{run_dir} has no arm {arm!r}.{hint}{listed} Give one of them.")
     if out.is_dir():
         raise UserError(f"{out} is a folder: give the JSON file to write, e.g. {out / (arm + '.json')}.")
     if out.resolve().is_relative_to(run_dir.resolve()):

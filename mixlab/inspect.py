@@ -29,7 +29,7 @@ def _recipe_samples(path: Path, only: list[str]) -> tuple[list[Sample], Any, int
     if recipe.model.preset == "tiny":  # only the processor is needed: the same tokenizer, no pretraining
         recipe.model.tiny.vision_pretrain_steps = recipe.model.tiny.language_pretrain_steps = 0
     run = Run(recipe, show_progress=False)
-    with run.board:
+    with run.store.lock(), run.board:  # it writes stages: not beside a `mixlab run` in the same folder
         run.load_sources()
         check_sources(only, list(run.samples_of_source))
         model_dir = run.build_base_model()

@@ -742,9 +742,9 @@ def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> N
     for kind, table in sections.items():
         for label, section in table.items():
             for key, params in (((), section.options), (("toyworld",), getattr(section.options, "toyworld", None))):
-                if not isinstance(params, ToyWorldParams) or not params.dir:
+                folder = params.own_dir(section.base_dir) if isinstance(params, ToyWorldParams) else None
+                if folder is None or not isinstance(params, ToyWorldParams):
                     continue
-                folder = Path(params.dir).expanduser().resolve()
                 world = params.model_dump(include={"seed", "n_train", "n_bench", "image_size"})
                 path = (kind, label, *key, "dir")
                 if folder not in first:
@@ -799,11 +799,8 @@ def check_benchmark_names(
         return
     from mixlab.decisions import Decisions
 
-    try:
-        Decisions(run).check_names(names)
-    except UserError as exc:
-        key = next((k for k in ("weights", "exclude") if any(b not in names for b in getattr(run, k))), None)
-        v.add(("run", key) if key else ("run",), str(exc))
+    for key, message in Decisions(run).name_problems(names):
+        v.add(("run", key) if key else ("run",), message)
 
 
 def check_executor(v: Validator, run: RunSection) -> None:

@@ -1222,6 +1222,27 @@ def _validate(world: Path, text: str | bytes, monkeypatch, capsys, name: str = "
     return invoke(monkeypatch, capsys, "validate", name)
 
 
+def test_a_toy_world_dir_is_relative_to_the_recipe(world, monkeypatch, capsys, tmp_path_factory):
+    """Like every path in a recipe, whatever the working directory."""
+    (world / "blocker").write_text("a file")
+    text = RECIPE.replace('type = "toyworld"', 'type = "toyworld"\ndir = "blocker/w"')
+    (world / "recipe.toml").write_text(text)
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    code, out = invoke(monkeypatch, capsys, "validate", str(world / "recipe.toml"))
+    assert_clear(code, out, ["sources.toy.dir", f"{world / 'blocker'} is a file"])
+
+
+def test_weights_and_exclude_both_wrong_are_two_problems_also_without_path_checks(world, monkeypatch, capsys):
+    """Every problem at once; names known without files (the toy world's) are checked for another machine too."""
+    text = RECIPE.replace("seed = 0", 'seed = 0\nweights = { MME_y = 2.0 }\nexclude = ["MME_z"]', 1)
+    code, out = _validate(world, text, monkeypatch, capsys)
+    assert_clear(code, out, ["run.weights", "['MME_y']", "run.exclude", "['MME_z']"], problems=2)
+    toy = text.replace('paths = ["bench/*.tsv"]', "paths = []\ntoyworld = { seed = 0 }").replace("MME_y", "MMEtoy")
+    (world / "recipe.toml").write_text(toy)
+    code, out = invoke(monkeypatch, capsys, "validate", "recipe.toml", "--no-path-checks")
+    assert_clear(code, out, ["run.weights", "['MMEtoy']", "Did you mean 'MME_toy'"], problems=2)
+
+
 def test_sources_as_an_array_of_tables_is_one_problem(world, monkeypatch, capsys):
     """[[sources]] is reported once; the arms' references to the sources it meant stay quiet."""
     text = RECIPE.replace("[sources.data]", "[[sources]]").replace('[sources.toy]\ntype = "toyworld"\n', "")
@@ -1865,6 +1886,7 @@ EXPORT_CASES = [
         ["runs/r/recipe.toml: `arms` is not a table", "restore"],
     ),
     ("unknown-arm", None, ["runs/r", "aa", "out.json"], ["runs/r has no arm 'aa'", "Did you mean 'a'"]),
+    ("unknown-arm-far", None, ["runs/r", "zzzz", "out.json"], ["runs/r has no arm 'zzzz'. Known: a, b. Give one"]),
     (
         "not-selected",
         None,

@@ -53,7 +53,9 @@ def data() -> None:
 @click.option("--preview", default=2, show_default=True, help="Samples per source shown with their label mask.")
 @click.option("--image-root", type=click.Path(path_type=Path), help="Folder image paths are relative to (JSON files).")
 def inspect(target: Path, only: tuple[str, ...], preview: int, image_root: Path | None) -> None:
-    """Counts, image checks, token lengths and a label-mask preview for a recipe's sources or a LLaVA JSON file."""
+    """Counts and image checks of a recipe's sources or of a LLaVA JSON file; for a recipe also token lengths and a
+    label-mask preview under its model (its sources and model stage are loaded into its run folder, as `mixlab run`
+    would; a JSON file's answer lengths are in words)."""
     from mixlab.inspect import inspect_target
 
     inspect_target(target, list(only), preview, image_root)

@@ -20,24 +20,35 @@ class ToyWorldParams(Options):
     n_train: int = Field(400, ge=10, description="Samples per training source.")
     n_bench: int = Field(60, ge=4, description="Questions per benchmark category.")
     image_size: int = Field(64, ge=32, le=1024, description="Image side in pixels.")
-    dir: str | None = Field(None, description="Where to write it (default: <run dir>/toyworld/<params>).")
+    dir: str | None = Field(
+        None, description="Where to write it, relative to the recipe (default: <run dir>/toyworld/<params>)."
+    )
 
-    def folder(self, ctx: RunContext) -> Path:
-        if self.dir:
-            return Path(self.dir).expanduser().resolve()
+    def own_dir(self, base_dir: Path) -> Path | None:
+        """`dir` as a folder: relative to ``base_dir`` (the recipe's folder), like every path in a recipe."""
+        if not self.dir:
+            return None
+        path = Path(self.dir).expanduser()
+        return (path if path.is_absolute() else base_dir / path).resolve()
+
+    def folder(self, ctx: RunContext, base_dir: Path) -> Path:
+        own = self.own_dir(base_dir)
+        if own is not None:
+            return own
         return ctx.run_dir / "toyworld" / f"s{self.seed}-t{self.n_train}-b{self.n_bench}-i{self.image_size}"
 
-    def dir_problem(self) -> str | None:
+    def dir_problem(self, base_dir: Path) -> str | None:
         """What keeps mixlab from writing the world to `dir` (a file in the way, no permission), or None."""
         from mixlab.store import folder_problem
 
-        return folder_problem(Path(self.dir).expanduser().resolve(), "the toy world's folder") if self.dir else None
+        own = self.own_dir(base_dir)
+        return folder_problem(own, "the toy world's folder") if own is not None else None
 
-    def ensure(self, ctx: RunContext) -> dict[str, Any]:
+    def ensure(self, ctx: RunContext, base_dir: Path) -> dict[str, Any]:
         """Generate (or reuse) the world; the manifest gets its folder under ``_dir``."""
         from mixlab.toyworld import generate
 
-        folder = self.folder(ctx)
+        folder = self.folder(ctx, base_dir)
         manifest = generate(
             folder, seed=self.seed, n_train=self.n_train, n_bench=self.n_bench, image_size=self.image_size
         )

@@ -90,7 +90,7 @@ class Benchmarks(Evaluator):
                 raise UserError(f"evaluator {self.label!r}: no file matches {pattern!r}. Check `paths`.")
             files += [f for f in matched if f.resolve() not in {g.resolve() for g in files}]  # two patterns, one file
         if self.options.toyworld is not None:
-            manifest = self.options.toyworld.ensure(ctx)
+            manifest = self.options.toyworld.ensure(ctx, self.base_dir)
             root = Path(manifest["_dir"])
             files += [root / b["tsv"] for b in manifest["benchmarks"].values()]
         if clash := stem_clash(files):
@@ -226,7 +226,7 @@ class Benchmarks(Evaluator):
             problems.append((("paths",), clash))
         if o.toyworld is not None:
             stems += TOY_BENCHMARKS
-            if found := o.toyworld.dir_problem():
+            if found := o.toyworld.dir_problem(self.base_dir):
                 problems.append((("toyworld", "dir"), found))
         elif not o.paths:
             problems.append(((), "no benchmarks: set `paths` (VLMEvalKit TSVs) or `toyworld`."))

@@ -3,7 +3,8 @@
 The scored tokens are exactly the trained ones: every assistant answer plus its end-of-turn token, under the
 training chat template and masks (``mixlab.models.collator``), conditioned on the image and all earlier turns.
 ``nll`` is their mean negative log-likelihood and ``ppl = exp(nll)``; both are NaN for a sample without trained
-tokens. Batches group samples of similar length; results are cached per sample and reused across runs.
+tokens. Batches group samples of similar length; results are cached per sample in the run folder and reused by its
+reruns.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class ToyWorld(Source):
                 problems.append((("sources", i), f"no toy-world source named {name!r}.{did_you_mean(name, known)}"))
             elif name in names[:i]:
                 problems.append((("sources", i), f"lists {name!r} twice: name each toy source once."))
-        if found := self.options.dir_problem():
+        if found := self.options.dir_problem(self.base_dir):
             problems.append((("dir",), found))
         return problems
 
@@ -70,7 +70,7 @@ class ToyWorld(Source):
         return f"toyworld-v{GENERATOR_VERSION}"
 
     def load(self, ctx: RunContext) -> list[Sample]:
-        manifest = self.options.ensure(ctx)
+        manifest = self.options.ensure(ctx, self.base_dir)
         root = Path(manifest["_dir"])
         samples: list[Sample] = []
         for name in self.provides():
