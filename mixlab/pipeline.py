@@ -58,9 +58,8 @@ class Run:
 
         with self.store.lock():
             resumed = self.engine.resume_fresh()
-            self.store.event(
-                event="run", recipe=str(self.recipe.path.resolve()), mixlab_version=__version__, resumed=resumed
-            )
+            recipe = str(self.recipe.path.resolve())  # `compare` names it to finish a stopped run
+            self.store.event(event="run", recipe=recipe, mixlab_version=__version__, resumed=resumed)
             if resumed:
                 self.board.log(f"Taking up the unfinished `--fresh {' '.join(resumed)}` of an earlier run here.")
             if not self.keep_finished:  # a run stopped early is still a run folder with its recipe
