@@ -52,8 +52,7 @@ class Run:
         self.unaligned: tuple[Path, str] = (Path(), "")  # the base model before any alignment, and its stage key
 
     def execute(self) -> dict[str, Any]:
-        """Run every stage, then write the run's files, report.json last; returns the report. One run at a time in a
-        folder; a ``--fresh`` run stopped before its end is taken up."""
+        """Every stage, then the run's files (report.json last); one run at a time per folder. Returns the report."""
         from mixlab.report import write_report
 
         with self.store.lock():
