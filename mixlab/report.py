@@ -80,9 +80,11 @@ def build_report(result: RunResult, error: str | None = None) -> dict[str, Any]:
         report["unsplit_benchmarks"] = result.unsplit
     if result.align is not None:
         report["align_selection"] = align_entry(result.align)
-    for arm in result.arms.values():
-        if "individual_select" in arm.selection:
-            report["individual_select"] = arm.selection["individual_select"]
+    judged = [name for name, arm in result.arms.items() if "individual_select" in arm.selection]
+    for name in judged[:-1]:  # the last one's decisions are the top-level block; the others keep theirs in their arm
+        arms[name].setdefault("selection", {})["individual_select"] = result.arms[name].selection["individual_select"]
+    if judged:
+        report["individual_select"] = result.arms[judged[-1]].selection["individual_select"]
     if result.soup is not None:
         soup = result.soup
         report["soup"] = {

@@ -240,3 +240,16 @@ def test_category_items_naming_no_candidate_category_stops_before_training():
     with pytest.raises(UserError, match="names category 'colr', which no candidate source has.*Did you mean 'color'"):
         selector.select(data, {}, ctx)
     assert ctx.trained == []
+
+
+def test_two_individual_select_arms_each_keep_their_decisions(fake_recipe, tmp_path):
+    """The top-level block is the last arm's; the other arm's decisions stay in its own entry."""
+    text = RECIPE.format(options="").replace(
+        '[soup]\ntype = "fake_soup"\ncandidates = "curated"\n',
+        '[arms.color_only]\nsources = ["base", "color_good", "color_bad"]\nselector = "isel"\n',
+    )
+    report = Run(load_recipe(fakes.write_recipe(tmp_path, text)), tmp_path / "run", show_progress=False).execute()
+    first = report["arms"]["curated"]["selection"]["individual_select"]
+    assert first["selected_sources"] == ["base", "color_good", "count_good"]
+    assert report["individual_select"]["selected_sources"] == ["base", "color_good"]
+    assert "individual_select" not in report["arms"]["color_only"].get("selection", {})
