@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,6 +52,13 @@ class Component:
         self.options = options
         self.label = label
         self.base_dir = base_dir or Path.cwd()
+
+    def with_options(self, overrides: dict[str, Any] | None) -> Self:
+        """This component with ``overrides`` (an arm's `trainer` table) in its options, validated by its model."""
+        if not overrides:
+            return self
+        merged = {**self.options.model_dump(exclude_unset=True), **overrides}
+        return type(self)(type(self.options).model_validate(merged), self.label, self.base_dir)
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the options, relative to the recipe's folder."""

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,10 +45,15 @@ LOCK_FILE = ".lock"  # held by the `mixlab run` working in the folder
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``atomic_write_text`` for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -159,9 +163,7 @@ class Store:
         """RUN_DIR/recipe.toml: the recipe the run's files come from (`compare` and `export` read it)."""
         target = self.run_dir / "recipe.toml"
         if recipe.resolve() != target.resolve():
-            tmp = target.with_name(f".recipe.toml.{os.getpid()}.tmp")
-            shutil.copyfile(recipe, tmp)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, recipe.read_bytes())
 
     def pending_fresh(self) -> tuple[list[str], set[str]]:
         """The ``--fresh`` patterns of a run that stopped before its end, and the stages it had already run again."""

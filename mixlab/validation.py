@@ -742,8 +742,7 @@ def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> N
     for kind, table in sections.items():
         for label, section in table.items():
             for key, params in (((), section.options), (("toyworld",), getattr(section.options, "toyworld", None))):
-                folder = params.own_dir(section.base_dir) if isinstance(params, ToyWorldParams) else None
-                if folder is None or not isinstance(params, ToyWorldParams):
+                if not isinstance(params, ToyWorldParams) or (folder := params.own_dir(section.base_dir)) is None:
                     continue
                 world = params.model_dump(include={"seed", "n_train", "n_bench", "image_size"})
                 path = (kind, label, *key, "dir")

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixlab.components import Evaluation, Metrics, Trainer, Trial
+from mixlab.components import Evaluation, Metrics, Trial
 from mixlab.decisions import Decisions
 from mixlab.engine.bodies import SCORES_FILE, eval_body, save_scores, score_body, train_body
 from mixlab.engine.keys import cache_key, plugin_code, seed_tag
@@ -204,7 +204,7 @@ class PipelineContext:
         material = {
             "trainer": self.recipe.trainer.raw,
             "code": plugin_code(self.recipe.trainer.cls),
-            "fingerprint": with_overrides(self._trainer, overrides).fingerprint(),  # e.g. its DeepSpeed config
+            "fingerprint": self._trainer.with_options(overrides).fingerprint(),  # e.g. its DeepSpeed config
             "overrides": overrides or {},
             "base": self._base_key,
             "samples": self.samples_material(ordered),
@@ -228,12 +228,3 @@ class PipelineContext:
             columns = score_body(section, samples, reference_dir, self)
         save_scores(stage_dir / SCORES_FILE, [s["id"] for s in samples], columns)
         return sorted(columns)
-
-
-def with_overrides(trainer: Trainer, overrides: dict[str, Any] | None) -> Trainer:
-    """The trainer with an arm's (or the alignment's) `trainer` overrides in its options, so that its fingerprint
-    sees a file they name (an arm's own DeepSpeed config)."""
-    if not overrides:
-        return trainer
-    options = trainer.options.model_validate({**trainer.options.model_dump(exclude_unset=True), **overrides})
-    return type(trainer)(options, trainer.label, trainer.base_dir)

@@ -15,7 +15,6 @@ from mixlab.toyworld.writer import atomic_dir, write_json, write_lines, write_ts
 
 GENERATOR_VERSION = "3"
 CATEGORIES = ("caption", "color", "shape", "count", "spatial", "ocr", "chart", "science", "text")
-PARAMS = ("generator_version", "generator_code", "seed", "n_train", "n_bench", "image_size")
 
 
 @functools.cache

@@ -23,7 +23,7 @@ class LlavaSft(Trainer):
     path_options = frozenset({"deepspeed", "vision_cache_dir"})
 
     def settings(self, overrides: dict[str, Any] | None) -> SFTSettings:
-        settings = SFTSettings.model_validate({**self.options.model_dump(exclude_unset=True), **(overrides or {})})
+        settings = self.with_options(overrides).options.model_copy()  # paths resolved below, on a copy
         if settings.deepspeed:  # like every path in a recipe, relative to the recipe's folder
             settings.deepspeed = str(self.resolve(settings.deepspeed))
         if settings.vision_cache_dir:
