@@ -99,3 +99,23 @@ def test_clean_vs_noisy_on_a_folder_that_is_not_a_run(tmp_path):
         [sys.executable, str(SCRIPTS / "clean_vs_noisy.py"), str(tmp_path)], capture_output=True, text=True
     )
     assert done.returncode == 2 and "report.json does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_and_scripts_import_only_what_mixlab_has():
+    """Every `from mixlab... import name` in bench/ and scripts/ resolves: a moved function breaks no bench unseen."""
+    import ast
+    import importlib
+
+    root = SCRIPTS.parent
+    missing = []
+    for path in sorted([*(root / "bench").glob("*.py"), *SCRIPTS.glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mixlab":
+                module = importlib.import_module(node.module)
+                missing += [
+                    f"{path.relative_to(root)}:{node.lineno} {node.module}.{alias.name}"
+                    for alias in node.names
+                    if not hasattr(module, alias.name)
+                    and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+                ]
+    assert missing == []
