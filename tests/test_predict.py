@@ -112,3 +112,67 @@ def test_continuation_logprobs_against_the_models_own_logits(setup):
         assert greedy == bool((logp[keep].argmax(-1) == labels[keep]).all())
     per_option = continuation_logprobs(model, processor, items[:1] * len(NAMES), NAMES)
     assert choose(model, processor, items[:1], [NAMES]) == [int(np.argmax([lp for lp, _ in per_option]))]
+
+
+def _read_positions(labels):
+    import torch
+
+    where = torch.zeros(labels.shape, dtype=torch.bool)
+    where[:, :-1] = labels[:, 1:] != -100
+    return where
+
+
+def test_last_layer_only_at_keeps_the_logits_it_is_asked_for(setup):
+    """The last layer's MLP sees only the asked-for positions; their logits are the full forward's, others are not."""
+    import torch
+
+    from mixlab.models.decoder import decoder_layers, last_layer_only_at
+
+    model, processor, samples = setup
+    batch = dict(VisionCollator(processor)([sample_to_row(s) for s in samples[:4]]))
+    where = _read_positions(batch.pop("labels"))
+    rows_seen = []
+    handle = decoder_layers(model)[-1].mlp.register_forward_hook(lambda m, a, o: rows_seen.append(a[0].shape))
+    try:
+        with torch.inference_mode():
+            full = model(**batch).logits
+            with last_layer_only_at(model, where):
+                part = model(**batch).logits
+    finally:
+        handle.remove()
+    assert rows_seen[1][0] == int(where.sum()) < where.numel() // 4
+    torch.testing.assert_close(part[where], full[where], atol=1e-5, rtol=1e-5)
+    other = ~where & batch["attention_mask"].bool()
+    assert (part[other] - full[other]).abs().max() > 1e-2
+
+
+def test_answer_nll_runs_the_last_layer_where_read_with_the_same_scores(setup, monkeypatch):
+    from mixlab.models import predict
+
+    model, processor, samples = setup
+    key = (type(model), type(predict.decoder_layers(model)[-1]))
+    monkeypatch.setattr(predict, "_TAIL_CHECKED", {key: False})
+    every_position = answer_nll(model, processor, samples, batch_size=5)
+    monkeypatch.setattr(predict, "_TAIL_CHECKED", {})
+    read_only = answer_nll(model, processor, samples, batch_size=5)
+    assert predict._TAIL_CHECKED == {key: True}  # the probe agreed: the batches ran the last layer where read
+    np.testing.assert_allclose(read_only, every_position, rtol=1e-5, atol=1e-6)
+
+
+def test_answer_nll_keeps_every_position_when_the_probe_disagrees(setup, monkeypatch):
+    """A model where skipping positions would change the scores (here: the first layer's MLP is the one skipped)
+    is caught by the probe and scored in full, with a warning."""
+    from mixlab.models import decoder, predict
+
+    model, processor, samples = setup
+    key = (type(model), type(predict.decoder_layers(model)[-1]))
+    monkeypatch.setattr(predict, "_TAIL_CHECKED", {key: False})
+    expected = answer_nll(model, processor, samples, batch_size=5)
+    monkeypatch.setattr(decoder, "tail_modules", lambda m: [decoder.decoder_layers(m)[0].mlp])
+    monkeypatch.setattr(predict, "_TAIL_CHECKED", {key: True})
+    assert np.nanmax(np.abs(answer_nll(model, processor, samples, batch_size=5) - expected)) > 1e-3  # it would harm
+    monkeypatch.setattr(predict, "_TAIL_CHECKED", {})
+    with pytest.warns(UserWarning, match="running every position"):
+        got = answer_nll(model, processor, samples, batch_size=5)
+    assert predict._TAIL_CHECKED == {key: False}
+    np.testing.assert_allclose(got, expected, rtol=0, atol=0)

@@ -14,7 +14,7 @@ import hashlib
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
 from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, load_image
+from mixlab.models.decoder import decoder_layers, last_layer_only_at, tail_modules
 from mixlab.models.templates import training_template
 
 if TYPE_CHECKING:
@@ -139,11 +140,15 @@ def generate(
     return answers
 
 
-def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _label_logprobs(
+    model: Any, batch: dict[str, Any], *, tail_at_labels: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (sum of log-probs, count, all greedy) over the trained (label != -100) tokens of a collated batch.
 
     "All greedy": every trained token is the model's argmax at its position. Logits are computed only at the positions
     that predict a trained token of some row (`logits_to_keep`), and not at all for a batch without trained tokens.
+    `tail_at_labels`: the last decoder layer's output projection and MLP run only at the positions that predict a
+    trained token of their row (`last_layer_only_at`).
     """
     import torch
 
@@ -157,8 +162,11 @@ def _label_logprobs(model: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.n
     if needed.numel() < targets.shape[1] and _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = needed.to(model.device)
         targets = targets[:, needed]
+    read = torch.zeros(labels.shape, dtype=torch.bool)
+    read[:, :-1] = labels[:, 1:] != IGNORE
+    tail = last_layer_only_at(model, read) if tail_at_labels else nullcontext()
     batch = _to_device(batch, model)
-    with torch.inference_mode(), _eval_mode(model):
+    with torch.inference_mode(), _eval_mode(model), tail:
         logits = model(**batch, use_cache=False, **kwargs).logits
         if not kwargs:
             logits = logits[:, :-1]
@@ -876,19 +884,52 @@ def answer_nll(
 ) -> np.ndarray:
     """Per-sample mean negative log-likelihood of the trained tokens (training masks, image-conditioned).
 
-    NaN for a sample without any trained token. Samples with the same conversation and image are scored once.
+    NaN for a sample without any trained token. Samples with the same conversation and image are scored once. The
+    last decoder layer runs its position-wise parts only where a trained token is predicted, once a probe of two
+    samples has given the full forward's scores that way (checked once per architecture; else every position runs).
     """
     collator = _Collate(processor)
     unique, where = _distinct(samples)
     scores = np.empty(len(unique), dtype=np.float64)
     for chunk in _chunks(len(unique), batch_size):
-        batch = collator([sample_to_row(samples[unique[i]]) for i in chunk])
-        sums, counts, _ = _label_logprobs(model, dict(batch))
+        rows = [sample_to_row(samples[unique[i]]) for i in chunk]
+        batch = collator(rows)
+        tail = _tail_checked(model, collator, rows, batch["labels"])
+        sums, counts, _ = _label_logprobs(model, dict(batch), tail_at_labels=tail)
         with np.errstate(invalid="ignore", divide="ignore"):
             scores[chunk.start : chunk.stop] = np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
         if progress:
             progress(int(np.count_nonzero(where < chunk.stop)), len(samples))
     return scores[where] if len(samples) else np.empty(0, dtype=np.float64)
+
+
+_TAIL_CHECKED: dict[tuple[type, type], bool] = {}
+
+
+def _tail_checked(model: Any, collator: Any, rows: list[dict[str, Any]], labels: Any) -> bool:
+    """Whether `answer_nll` may run the last layer only at trained positions (`last_layer_only_at`). That is a
+    property of the architecture, so it is decided once per (model class, decoder layer class), on the first two
+    rows with trained tokens scored both ways; False until such rows come."""
+    if not tail_modules(model):
+        return False
+    key = (type(model), type(decoder_layers(model)[-1]))
+    if key in _TAIL_CHECKED:
+        return _TAIL_CHECKED[key]
+    trained = (labels != IGNORE).any(1).nonzero().squeeze(1).tolist()[:2]
+    if not trained:
+        return False
+    probe = collator([rows[i] for i in trained])
+    full, _, _ = _label_logprobs(model, dict(probe))
+    tail, _, _ = _label_logprobs(model, dict(probe), tail_at_labels=True)
+    agree = _agrees_with_reference(model, [(t, True) for t in tail.tolist()], [(f, True) for f in full.tolist()])
+    if not agree:
+        warnings.warn(
+            f"{type(model).__name__}: scores with the last layer run at trained positions only differ from the "
+            "full forward's; running every position",
+            stacklevel=3,
+        )
+    _TAIL_CHECKED[key] = agree
+    return agree
 
 
 def _distinct(samples: Sequence[Sample]) -> tuple[list[int], np.ndarray]:
@@ -944,24 +985,6 @@ def length_order(processor: Any, samples: Sequence[Sample]) -> list[int]:
     per_image = image_token_count(processor, samples)
     estimate = [n + (per_image if s.get("image") else 0) for n, s in zip(lengths, samples, strict=True)]
     return sorted(range(len(samples)), key=lambda i: (estimate[i], i))
-
-
-def decoder_layers(model: Any) -> Any:
-    """The language model's decoder layers (``model.model.language_model.layers`` for LLaVA in transformers 5)."""
-    candidates = []
-    if hasattr(model, "get_decoder"):
-        try:
-            candidates.append(model.get_decoder())
-        except (AttributeError, ValueError, NotImplementedError):
-            pass
-    inner = getattr(model, "model", None)
-    candidates += [getattr(inner, "language_model", None), getattr(model, "language_model", None)]
-    for c in candidates:
-        for owner in (c, getattr(c, "model", None)):
-            layers = getattr(owner, "layers", None)
-            if layers is not None and len(layers) and hasattr(layers[0], "self_attn"):
-                return layers
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
 class _StopForward(Exception):
