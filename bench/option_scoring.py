@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds of both methods; the fastest is reported")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest timings)")
     parser.add_argument("--modes", default="letters,text", help="comma-separated: letters, text")
+    parser.add_argument("--questions", type=int, default=None, help="at most this many per benchmark (default: all)")
     args = parser.parse_args()
 
     import torch
@@ -90,7 +91,10 @@ def main() -> None:
         summary: dict[str, dict] = {}
         all_ok = True
         for mode in modes:
-            benches = benchmark_items(world, manifest, mode)
+            benches = [
+                (name, its[: args.questions], opts[: args.questions])
+                for name, its, opts in benchmark_items(world, manifest, mode)
+            ]
             items = [it for _, its, _ in benches for it in its]
             options = [o for _, _, opts in benches for o in opts]
             flat_items = [it for it, opts in zip(items, options, strict=True) for _ in opts]

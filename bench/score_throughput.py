@@ -255,7 +255,7 @@ def main() -> None:
             (f"answer_nll, batch {args.batch_size}, input order", "unsorted", "naive"),
             (f"perplexity scorer, batch {args.batch_size}, bucketed (cold cache)", "scorer", "naive"),
             ("perplexity scorer again (warm per-sample cache)", "warm", "naive"),
-            ("plain forward passes (full model), same batches, pre-collated", "floor", "naive"),
+            ("plain forward passes (full model), same batches, pre-collated", "forward", "naive"),
             ("naive HF loop, one sample at a time (activations)", "naive_act", "naive_act"),
             (f"activations scorer, batch {args.batch_size}, bucketed (cold cache)", "act", "naive_act"),
         ]

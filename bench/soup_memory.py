@@ -4,7 +4,9 @@ Builds N ingredients of a random-init LlamaForCausalLM (the same init plus seede
 standard HF folders), then averages them twice, each in a fresh child process so that its peak resident set
 (VmHWM, see ``peak_rss_mb``) is its own: mixlab's ``average`` (one tensor at a time), and the naive soup
 (``load_file`` every ingredient, average every tensor, ``save_file`` the result). A third child only imports
-torch, safetensors and mixlab.merging, for the import baseline. Checks that both soups are bitwise equal.
+torch, safetensors and mixlab.merging, for the import baseline. Checks that both soups are bitwise equal. The last
+line is one JSON object: {"bench": "soup_memory", "ratio": naive / streaming peak memory above the imports,
+"identical": the soups are bitwise equal, ...}.
 
     python bench/soup_memory.py --n 4
 """
@@ -149,6 +151,15 @@ def main() -> None:
         s, n = results["streaming"]["peak_mb"], results["naive"]["peak_mb"]
         print(f"naive / streaming: {n / s:.1f}x peak RSS, {(n - base) / max(s - base, 1.0):.1f}x above imports")
         print(f"outputs equal: {diff == 0.0} (max abs diff {diff})")
+        summary = {
+            "bench": "soup_memory",
+            "ratio": round((n - base) / max(s - base, 1.0), 2),
+            "identical": diff == 0.0,
+            "ingredients": args.n,
+            "ingredient_mb": round(size_mb, 1),
+            "peak_mb": {m: round(r["peak_mb"], 1) for m, r in results.items()},
+        }
+        print(json.dumps(summary))
         if diff != 0.0:
             sys.exit(1)
     finally:
