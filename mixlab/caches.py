@@ -25,19 +25,69 @@ def sample_key(sample: Sample) -> str:
 
 
 _DIGESTS: dict[str, tuple[int, int, str]] = {}
+_now_ns = time.time_ns
+KEPT_DIGEST_BYTES = 64 * 2**20
+"""Files at least this large (model weights) have their digests kept across processes (`kept_digests_path`)."""
+
+
+def kept_digests_path() -> Path:
+    """Where digests of large files are kept between processes: ``$MIXLAB_CACHE_DIR/digests.jsonl``, by default
+    under ``$XDG_CACHE_HOME/mixlab`` (``~/.cache/mixlab``)."""
+    folder = os.environ.get("MIXLAB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "mixlab"
+    return Path(folder).expanduser() / "digests.jsonl"
+
+
+def _file_identity(path: str, stat: os.stat_result) -> str:
+    """The file as the OS sees it: device, inode, size, modification and change times (any write changes the
+    change time, and no tool sets it back)."""
+    return json.dumps([path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
+
+
+def _kept_digest(identity: str) -> str | None:
+    try:
+        lines = kept_digests_path().read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if isinstance(record, dict) and record.get("file") == identity and isinstance(record.get("digest"), str):
+            return record["digest"]
+    return None
+
+
+def _keep_digest(identity: str, digest: str) -> None:
+    """One appended line (atomic for lines this short); a cache folder that cannot be written is skipped."""
+    path = kept_digests_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"file": identity, "digest": digest}) + "\n")
+    except OSError:
+        pass
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """blake2b-128 of a file's bytes (hex), remembered in this process by path, size and modification time; a file
-    modified in the last two seconds is read again (a second edit within one timestamp tick keeps its mtime)."""
-    path = os.fspath(path)
+    modified in the last two seconds is read again (a second edit within one timestamp tick keeps its mtime). Files
+    of `KEPT_DIGEST_BYTES` or more (weights: 15 GB of a 7B model take 10-20 s) are also remembered across
+    processes, by device, inode, size, modification and change times (`kept_digests_path`)."""
+    path = os.path.abspath(os.fspath(path))
     stat = os.stat(path)
     known = _DIGESTS.get(path)
-    settled = time.time_ns() - stat.st_mtime_ns > 2_000_000_000
+    settled = _now_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > 2_000_000_000
     if settled and known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
         return known[2]
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    kept = settled and stat.st_size >= KEPT_DIGEST_BYTES
+    identity = _file_identity(path, stat)
+    digest = _kept_digest(identity) if kept else None
+    if digest is None:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        if kept:
+            _keep_digest(identity, digest)
     _DIGESTS[path] = (stat.st_size, stat.st_mtime_ns, digest)
     return digest
 

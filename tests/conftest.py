@@ -8,6 +8,14 @@ from mixlab import registry
 from tests import fakes
 
 
+@pytest.fixture(autouse=True, scope="session")
+def kept_digests_in_a_temp_folder(tmp_path_factory):
+    """Digests of large files kept across processes go to a folder of this session, not the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIXLAB_CACHE_DIR", str(tmp_path_factory.mktemp("mixlab-cache")))
+        yield
+
+
 @pytest.fixture
 def fake_plugins():
     registry.register_plugin(fakes)

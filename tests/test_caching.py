@@ -341,6 +341,37 @@ def test_checkpoints_and_trainer_files_are_keyed_by_content(tmp_path):
     assert trainer.fingerprint() != before
 
 
+def test_a_large_files_digest_is_kept_for_the_next_process_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+    import time
+
+    from mixlab import caches
+
+    monkeypatch.setenv("MIXLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(caches, "KEPT_DIGEST_BYTES", 1000)
+    monkeypatch.setattr(caches, "_now_ns", lambda: time.time_ns() + 3_000_000_000)  # the file has settled
+    reads = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, d: reads.append(f.name) or real(f, d))
+    weights, small = tmp_path / "model.safetensors", tmp_path / "config.json"
+    weights.write_bytes(bytes(4000))
+    small.write_text("{}")
+    first = caches.file_digest(weights), caches.file_digest(small)
+    caches._DIGESTS.clear()  # as in a new process
+    assert (caches.file_digest(weights), caches.file_digest(small)) == first
+    assert reads == [str(weights), str(small), str(small)]  # the weights were read once, the small file twice
+    assert (tmp_path / "cache" / "digests.jsonl").read_text().count("\n") == 1
+
+    weights.write_bytes(bytes(3999) + b"\x01")  # same size, new content: the change time moves
+    caches._DIGESTS.clear()
+    changed = caches.file_digest(weights)
+    assert changed != first[0] and reads[-1] == str(weights)
+
+    monkeypatch.setenv("MIXLAB_CACHE_DIR", str(small))  # a cache folder that cannot be made: digests still come
+    caches._DIGESTS.clear()
+    assert caches.file_digest(weights) == changed
+
+
 def test_a_cached_evaluation_reports_its_score_under_the_current_weights(fake_recipe):
     """The score recorded with each eval stage in report.json follows [run] weights even when the stage is cached."""
     text = fake_recipe.read_text() + '\n[evaluators.noisy]\ntype = "fake_noisy_bench"\n'
