@@ -147,8 +147,8 @@ def _label_logprobs(
 
     "All greedy": every trained token is the model's argmax at its position. Logits are computed only at the positions
     that predict a trained token of some row (`logits_to_keep`), and not at all for a batch without trained tokens.
-    `tail_at_labels`: the last decoder layer's output projection and MLP run only at the positions that predict a
-    trained token of their row (`last_layer_only_at`).
+    `tail_at_labels`: the last decoder layer's position-wise parts run only at the positions that predict a trained
+    token of their row (`last_layer_only_at`).
     """
     import torch
 
@@ -162,9 +162,11 @@ def _label_logprobs(
     if needed.numel() < targets.shape[1] and _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = needed.to(model.device)
         targets = targets[:, needed]
-    read = torch.zeros(labels.shape, dtype=torch.bool)
-    read[:, :-1] = labels[:, 1:] != IGNORE
-    tail = last_layer_only_at(model, read) if tail_at_labels else nullcontext()
+    tail: Any = nullcontext()
+    if tail_at_labels:
+        read = torch.zeros(labels.shape, dtype=torch.bool)
+        read[:, :-1] = labels[:, 1:] != IGNORE
+        tail = last_layer_only_at(model, read)
     batch = _to_device(batch, model)
     with torch.inference_mode(), _eval_mode(model), tail:
         logits = model(**batch, use_cache=False, **kwargs).logits
