@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mixlab.errors import UserError
+from mixlab.store import EVENTS_FILE
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -88,7 +89,7 @@ def last_recipe(run_dir: Path) -> str:
     """The recipe the last `mixlab run` in run_dir ran (events.jsonl), where it still exists; else "RECIPE". Not the
     copy inside run_dir: its relative paths would resolve from there."""
     try:
-        lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (run_dir / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return "RECIPE"
     for line in reversed(lines):

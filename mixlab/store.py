@@ -39,6 +39,7 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(content_text(obj).encode()).hexdigest()
 
 
+EVENTS_FILE = "events.jsonl"  # one JSON object per line: what a run did, appended as it goes
 FRESH_FILE = "fresh.json"  # the patterns and progress of a `--fresh` run until it ends
 LOCK_FILE = ".lock"  # held by the `mixlab run` working in the folder
 
@@ -97,7 +98,7 @@ class Store:
             raise UserError(
                 f"cannot create the run directory {run_dir} ({exc.strerror or exc}): choose another output directory."
             ) from None
-        self.events_path = run_dir / "events.jsonl"
+        self.events_path = run_dir / EVENTS_FILE
 
     def stage_dir(self, name: str, key: str) -> Path:
         return self.run_dir / "stages" / f"{slug(name)}-{key[:12]}"

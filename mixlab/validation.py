@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
 from mixlab.sections import AlignSection, ArmSection, ModelSection, RunSection, Section
-from mixlab.store import folder_problem, slug
+from mixlab.store import EVENTS_FILE, folder_problem, slug
 
 CORE_KEYS: dict[str, dict[str, Any]] = {
     # section → core keys the pipeline reads (everything else is the plugin's own options)
@@ -721,7 +721,7 @@ def run_dir_problem(target: Path) -> str | None:
 
 def is_run_dir(folder: Path) -> bool:
     """A folder a run has written to: its event log (the first thing a run writes), or a report beside stages."""
-    return (folder / "events.jsonl").is_file() or ((folder / "report.json").is_file() and (folder / "stages").is_dir())
+    return (folder / EVENTS_FILE).is_file() or ((folder / "report.json").is_file() and (folder / "stages").is_dir())
 
 
 def check_output_dir(v: Validator, run: RunSection) -> None:
