@@ -7,6 +7,7 @@ where ``label`` is the recipe's name for that section.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
@@ -181,6 +182,12 @@ class Evaluator(Component):
 
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics | Evaluation:
         raise NotImplementedError
+
+
+def reported_name(bench: str, label: str, taken: Collection[str]) -> str:
+    """What a run calls an evaluator's benchmark: its own name, or ``label/bench`` where an earlier evaluator of the
+    run already reported that name."""
+    return bench if bench not in taken else f"{label}/{bench}"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from mixlab.components import reported_name
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
 from mixlab.sections import AlignSection, ArmSection, ModelSection, RunSection, Section
@@ -765,7 +766,8 @@ def reported_benchmarks(evaluators: dict[str, Section]) -> list[str] | None:
         found = section.build().benchmark_names()
         if found is None:
             return None
-        names += [bench if bench not in names else f"{label}/{bench}" for bench in found]  # as evaluation names them
+        for bench in found:
+            names.append(reported_name(bench, label, names))
     return names
 
 

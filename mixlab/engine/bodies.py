@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixlab.components import Evaluation
+from mixlab.components import Evaluation, reported_name
 from mixlab.errors import UserError
 from mixlab.outcomes import OUTCOMES_FILE, ItemOutcomes, write_outcomes
 from mixlab.store import slug
@@ -46,7 +46,7 @@ def eval_body(evaluators: dict[str, Evaluator], model_dir: Path, ctx: RunContext
         returned = evaluator.evaluate(model_dir, work, ctx)
         found = returned if isinstance(returned, Evaluation) else Evaluation(returned)
         for bench, values in found.metrics.items():
-            name = bench if bench not in metrics else f"{label}/{bench}"
+            name = reported_name(bench, label, metrics)
             metrics[name] = values
             if bench in found.outcomes:
                 outcomes[name] = found.outcomes[bench]
