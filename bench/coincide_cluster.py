@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--niter", type=int, default=20, help="k-means iterations (sklearn: max_iter)")
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1234, help="data seed, and the first k-means seed")
-    parser.add_argument("--restarts", type=int, default=5, help="k-means seeds per arm (the full size: 1)")
+    parser.add_argument("--restarts", type=int, default=5, help="k-means seeds per arm (3 for the recorded full size)")
     parser.add_argument("--openblas-coretype", default=None, help="set OPENBLAS_CORETYPE before importing faiss")
     args = parser.parse_args()
     if args.openblas_coretype:

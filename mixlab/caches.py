@@ -72,7 +72,7 @@ def _keep_digest(identity: str, digest: str) -> None:
 def file_digest(path: str | os.PathLike[str]) -> str:
     """blake2b-128 of a file's bytes (hex), remembered in this process by path, size and modification time; a file
     modified in the last two seconds is read again (a second edit within one timestamp tick keeps its mtime). Files
-    of `KEPT_DIGEST_BYTES` or more (weights: 15 GB of a 7B model take 10-20 s) are also remembered across
+    of `KEPT_DIGEST_BYTES` or more (weights, read whole at every digest) are also remembered across
     processes, by device, inode, size, modification and change times (`kept_digests_path`)."""
     path = os.path.abspath(os.fspath(path))
     stat = os.stat(path)

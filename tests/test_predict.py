@@ -8,7 +8,7 @@ from PIL import Image
 
 from mixlab.data import sample_to_row
 from mixlab.models.collator import VisionCollator
-from mixlab.models.predict import PromptItem, answer_nll, choose, generate
+from mixlab.models.predict import PromptItem, answer_nll, choose, generate, trained_positions
 from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples, text_samples
 
 
@@ -114,14 +114,6 @@ def test_continuation_logprobs_against_the_models_own_logits(setup):
     assert choose(model, processor, items[:1], [NAMES]) == [int(np.argmax([lp for lp, _ in per_option]))]
 
 
-def _read_positions(labels):
-    import torch
-
-    where = torch.zeros(labels.shape, dtype=torch.bool)
-    where[:, :-1] = labels[:, 1:] != -100
-    return where
-
-
 def test_last_layer_only_at_keeps_the_logits_it_is_asked_for(setup):
     """The last layer's MLP sees only the asked-for positions; their logits are the full forward's, others are not."""
     import torch
@@ -130,7 +122,7 @@ def test_last_layer_only_at_keeps_the_logits_it_is_asked_for(setup):
 
     model, processor, samples = setup
     batch = dict(VisionCollator(processor)([sample_to_row(s) for s in samples[:4]]))
-    where = _read_positions(batch.pop("labels"))
+    where = trained_positions(batch.pop("labels"))
     rows_seen = []
     handle = decoder_layers(model)[-1].mlp.register_forward_hook(lambda m, a, o: rows_seen.append(a[0].shape))
     try:

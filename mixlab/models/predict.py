@@ -162,11 +162,7 @@ def _label_logprobs(
     if needed.numel() < targets.shape[1] and _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = needed.to(model.device)
         targets = targets[:, needed]
-    tail: Any = nullcontext()
-    if tail_at_labels:
-        read = torch.zeros(labels.shape, dtype=torch.bool)
-        read[:, :-1] = labels[:, 1:] != IGNORE
-        tail = last_layer_only_at(model, read)
+    tail = last_layer_only_at(model, trained_positions(labels)) if tail_at_labels else nullcontext()
     batch = _to_device(batch, model)
     with torch.inference_mode(), _eval_mode(model), tail:
         logits = model(**batch, use_cache=False, **kwargs).logits
@@ -183,6 +179,16 @@ def _label_logprobs(
         keep.sum(1).cpu().numpy().astype(np.int64),
         greedy.cpu().numpy().astype(bool),
     )
+
+
+def trained_positions(labels: Any) -> Any:
+    """(batch, sequence) bool: the positions whose logits predict a trained token (a label other than -100 at the
+    next position)."""
+    import torch
+
+    where = torch.zeros(labels.shape, dtype=torch.bool)
+    where[:, :-1] = labels[:, 1:] != IGNORE
+    return where
 
 
 def _reference_logprobs(
