@@ -138,6 +138,60 @@ def test_last_layer_only_at_keeps_the_logits_it_is_asked_for(setup):
     assert (part[other] - full[other]).abs().max() > 1e-2
 
 
+def test_last_layer_hooks_keep_each_threads_positions(setup):
+    """Two threads inside one `LastLayerOnly` at the same moment, each with its own positions (batches of the same
+    shape, different positions), get the logits that each gets alone."""
+    import threading
+
+    import torch
+
+    from mixlab.models.decoder import LastLayerOnly, decoder_layers
+
+    model, processor, samples = setup
+    collate = VisionCollator(processor)
+    batches = [dict(collate([sample_to_row(s) for s in part])) for part in (samples[:4], samples[4:8])]
+    assert batches[0]["input_ids"].shape == batches[1]["input_ids"].shape
+    wheres = [trained_positions(b.pop("labels")) for b in batches]
+    every_third = torch.arange(wheres[1].shape[1]) % 3 == 0
+    wheres[1] = batches[1]["attention_mask"].bool() & every_third  # other positions than the first thread's
+    alone, together = [], [None, None]
+    meet = threading.Barrier(2)
+
+    def score(tail, i):
+        with torch.inference_mode(), tail.at(wheres[i]):
+            together[i] = model(**batches[i]).logits
+
+    with LastLayerOnly(model) as tail:
+        with torch.inference_mode():
+            for batch, where in zip(batches, wheres, strict=True):
+                with tail.at(where):
+                    alone.append(model(**batch).logits)
+        # both threads wait at the last layer's input, so that their hooked parts run at the same time
+        handle = decoder_layers(model)[-1].register_forward_pre_hook(lambda m, a: [meet.wait(timeout=60)] and None)
+        try:
+            threads = [threading.Thread(target=score, args=(tail, i)) for i in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            handle.remove()
+    for i in (0, 1):
+        torch.testing.assert_close(together[i][wheres[i]], alone[i][wheres[i]], atol=1e-5, rtol=1e-5)
+
+
+def test_scores_with_two_batches_at_once_equal_one_at_a_time(setup):
+    from mixlab.models.predict import pooled_activations
+
+    model, processor, samples = setup
+    one = answer_nll(model, processor, samples, batch_size=3, at_once=1)
+    two = answer_nll(model, processor, samples, batch_size=3, at_once=2)
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6)
+    one = pooled_activations(model, processor, samples, [0, 1], batch_size=3, at_once=1)
+    two = pooled_activations(model, processor, samples, [0, 1], batch_size=3, at_once=2)
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-7)
+
+
 def test_answer_nll_runs_the_last_layer_where_read_with_the_same_scores(setup, monkeypatch):
     from mixlab.models import predict
 

@@ -149,10 +149,13 @@ def test_perplexity_row_alignment_and_cache(setup, tmp_path, monkeypatch):
     import mixlab.models.predict as predict
 
     scored, forwards = [], []
-    real_nll, real_forward = predict.answer_nll, LlavaForConditionalGeneration.forward
-    monkeypatch.setattr(
-        predict, "answer_nll", lambda m, p, batch, **k: scored.extend(batch) or real_nll(m, p, batch, **k)
-    )
+    real_nll, real_forward = predict.answer_nll_batches, LlavaForConditionalGeneration.forward
+
+    def counted(m, p, pending, batches, **k):
+        scored.extend(pending[i] for batch in batches for i in batch)
+        return real_nll(m, p, pending, batches, **k)
+
+    monkeypatch.setattr(predict, "answer_nll_batches", counted)
     monkeypatch.setattr(
         LlavaForConditionalGeneration,
         "forward",
@@ -271,8 +274,8 @@ def test_activations_cache_hit_skips_the_model(setup, tmp_path, monkeypatch):
     import mixlab.models.predict as predict
 
     calls = []
-    real = predict.pooled_activations
-    monkeypatch.setattr(predict, "pooled_activations", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = predict.pooled_activations_batches
+    monkeypatch.setattr(predict, "pooled_activations_batches", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     subset = [samples[4], samples[0]]
     again = scorer.score(subset, ctx)["embedding"]
     assert calls == []

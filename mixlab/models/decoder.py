@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,35 +43,62 @@ def tail_modules(model: Any) -> list[Any]:
     return parts if query is None else [query, *parts]
 
 
-@contextmanager
-def last_layer_only_at(model: Any, where: Any) -> Iterator[None]:
-    """Within this block, the `tail_modules` of the last decoder layer run only at the positions where `where` (a
-    (batch, sequence) bool tensor) is True, and give zeros elsewhere.
+class LastLayerOnly:
+    """Hooks on the last decoder layer's `tail_modules` that, in a thread inside `at(where)`, run those parts only
+    at the positions where `where` (a (batch, sequence) bool tensor) is True and give zeros elsewhere.
 
     Each position's output of the last layer feeds only its own logits, and keys and values come from the layer's
     input, so the logits at those positions are the model's own (the caller reads no others; elsewhere they are
     finite garbage). A scorer that needs the logits at a few positions of each row skips most of the last layer's
-    work. Does nothing when `tail_modules` finds no such parts."""
-    taken: list[Any] = []  # per call in flight: the mask on the input's device, or None where left alone
+    work. The hooks are installed once (`with LastLayerOnly(model) as tail:`) and act per thread, so several threads
+    may run the model at once, each with its own positions; outside `at` they leave the model alone. Nothing is
+    hooked when `tail_modules` finds no such parts."""
 
-    def before(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def __init__(self, model: Any) -> None:
+        self.modules = tail_modules(model)
+        self.local = threading.local()
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> LastLayerOnly:
+        for module in self.modules:
+            self.handles += [module.register_forward_pre_hook(self._before), module.register_forward_hook(self._after)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    @contextmanager
+    def at(self, where: Any) -> Iterator[None]:
+        """Within this block, in this thread, the hooked parts run only where `where` is True."""
+        self.local.where, self.local.taken = where, []
+        try:
+            yield
+        finally:
+            self.local.where = None
+
+    def _before(self, _module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        where = getattr(self.local, "where", None)
+        if where is None:
+            return None
         fits = bool(args) and tuple(args[0].shape[:-1]) == tuple(where.shape)
-        taken.append(where.to(args[0].device) if fits else None)
-        return (args[0][taken[-1]], *args[1:]) if fits else None
+        self.local.taken.append(where.to(args[0].device) if fits else None)  # per call in flight
+        return (args[0][self.local.taken[-1]], *args[1:]) if fits else None
 
-    def after(_module: Any, _args: Any, output: Any) -> Any:
-        mask = taken.pop()
+    def _after(self, _module: Any, _args: Any, output: Any) -> Any:
+        if getattr(self.local, "where", None) is None:
+            return None
+        mask = self.local.taken.pop()
         if mask is None:
             return None
         full = output.new_zeros(*mask.shape, output.shape[-1])
         full[mask] = output
         return full
 
-    handles = []
-    try:
-        for module in tail_modules(model):
-            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+@contextmanager
+def last_layer_only_at(model: Any, where: Any) -> Iterator[None]:
+    """Within this block, the last layer's `tail_modules` run only where `where` is True (`LastLayerOnly`)."""
+    with LastLayerOnly(model) as tail, tail.at(where):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -11,6 +11,7 @@ the measured speed-ups.
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,8 @@ import numpy as np
 
 from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
 from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, load_image
-from mixlab.models.decoder import decoder_layers, last_layer_only_at, tail_modules
+from mixlab.models.decoder import LastLayerOnly, decoder_layers
+from mixlab.models.inflight import batches_at_once, in_flight
 from mixlab.models.templates import training_template
 
 if TYPE_CHECKING:
@@ -141,14 +143,14 @@ def generate(
 
 
 def _label_logprobs(
-    model: Any, batch: dict[str, Any], *, tail_at_labels: bool = False
+    model: Any, batch: dict[str, Any], *, tail: LastLayerOnly | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (sum of log-probs, count, all greedy) over the trained (label != -100) tokens of a collated batch.
 
     "All greedy": every trained token is the model's argmax at its position. Logits are computed only at the positions
     that predict a trained token of some row (`logits_to_keep`), and not at all for a batch without trained tokens.
-    `tail_at_labels`: the last decoder layer's position-wise parts run only at the positions that predict a trained
-    token of their row (`last_layer_only_at`).
+    `tail` (installed hooks): the last decoder layer's position-wise parts run only at the positions that predict a
+    trained token of their row.
     """
     import torch
 
@@ -162,9 +164,9 @@ def _label_logprobs(
     if needed.numel() < targets.shape[1] and _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = needed.to(model.device)
         targets = targets[:, needed]
-    tail = last_layer_only_at(model, trained_positions(labels)) if tail_at_labels else nullcontext()
+    only_where_read = tail.at(trained_positions(labels)) if tail is not None else nullcontext()
     batch = _to_device(batch, model)
-    with torch.inference_mode(), _eval_mode(model), tail:
+    with torch.inference_mode(), _eval_mode(model), only_where_read:
         logits = model(**batch, use_cache=False, **kwargs).logits
         if not kwargs:
             logits = logits[:, :-1]
@@ -889,36 +891,67 @@ def answer_nll(
     *,
     batch_size: int = 16,
     progress: Progress | None = None,
+    at_once: int | None = None,
 ) -> np.ndarray:
     """Per-sample mean negative log-likelihood of the trained tokens (training masks, image-conditioned).
 
-    NaN for a sample without any trained token. Samples with the same conversation and image are scored once. The
-    last decoder layer runs its position-wise parts only where a trained token is predicted, once a probe of two
-    samples has given the full forward's scores that way (checked once per architecture; else every position runs).
+    NaN for a sample without any trained token. Samples with the same conversation and image are scored once; the
+    distinct ones in batches of `batch_size`, in input order (`answer_nll_batches`).
     """
-    collator = _Collate(processor)
     unique, where = _distinct(samples)
     scores = np.empty(len(unique), dtype=np.float64)
-    for chunk in _chunks(len(unique), batch_size):
-        rows = [sample_to_row(samples[unique[i]]) for i in chunk]
-        batch = collator(rows)
-        tail = _tail_checked(model, collator, rows, batch["labels"])
-        sums, counts, _ = _label_logprobs(model, dict(batch), tail_at_labels=tail)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scores[chunk.start : chunk.stop] = np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
+    chunks = [list(c) for c in _chunks(len(unique), batch_size)]
+    distinct = [samples[i] for i in unique]
+    for chunk, nll in answer_nll_batches(model, processor, distinct, chunks, at_once=at_once):
+        scores[chunk] = nll
         if progress:
-            progress(int(np.count_nonzero(where < chunk.stop)), len(samples))
+            progress(int(np.count_nonzero(where <= chunk[-1])), len(samples))
     return scores[where] if len(samples) else np.empty(0, dtype=np.float64)
+
+
+def answer_nll_batches(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    batches: Sequence[list[int]],
+    *,
+    at_once: int | None = None,
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(batch, the mean NLL of its samples' trained tokens) for each index list in `batches`, in order, as each is
+    done (a caller can keep every batch's results before the next one comes).
+
+    Samples of one batch with the same conversation and image are scored once. Batches run
+    `batches_at_once(model, at_once)` at a time (`in_flight`). The last decoder layer runs its
+    position-wise parts only where a trained token is predicted, once a probe of two samples has given the full
+    forward's scores that way (checked once per architecture; else every position runs).
+    """
+    collator = _Collate(processor)
+
+    with _eval_mode(model), LastLayerOnly(model) as tail:
+
+        def prepare(batch: list[int]) -> tuple[dict[str, Any], bool, np.ndarray]:
+            unique, where = _distinct([samples[i] for i in batch])
+            rows = [sample_to_row(samples[batch[i]]) for i in unique]
+            collated = collator(rows)
+            return collated, _tail_checked(model, collator, rows, collated["labels"], tail), where
+
+        def nll_of(prepared: tuple[dict[str, Any], bool, np.ndarray]) -> np.ndarray:
+            collated, only_where_read, where = prepared
+            sums, counts, _ = _label_logprobs(model, dict(collated), tail=tail if only_where_read else None)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)[where]
+
+        yield from in_flight(batches, prepare, nll_of, at_once=batches_at_once(model, at_once))
 
 
 _TAIL_CHECKED: dict[tuple[type, type], bool] = {}
 
 
-def _tail_checked(model: Any, collator: Any, rows: list[dict[str, Any]], labels: Any) -> bool:
-    """Whether `answer_nll` may run the last layer only at trained positions (`last_layer_only_at`). That is a
-    property of the architecture, so it is decided once per (model class, decoder layer class), on the first two
-    rows with trained tokens scored both ways; False until such rows come."""
-    if not tail_modules(model):
+def _tail_checked(model: Any, collator: Any, rows: list[dict[str, Any]], labels: Any, tail: LastLayerOnly) -> bool:
+    """Whether `answer_nll` may run the last layer only at trained positions (`tail`, installed). That is a property
+    of the architecture, so it is decided once per (model class, decoder layer class), on the first two rows with
+    trained tokens scored both ways; False until such rows come."""
+    if not tail.modules:
         return False
     key = (type(model), type(decoder_layers(model)[-1]))
     if key in _TAIL_CHECKED:
@@ -928,8 +961,10 @@ def _tail_checked(model: Any, collator: Any, rows: list[dict[str, Any]], labels:
         return False
     probe = collator([rows[i] for i in trained])
     full, _, _ = _label_logprobs(model, dict(probe))
-    tail, _, _ = _label_logprobs(model, dict(probe), tail_at_labels=True)
-    agree = _agrees_with_reference(model, [(t, True) for t in tail.tolist()], [(f, True) for f in full.tolist()])
+    only_where_read, _, _ = _label_logprobs(model, dict(probe), tail=tail)
+    agree = _agrees_with_reference(
+        model, [(t, True) for t in only_where_read.tolist()], [(f, True) for f in full.tolist()]
+    )
     if not agree:
         warnings.warn(
             f"{type(model).__name__}: scores with the last layer run at trained positions only differ from the "
@@ -1020,6 +1055,7 @@ def pooled_activations(
     text_only: TextOnlyRule = "zero_image",
     batch_size: int = 16,
     progress: Progress | None = None,
+    at_once: int | None = None,
 ) -> np.ndarray:
     """COINCIDE embeddings: per layer, the self-attention ``o_proj`` output averaged over image tokens and over
     text tokens separately, tanh, L2-normalised; concatenated layer-major [l0_img, l0_txt, l1_img, ...] and divided
@@ -1029,8 +1065,38 @@ def pooled_activations(
     are all other non-padding positions (system, user and assistant text of the chat template). For a sample
     without image tokens, ``text_only`` decides: "zero_image" leaves the image blocks at zero and scales the text
     blocks by 1/sqrt(n_layers) (unit norm); "text_twice" puts the text block in the image slot too.
-    Layers after the deepest chosen one are not computed; samples with the same conversation and image run once.
+    Layers after the deepest chosen one are not computed; samples with the same conversation and image run once;
+    the distinct ones in batches of `batch_size`, in input order (`pooled_activations_batches`).
     """
+    unique, where = _distinct(samples)
+    chunks = [list(c) for c in _chunks(len(unique), batch_size)]
+    distinct = [samples[i] for i in unique]
+    parts = []
+    for chunk, rows in pooled_activations_batches(
+        model, processor, distinct, layers, chunks, text_only=text_only, at_once=at_once
+    ):
+        parts.append(rows)
+        if progress:
+            progress(int(np.count_nonzero(where <= chunk[-1])), len(samples))
+    if not parts:
+        width = 2 * len(layers) * int(model.config.get_text_config().hidden_size)
+        return np.zeros((0, width), dtype=np.float32)
+    return np.concatenate(parts)[where]
+
+
+def pooled_activations_batches(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    layers: Sequence[int],
+    batches: Sequence[list[int]],
+    *,
+    text_only: TextOnlyRule = "zero_image",
+    at_once: int | None = None,
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(batch, its samples' `pooled_activations` rows) for each index list in `batches`, in order, as each is done.
+    Samples of one batch with the same conversation and image run once; batches run `batches_at_once(model, at_once)`
+    at a time (`in_flight`)."""
     import torch
 
     if text_only not in ("zero_image", "text_twice"):
@@ -1041,58 +1107,68 @@ def pooled_activations(
         raise ValueError(f"layers {layers} out of range for a {len(blocks)}-layer language model")
     image_id = _image_token_id(model, processor)
     deepest = max(layers)
-    captured: dict[int, Any] = {}
+    local = threading.local()  # each thread's captured outputs, so that batches may run at once
 
     def hook_for(layer: int) -> Callable[..., None]:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            captured = getattr(local, "captured", None)
+            if captured is None:  # a forward pass of another caller
+                return
             captured[layer] = output
             if layer == deepest:
                 raise _StopForward
 
         return hook
 
-    handles = [blocks[layer].self_attn.o_proj.register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
     collator = _Collate(processor)
-    n_layers = len(layers)
-    unique, where = _distinct(samples)
-    out: np.ndarray | None = None
+
+    def prepare(batch: list[int]) -> tuple[dict[str, Any], np.ndarray]:
+        unique, where = _distinct([samples[i] for i in batch])
+        collated = dict(collator([sample_to_row(samples[batch[i]]) for i in unique]))
+        collated.pop("labels", None)
+        return collated, where
+
+    def embed(prepared: tuple[dict[str, Any], np.ndarray]) -> np.ndarray:
+        collated, where = prepared
+        mask = collated["attention_mask"].bool()
+        is_image = (collated["input_ids"] == image_id) & mask
+        captured: dict[int, Any] = {}
+        local.captured = captured
+        try:
+            with torch.inference_mode():
+                model(**_to_device(collated, model), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            local.captured = None
+        return _pool(captured, layers, is_image, mask & ~is_image, text_only)[where]
+
+    handles = [blocks[layer].self_attn.o_proj.register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
     try:
-        for chunk in _chunks(len(unique), batch_size):
-            batch = dict(collator([sample_to_row(samples[unique[i]]) for i in chunk]))
-            batch.pop("labels", None)
-            mask = batch["attention_mask"].bool()
-            is_image = (batch["input_ids"] == image_id) & mask
-            is_text = mask & ~is_image
-            captured.clear()
-            with torch.inference_mode(), _eval_mode(model):
-                try:
-                    model(**_to_device(batch, model), use_cache=False)
-                except _StopForward:
-                    pass
-            device = captured[deepest].device
-            img_w, txt_w = is_image.to(device, torch.float32), is_text.to(device, torch.float32)
-            has_image = is_image.any(dim=1).to(device)
-            parts = []
-            for layer in layers:  # pooled on the model's device: only (batch, hidden) vectors come back
-                act = captured[layer].float()
-                a_img = _unit(torch.tanh((act * img_w[..., None]).sum(1) / img_w.sum(1, keepdim=True).clamp_min(1)))
-                a_txt = _unit(torch.tanh((act * txt_w[..., None]).sum(1) / txt_w.sum(1, keepdim=True).clamp_min(1)))
-                if text_only == "text_twice":
-                    a_img = torch.where(has_image[:, None], a_img, a_txt)
-                else:
-                    a_img = torch.where(has_image[:, None], a_img, torch.zeros_like(a_img))
-                    a_txt = torch.where(has_image[:, None], a_txt, a_txt * np.sqrt(2.0))
-                parts += [a_img, a_txt]
-            emb = (torch.cat(parts, dim=1) / np.sqrt(2.0 * n_layers)).cpu().numpy().astype(np.float32)
-            if out is None:
-                out = np.zeros((len(unique), emb.shape[1]), dtype=np.float32)
-            out[chunk.start : chunk.stop] = emb
-            if progress:
-                progress(int(np.count_nonzero(where < chunk.stop)), len(samples))
+        with _eval_mode(model):
+            yield from in_flight(batches, prepare, embed, at_once=batches_at_once(model, at_once))
     finally:
         for h in handles:
             h.remove()
-    if out is None:
-        width = 2 * n_layers * int(model.config.get_text_config().hidden_size)
-        return np.zeros((0, width), dtype=np.float32)
-    return out[where]
+
+
+def _pool(captured: dict[int, Any], layers: list[int], is_image: Any, is_text: Any, text_only: str) -> np.ndarray:
+    """The embedding rows of one batch from its captured ``o_proj`` outputs (see `pooled_activations`); pooled on the
+    model's device, so only (batch, hidden) vectors come back."""
+    import torch
+
+    device = captured[max(layers)].device
+    img_w, txt_w = is_image.to(device, torch.float32), is_text.to(device, torch.float32)
+    has_image = is_image.any(dim=1).to(device)
+    parts = []
+    for layer in layers:
+        act = captured[layer].float()
+        a_img = _unit(torch.tanh((act * img_w[..., None]).sum(1) / img_w.sum(1, keepdim=True).clamp_min(1)))
+        a_txt = _unit(torch.tanh((act * txt_w[..., None]).sum(1) / txt_w.sum(1, keepdim=True).clamp_min(1)))
+        if text_only == "text_twice":
+            a_img = torch.where(has_image[:, None], a_img, a_txt)
+        else:
+            a_img = torch.where(has_image[:, None], a_img, torch.zeros_like(a_img))
+            a_txt = torch.where(has_image[:, None], a_txt, a_txt * np.sqrt(2.0))
+        parts += [a_img, a_txt]
+    return (torch.cat(parts, dim=1) / np.sqrt(2.0 * len(layers))).cpu().numpy().astype(np.float32)

@@ -62,7 +62,7 @@ class ActivationsScorer(ModelScorer):
     options: ActivationsOptions
 
     def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
-        from mixlab.models.predict import pooled_activations
+        from mixlab.models.predict import pooled_activations_batches
 
         o = self.options
         model_dir = self.model_dir(ctx)
@@ -79,15 +79,10 @@ class ActivationsScorer(ModelScorer):
                 ctx.log(f"activations: {len(samples) - len(todo)} samples cached, scoring {len(todo)} with {model_dir}")
                 model, processor = load_model(model_dir)
                 pending = [samples[i] for i in todo]
-                for batch in self.batches(processor, pending):
-                    rows = pooled_activations(
-                        model,
-                        processor,
-                        [pending[j] for j in batch],
-                        layers,
-                        text_only=o.text_only,
-                        batch_size=len(batch),
-                    )
+                batches = self.batches(processor, pending)
+                for batch, rows in pooled_activations_batches(
+                    model, processor, pending, layers, batches, text_only=o.text_only, at_once=o.batches_at_once
+                ):
                     cache.add([keys[todo[j]] for j in batch], rows)
                     advance(len(batch))
         if not samples:

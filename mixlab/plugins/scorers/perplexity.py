@@ -41,13 +41,14 @@ class PerplexityScorer(ModelScorer):
             advance(len(samples) - len(todo))
             if todo:
                 from mixlab.models.loading import load_model
-                from mixlab.models.predict import answer_nll
+                from mixlab.models.predict import answer_nll_batches
 
                 ctx.log(f"perplexity: {len(samples) - len(todo)} samples cached, scoring {len(todo)} with {model_dir}")
                 model, processor = load_model(model_dir)
                 pending = [samples[i] for i in todo]
-                for batch in self.batches(processor, pending):
-                    nll = answer_nll(model, processor, [pending[j] for j in batch], batch_size=len(batch))
+                batches = self.batches(processor, pending)
+                at_once = self.options.batches_at_once
+                for batch, nll in answer_nll_batches(model, processor, pending, batches, at_once=at_once):
                     cache.add(
                         (keys[todo[j]], None if np.isnan(v) else float(v)) for j, v in zip(batch, nll, strict=True)
                     )
