@@ -920,10 +920,10 @@ def answer_nll_batches(
     """(batch, the mean NLL of its samples' trained tokens) for each index list in `batches`, in order, as each is
     done (a caller can keep every batch's results before the next one comes).
 
-    Samples of one batch with the same conversation and image are scored once. Batches run
-    `batches_at_once(model, at_once)` at a time (`in_flight`). The last decoder layer runs its
-    position-wise parts only where a trained token is predicted, once a probe of two samples has given the full
-    forward's scores that way (checked once per architecture; else every position runs).
+    Samples of one batch with the same conversation and image are scored once. Batches run `batches_at_once(model,
+    at_once)` at a time (`in_flight`). The last decoder layer runs its position-wise parts only where a trained token
+    is predicted, once a probe of two samples has given the full forward's scores that way (checked once per
+    architecture; else every position runs).
     """
     collator = _Collate(processor)
 
