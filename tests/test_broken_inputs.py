@@ -955,6 +955,13 @@ RECIPE_CASES = [
     ),
     R("batch-huge", "batch_size = 8", "batch_size = 100000", "batch_size", ["trainer.batch_size", "larger than 4096"]),
     R(
+        "scorer-batches-at-once-zero",
+        '[scorers.ppl]\ntype = "perplexity"\n',
+        '[scorers.ppl]\ntype = "perplexity"\nbatches_at_once = 0\n',
+        "batches_at_once",
+        ["scorers.ppl.batches_at_once", "greater than or equal to 1"],
+    ),
+    R(
         "max-length-zero",
         "batch_size = 8",
         "batch_size = 8\nmax_length = 0",
