@@ -898,15 +898,38 @@ def answer_nll(
     NaN for a sample without any trained token. Samples with the same conversation and image are scored once; the
     distinct ones in batches of `batch_size`, in input order (`answer_nll_batches`).
     """
+    scores = _per_sample(
+        samples,
+        batch_size,
+        progress,
+        lambda distinct, chunks: answer_nll_batches(model, processor, distinct, chunks, at_once=at_once),
+    )
+    return scores if scores is not None else np.empty(0, dtype=np.float64)
+
+
+def _per_sample(
+    samples: Sequence[Sample],
+    batch_size: int,
+    progress: Progress | None,
+    batches_of: Callable[[list[Sample], list[list[int]]], Iterator[tuple[list[int], np.ndarray]]],
+) -> np.ndarray | None:
+    """The rows that `batches_of(distinct samples, batches)` gives, one per sample of `samples` (samples with the same
+    conversation and image share theirs), the distinct ones in batches of `batch_size` in input order; None for no
+    samples."""
     unique, where = _distinct(samples)
-    scores = np.empty(len(unique), dtype=np.float64)
     chunks = [list(c) for c in _chunks(len(unique), batch_size)]
-    distinct = [samples[i] for i in unique]
-    for chunk, nll in answer_nll_batches(model, processor, distinct, chunks, at_once=at_once):
-        scores[chunk] = nll
+    parts = []
+    for chunk, rows in batches_of([samples[i] for i in unique], chunks):
+        parts.append(rows)
         if progress:
             progress(int(np.count_nonzero(where <= chunk[-1])), len(samples))
-    return scores[where] if len(samples) else np.empty(0, dtype=np.float64)
+    return np.concatenate(parts)[where] if parts else None
+
+
+def _distinct_rows(samples: Sequence[Sample], batch: list[int]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """(training rows of the distinct samples of `batch`, the distinct row of each of its samples)."""
+    unique, where = _distinct([samples[i] for i in batch])
+    return [sample_to_row(samples[batch[i]]) for i in unique], where
 
 
 def answer_nll_batches(
@@ -930,8 +953,7 @@ def answer_nll_batches(
     with _eval_mode(model), LastLayerOnly(model) as tail:
 
         def prepare(batch: list[int]) -> tuple[dict[str, Any], bool, np.ndarray]:
-            unique, where = _distinct([samples[i] for i in batch])
-            rows = [sample_to_row(samples[batch[i]]) for i in unique]
+            rows, where = _distinct_rows(samples, batch)
             collated = collator(rows)
             return collated, _tail_checked(model, collator, rows, collated["labels"], tail), where
 
@@ -1068,20 +1090,18 @@ def pooled_activations(
     Layers after the deepest chosen one are not computed; samples with the same conversation and image run once;
     the distinct ones in batches of `batch_size`, in input order (`pooled_activations_batches`).
     """
-    unique, where = _distinct(samples)
-    chunks = [list(c) for c in _chunks(len(unique), batch_size)]
-    distinct = [samples[i] for i in unique]
-    parts = []
-    for chunk, rows in pooled_activations_batches(
-        model, processor, distinct, layers, chunks, text_only=text_only, at_once=at_once
-    ):
-        parts.append(rows)
-        if progress:
-            progress(int(np.count_nonzero(where <= chunk[-1])), len(samples))
-    if not parts:
+    rows = _per_sample(
+        samples,
+        batch_size,
+        progress,
+        lambda distinct, chunks: pooled_activations_batches(
+            model, processor, distinct, layers, chunks, text_only=text_only, at_once=at_once
+        ),
+    )
+    if rows is None:
         width = 2 * len(layers) * int(model.config.get_text_config().hidden_size)
         return np.zeros((0, width), dtype=np.float32)
-    return np.concatenate(parts)[where]
+    return rows
 
 
 def pooled_activations_batches(
@@ -1123,8 +1143,8 @@ def pooled_activations_batches(
     collator = _Collate(processor)
 
     def prepare(batch: list[int]) -> tuple[dict[str, Any], np.ndarray]:
-        unique, where = _distinct([samples[i] for i in batch])
-        collated = dict(collator([sample_to_row(samples[batch[i]]) for i in unique]))
+        rows, where = _distinct_rows(samples, batch)
+        collated = dict(collator(rows))
         collated.pop("labels", None)
         return collated, where
 
