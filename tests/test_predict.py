@@ -114,11 +114,12 @@ def test_continuation_logprobs_against_the_models_own_logits(setup):
     assert choose(model, processor, items[:1], [NAMES]) == [int(np.argmax([lp for lp, _ in per_option]))]
 
 
-def test_last_layer_only_at_keeps_the_logits_it_is_asked_for(setup):
-    """The last layer's MLP sees only the asked-for positions; their logits are the full forward's, others are not."""
+def test_last_layer_only_keeps_the_logits_it_is_asked_for(setup):
+    """Inside `at`, the last layer's MLP sees only the asked-for positions; their logits are the full forward's, others
+    are not. Outside `at`, the installed hooks leave the model alone."""
     import torch
 
-    from mixlab.models.decoder import decoder_layers, last_layer_only_at
+    from mixlab.models.decoder import LastLayerOnly, decoder_layers
 
     model, processor, samples = setup
     batch = dict(VisionCollator(processor)([sample_to_row(s) for s in samples[:4]]))
@@ -128,11 +129,14 @@ def test_last_layer_only_at_keeps_the_logits_it_is_asked_for(setup):
     try:
         with torch.inference_mode():
             full = model(**batch).logits
-            with last_layer_only_at(model, where):
-                part = model(**batch).logits
+            with LastLayerOnly(model) as tail:
+                hooked = model(**batch).logits
+                with tail.at(where):
+                    part = model(**batch).logits
     finally:
         handle.remove()
-    assert rows_seen[1][0] == int(where.sum()) < where.numel() // 4
+    torch.testing.assert_close(hooked, full, atol=0, rtol=0)
+    assert rows_seen[1][0] == rows_seen[0][0] and rows_seen[2][0] == int(where.sum()) < where.numel() // 4
     torch.testing.assert_close(part[where], full[where], atol=1e-5, rtol=1e-5)
     other = ~where & batch["attention_mask"].bool()
     assert (part[other] - full[other]).abs().max() > 1e-2

@@ -95,10 +95,3 @@ class LastLayerOnly:
         full = output.new_zeros(*mask.shape, output.shape[-1])
         full[mask] = output
         return full
-
-
-@contextmanager
-def last_layer_only_at(model: Any, where: Any) -> Iterator[None]:
-    """Within this block, the last layer's `tail_modules` run only where `where` is True (`LastLayerOnly`)."""
-    with LastLayerOnly(model) as tail, tail.at(where):
-        yield

@@ -970,9 +970,9 @@ _TAIL_CHECKED: dict[tuple[type, type], bool] = {}
 
 
 def _tail_checked(model: Any, collator: Any, rows: list[dict[str, Any]], labels: Any, tail: LastLayerOnly) -> bool:
-    """Whether `answer_nll` may run the last layer only at trained positions (`tail`, installed). That is a property
-    of the architecture, so it is decided once per (model class, decoder layer class), on the first two rows with
-    trained tokens scored both ways; False until such rows come."""
+    """Whether `answer_nll_batches` may run the last layer only at trained positions (`tail`, installed). That is a
+    property of the architecture, so it is decided once per (model class, decoder layer class), on the first two rows
+    with trained tokens scored both ways; False until such rows come."""
     if not tail.modules:
         return False
     key = (type(model), type(decoder_layers(model)[-1]))
