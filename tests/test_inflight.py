@@ -65,6 +65,21 @@ def test_in_flight_passes_an_error_on_and_restores_the_threads():
     assert torch.get_num_threads() == before
 
 
+def test_in_flight_gives_out_what_ran_before_a_preparation_fails():
+    _, _, run = _recorder()
+
+    def prepare(job: int) -> int:
+        if job == 3:
+            raise ValueError("cannot build batch 3")
+        return job * 10
+
+    got = []
+    with pytest.raises(ValueError, match="cannot build batch 3"):
+        for result in in_flight(range(6), prepare, run, at_once=2):
+            got.append(result)
+    assert got == [(0, 1), (1, 11), (2, 21)]  # 1 and 2 were still running when batch 3 failed
+
+
 def test_batches_at_once_by_device_and_request():
     cpu, gpu = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=SimpleNamespace(type="cuda"))
     assert batches_at_once(cpu) == min(2, torch.get_num_threads())

@@ -57,18 +57,26 @@ def in_flight(
     """(job, compute(prepare(job))) for every job, in order. `prepare` runs in this thread (tokenizers and processors
     are not safe to share between threads), `compute` in up to `at_once` worker threads at a time, so that the next
     batch is prepared while the model runs; `compute` must be safe to call from several threads at once. An error in
-    either comes out here, after the computations already started have finished."""
+    either comes out here; when `prepare` fails, the computations already started finish and their results come out
+    first, so that a caller keeping each result loses none."""
     if at_once <= 1:
         for job in jobs:
             yield job, compute(prepare(job))
         return
     pending: deque[tuple[Job, Future[Result]]] = deque()
-    with _threads_shared_by(at_once), ThreadPoolExecutor(at_once, thread_name_prefix="mixlab-batch") as pool:
-        for job in jobs:
-            pending.append((job, pool.submit(compute, prepare(job))))
-            while len(pending) > at_once:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
+
+    def finished(keep: int) -> Iterator[tuple[Job, Result]]:
+        while len(pending) > keep:
             done, future = pending.popleft()
             yield done, future.result()
+
+    with _threads_shared_by(at_once), ThreadPoolExecutor(at_once, thread_name_prefix="mixlab-batch") as pool:
+        for job in jobs:
+            try:
+                prepared = prepare(job)
+            except Exception:
+                yield from finished(0)
+                raise
+            pending.append((job, pool.submit(compute, prepared)))
+            yield from finished(at_once)
+        yield from finished(0)
