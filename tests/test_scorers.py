@@ -176,6 +176,20 @@ def test_perplexity_row_alignment_and_cache(setup, tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "perplexity").exists()
 
 
+def test_batches_are_length_neighbours_longest_first(setup):
+    _, _, _, processor, samples = setup
+    batches = _scorer(PerplexityScorer, batch_size=3).batches(processor, samples)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    assert [len(b) for b in batches] == [1, 3, 3, 3]  # chunks of 3 in length order, reversed: the remainder first
+
+    def length(i: int) -> int:
+        return len(_encode(processor, samples[i])["input_ids"][0])
+
+    spans = [(min(map(length, b)), max(map(length, b))) for b in batches]
+    assert all(low >= high for (low, _), (_, high) in zip(spans, spans[1:], strict=False))
+    assert spans[0][1] > spans[-1][0]
+
+
 def test_perplexity_nan_without_trained_tokens_and_duplicates(setup, tmp_path):
     root, model_dir, _, _, samples = setup
     no_answer = _text_sample(9, [("human", "Describe the picture.")])

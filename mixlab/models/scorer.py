@@ -54,12 +54,14 @@ class ModelScorer(Scorer):
         return []
 
     def batches(self, processor: Any, samples: list[Sample]) -> list[list[int]]:
-        """Index lists of `batch_size` neighbours in estimated-length order."""
+        """Index lists of `batch_size` neighbours in estimated-length order, the longest batch first: with batches
+        run at once the last one may run alone, so it should be short, and a batch too large for memory fails at
+        the start."""
         from mixlab.models.predict import length_order
 
         order = length_order(processor, samples)
         size = self.options.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        return [order[i : i + size] for i in range(0, len(order), size)][::-1]
 
 
 def model_settings(model_dir: Path) -> dict[str, Any]:
