@@ -180,7 +180,7 @@ def main() -> None:
     from mixlab.data import sample_to_row
     from mixlab.models.collator import VisionCollator
     from mixlab.models.layers import default_layers
-    from mixlab.models.predict import answer_nll, length_order
+    from mixlab.models.sample_scores import answer_nll, length_order
     from mixlab.plugins.scorers.activations import ActivationsScorer
     from mixlab.plugins.scorers.perplexity import PerplexityScorer
 

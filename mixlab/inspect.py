@@ -135,7 +135,7 @@ def _answer_tokens(sample: Sample, processor: Any) -> int:
 
 def _length_report(samples: list[Sample], processor: Any, context: int, max_length: int | None) -> None:
     """The longest sequences (text + image tokens), and the samples longer than the model's context."""
-    from mixlab.models.predict import image_token_count
+    from mixlab.models.sample_scores import image_token_count
     from mixlab.training.sft import sequence_lengths
 
     if not samples:

@@ -523,7 +523,7 @@ def train_and_score(
     import torch
 
     from mixlab.models.loading import load_model
-    from mixlab.models.predict import answer_nll
+    from mixlab.models.sample_scores import answer_nll
     from mixlab.training.sft import SFTSettings, train_llava
 
     on_cuda = torch.cuda.is_available()

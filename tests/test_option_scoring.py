@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mixlab.models.predict as predict
+import mixlab.models.encoding as encoding
+import mixlab.models.options as option_scoring
 from mixlab.models.predict import PromptItem, choose, continuation_logprobs
 from mixlab.models.templates import LLAVA15_TRAINING_TEMPLATE
 from tests.tiny_vlm import NAMES, QUESTION, build_test_model, colour_samples, text_samples
@@ -78,10 +79,12 @@ def test_the_shared_path_really_shares(setup, monkeypatch):
     """The fast path runs (no fallback to the reference), one image pass per distinct image in a chunk."""
     model, processor, items, options, _ = setup
     choose(model, processor, items[:1], options[:1])  # the once-per-model check against the reference path
-    monkeypatch.setattr(predict, "_reference_logprobs", lambda *a, **k: pytest.fail("fell back to the reference"))
+    monkeypatch.setattr(option_scoring, "reference_logprobs", lambda *a, **k: pytest.fail("fell back to the reference"))
     rows = []
-    real = predict._image_inputs
-    monkeypatch.setattr(predict, "_image_inputs", lambda p, pics: rows.append(sum(map(bool, pics))) or real(p, pics))
+    real = option_scoring.image_inputs
+    monkeypatch.setattr(
+        option_scoring, "image_inputs", lambda p, pics: rows.append(sum(map(bool, pics))) or real(p, pics)
+    )
     choose(model, processor, items, options, batch_size=64)
     assert rows == [5]
 
@@ -99,7 +102,7 @@ def test_padding_side_and_template(setup):
     other.tokenizer.chat_template = LLAVA15_TRAINING_TEMPLATE
     expected = {id(p): _reference(model, p, items, options) for p in (left, other)}
     with pytest.MonkeyPatch.context() as patch:  # the shared path itself, not a fallback to the reference
-        patch.setattr(predict, "_reference_groups", lambda *a, **k: pytest.fail("fell back to the reference"))
+        patch.setattr(option_scoring, "_reference_groups", lambda *a, **k: pytest.fail("fell back to the reference"))
         _assert_same(_shared(model, left, items, options, 7), expected[id(left)])
         _assert_same(_shared(model, other, items, options, 5), expected[id(other)])
 
@@ -114,8 +117,10 @@ def test_equal_items_are_grouped_by_content(setup, monkeypatch):
     ]
     continuations = [pairs[i][1] for i in order]
     calls, encoded = [], []
-    real = predict._image_inputs
-    monkeypatch.setattr(predict, "_image_inputs", lambda p, pics: encoded.append(sum(map(bool, pics))) or real(p, pics))
+    real = option_scoring.image_inputs
+    monkeypatch.setattr(
+        option_scoring, "image_inputs", lambda p, pics: encoded.append(sum(map(bool, pics))) or real(p, pics)
+    )
     got = continuation_logprobs(
         model, processor, copies, continuations, batch_size=4, progress=lambda d, t: calls.append((d, t))
     )
@@ -128,10 +133,10 @@ def test_equal_items_are_grouped_by_content(setup, monkeypatch):
 def test_fallback_to_reference(setup, monkeypatch):
     """A processor whose tokenization the encoding does not reproduce is scored by the reference path."""
     model, processor, items, options, _ = setup
-    monkeypatch.setattr(predict, "_fast_encoding_ok", lambda *a, **k: False)
+    monkeypatch.setattr(option_scoring, "fast_encoding_ok", lambda *a, **k: False)
     calls = []
-    real = predict._reference_logprobs
-    monkeypatch.setattr(predict, "_reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = option_scoring.reference_logprobs
+    monkeypatch.setattr(option_scoring, "reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
     _assert_same(_shared(model, processor, items, options, 8), _reference(model, processor, items, options))
     assert calls
 
@@ -150,14 +155,14 @@ def test_edge_cases(setup):
 
 
 def test_plan_groups_questions_by_image():
-    q = predict._Question
+    q = option_scoring._Question
     questions = [
         q([1, 2, 9, 5, 6], [[7]], [[7]], 2),
         q([1, 2, 9, 5, 8, 8], [[7]], [[7]], 2),
         q([1, 3, 4], [[7]], [[7]], None),
         q([1, 2, 9, 5, 6, 6], [[7]], [[7]], 2),
     ]
-    chunks = predict._plan(questions, ["img", "img", None, "other"], batch_size=2)
+    chunks = option_scoring._plan(questions, ["img", "img", None, "other"], batch_size=2)
     assert chunks == [[(4, [0, 1])], [(2, [2]), (5, [3])]]
 
 
@@ -181,16 +186,16 @@ def test_collate_equals_vision_collator(setup, tmp_path):
     _, processor, _, _, _ = setup
     rows = [sample_to_row(s) for s in _samples(tmp_path)]
     for batch in (rows, rows[:1], rows[1:2], rows[2:5]):
-        fast = predict._Collate(processor)(batch)
+        fast = encoding.Collate(processor)(batch)
         reference = dict(VisionCollator(processor)(batch))
         assert set(fast) == set(reference)
         for key, value in reference.items():
             assert torch.equal(torch.as_tensor(fast[key]), torch.as_tensor(value)), key
-    assert predict._VERDICTS[processor]  # checked once per row kind, then remembered
+    assert encoding._VERDICTS[processor]  # checked once per row kind, then remembered
 
 
 def test_scorers_duplicates_and_progress(setup, tmp_path):
-    from mixlab.models.predict import answer_nll
+    from mixlab.models.sample_scores import answer_nll, pooled_activations
 
     model, processor, _, _, _ = setup
     samples = _samples(tmp_path)
@@ -201,8 +206,8 @@ def test_scorers_duplicates_and_progress(setup, tmp_path):
     np.testing.assert_allclose(got[: len(samples)], single, rtol=1e-5)
     np.testing.assert_array_equal(got[len(samples) :], got[: len(samples) : 2])
     assert calls[-1] == (len(twice), len(twice)) and [d for d, _ in calls] == sorted(d for d, _ in calls)
-    emb = predict.pooled_activations(model, processor, twice, [0, 1], batch_size=3)
-    alone = predict.pooled_activations(model, processor, samples, [0, 1], batch_size=1)
+    emb = pooled_activations(model, processor, twice, [0, 1], batch_size=3)
+    alone = pooled_activations(model, processor, samples, [0, 1], batch_size=1)
     np.testing.assert_allclose(emb[: len(samples)], alone, atol=1e-6)
     np.testing.assert_array_equal(emb[len(samples) :], emb[: len(samples) : 2])
 
@@ -214,24 +219,24 @@ def test_per_processor_state_does_not_keep_processors_alive(setup):
 
     _, _, items, options, model_dir = setup
     processor = AutoProcessor.from_pretrained(model_dir)
-    predict._Collate(processor)([predict._row(items[0], options[0][0])])
-    assert processor in predict._VERDICTS and processor in predict._IMAGES
-    before = len(predict._VERDICTS)
+    encoding.Collate(processor)([encoding.prompt_row(items[0], options[0][0])])
+    assert processor in encoding._VERDICTS and processor in encoding._IMAGES
+    before = len(encoding._VERDICTS)
     del processor
     gc.collect()
-    assert len(predict._VERDICTS) == before - 1
+    assert len(encoding._VERDICTS) == before - 1
 
 
 def test_cache_layout_equals_reference(setup, monkeypatch):
     """The key/value-cache layout (for attention kernels without custom masks) gives the same scores."""
     model, processor, items, options, _ = setup
     expected = _reference(model, processor, items, options)
-    monkeypatch.setattr(predict, "_tree_masks", lambda m: False)
-    monkeypatch.setattr(predict, "_score_chunk_tree", lambda *a, **k: pytest.fail("tree layout used"))
-    monkeypatch.setattr(predict, "_reference_groups", lambda *a, **k: pytest.fail("fell back to the reference"))
+    monkeypatch.setattr(option_scoring, "_tree_masks", lambda m: False)
+    monkeypatch.setattr(option_scoring, "_score_chunk_tree", lambda *a, **k: pytest.fail("tree layout used"))
+    monkeypatch.setattr(option_scoring, "_reference_groups", lambda *a, **k: pytest.fail("fell back to the reference"))
     calls = []
-    real = predict._score_chunk
-    monkeypatch.setattr(predict, "_score_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = option_scoring._score_chunk
+    monkeypatch.setattr(option_scoring, "_score_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     for batch_size in (2, 32):
         _assert_same(_shared(model, processor, items, options, batch_size), expected)
     assert calls  # the cache layout scored them
@@ -240,11 +245,11 @@ def test_cache_layout_equals_reference(setup, monkeypatch):
 def test_a_model_that_scores_differently_falls_back(setup, monkeypatch):
     """Checked once per model on its first question: scores off by more than float error mean the reference path."""
     model, processor, items, options, _ = setup
-    monkeypatch.setattr(predict, "_CHECKED", predict.weakref.WeakKeyDictionary())
-    real = predict._score_chunk_tree
+    monkeypatch.setattr(option_scoring, "_CHECKED", option_scoring.weakref.WeakKeyDictionary())
+    real = option_scoring._score_chunk_tree
     off = lambda *a, **k: {q: [(lp + 0.5, g) for lp, g in s] for q, s in real(*a, **k).items()}  # noqa: E731
-    monkeypatch.setattr(predict, "_score_chunk_tree", off)
+    monkeypatch.setattr(option_scoring, "_score_chunk_tree", off)
     with pytest.warns(UserWarning, match="differ"):
         got = _shared(model, processor, items, options, 8)
     _assert_same(got, _reference(model, processor, items, options))
-    assert predict._CHECKED[model] == {(predict.training_template(processor), True): False}
+    assert option_scoring._CHECKED[model] == {(option_scoring.training_template(processor), True): False}

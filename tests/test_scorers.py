@@ -146,16 +146,16 @@ def test_perplexity_row_alignment_and_cache(setup, tmp_path, monkeypatch):
 
     from transformers import LlavaForConditionalGeneration
 
-    import mixlab.models.predict as predict
+    import mixlab.models.sample_scores as sample_scores
 
     scored, forwards = [], []
-    real_nll, real_forward = predict.answer_nll_batches, LlavaForConditionalGeneration.forward
+    real_nll, real_forward = sample_scores.answer_nll_batches, LlavaForConditionalGeneration.forward
 
     def counted(m, p, pending, batches, **k):
         scored.extend(pending[i] for batch in batches for i in batch)
         return real_nll(m, p, pending, batches, **k)
 
-    monkeypatch.setattr(predict, "answer_nll_batches", counted)
+    monkeypatch.setattr(sample_scores, "answer_nll_batches", counted)
     monkeypatch.setattr(
         LlavaForConditionalGeneration,
         "forward",
@@ -285,11 +285,13 @@ def test_activations_cache_hit_skips_the_model(setup, tmp_path, monkeypatch):
     scorer = _scorer(ActivationsScorer, batch_size=4)
     first = scorer.score(samples, ctx)["embedding"]
 
-    import mixlab.models.predict as predict
+    import mixlab.models.sample_scores as sample_scores
 
     calls = []
-    real = predict.pooled_activations_batches
-    monkeypatch.setattr(predict, "pooled_activations_batches", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = sample_scores.pooled_activations_batches
+    monkeypatch.setattr(
+        sample_scores, "pooled_activations_batches", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    )
     subset = [samples[4], samples[0]]
     again = scorer.score(subset, ctx)["embedding"]
     assert calls == []

@@ -57,7 +57,7 @@ class ModelScorer(Scorer):
         """Index lists of `batch_size` neighbours in estimated-length order, the longest batch first: with batches
         run at once the last one may run alone, so it should be short, and a batch too large for memory fails at
         the start."""
-        from mixlab.models.predict import length_order
+        from mixlab.models.sample_scores import length_order
 
         order = length_order(processor, samples)
         size = self.options.batch_size

@@ -270,7 +270,7 @@ def check_before_training(samples: list[Sample], processor: Any, max_length: int
     image_tokens = 0
     first = next((s for s in samples if s.get("image")), None)
     if first is not None:
-        from mixlab.models.predict import image_token_count
+        from mixlab.models.sample_scores import image_token_count
 
         try:
             image_tokens = image_token_count(processor, [first])

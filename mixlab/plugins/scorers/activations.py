@@ -62,7 +62,7 @@ class ActivationsScorer(ModelScorer):
     options: ActivationsOptions
 
     def score(self, samples: list[Sample], ctx: RunContext) -> dict[str, np.ndarray]:
-        from mixlab.models.predict import pooled_activations_batches
+        from mixlab.models.sample_scores import pooled_activations_batches
 
         o = self.options
         model_dir = self.model_dir(ctx)

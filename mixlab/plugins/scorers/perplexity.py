@@ -41,7 +41,7 @@ class PerplexityScorer(ModelScorer):
             advance(len(samples) - len(todo))
             if todo:
                 from mixlab.models.loading import load_model
-                from mixlab.models.predict import answer_nll_batches
+                from mixlab.models.sample_scores import answer_nll_batches
 
                 ctx.log(f"perplexity: {len(samples) - len(todo)} samples cached, scoring {len(todo)} with {model_dir}")
                 model, processor = load_model(model_dir)
