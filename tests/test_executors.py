@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mixlab.engine.dispatch import worker_command
+from mixlab.engine.dispatch import cpu_threads, worker_command
 from mixlab.errors import UserError
 from mixlab.pipeline import Run
 from mixlab.recipe import load_recipe
@@ -94,6 +94,16 @@ def test_worker_command_uses_torchrun_for_several_processes(tmp_path):
     assert worker_command(tmp_path / "job.json", 1)[1:] == ["-m", "mixlab.engine.worker", str(tmp_path / "job.json")]
     launch = worker_command(tmp_path / "job.json", 2)
     assert launch[1:3] == ["-m", "torch.distributed.run"] and launch[launch.index("--nproc_per_node") + 1] == "2"
+
+
+def test_local_processes_share_the_cores():
+    """Every process that runs at once gets its share of the cores: workers × processes (torchrun) of them."""
+    assert cpu_threads(ExecutorSection(type="local", workers=2), jobs=5, cores=8) == 4
+    assert cpu_threads(ExecutorSection(type="local", workers=2), jobs=1, cores=8) == 8  # one job: one worker busy
+    assert cpu_threads(ExecutorSection(type="local", processes=2), jobs=3, cores=2) == 1
+    assert cpu_threads(ExecutorSection(type="local", workers=2, processes=2), jobs=2, cores=8) == 2
+    assert cpu_threads(ExecutorSection(type="local", workers=4), jobs=4, cores=2) == 1  # never below one
+    assert cpu_threads(ExecutorSection(type="local", devices=["0", "1"]), jobs=2, cores=8) is None
 
 
 PARENT = """

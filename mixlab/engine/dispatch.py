@@ -66,11 +66,18 @@ def die_with_parent() -> Callable[[], None] | None:
     return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def cpu_threads(o: ExecutorSection, jobs: int, cores: int | None = None) -> int | None:
+    """torch's CPU threads in each process of a local executor: the cores shared by every process that runs at once
+    (workers × `processes`), so that no two compete for a core; None where the workers have GPUs."""
+    if o.devices:
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // (min(o.workers, max(jobs, 1)) * o.processes))
+
+
 def run_local(jobs: list[Job], o: ExecutorSection, on_done: Callable[[Job], None]) -> None:
     """Up to `workers` jobs at once as child processes; the others wait for a free slot (and its GPUs)."""
     slots: list[str | None] = list(o.devices) if o.devices else [None] * o.workers
-    cores = os.cpu_count() or 1
-    threads = None if o.devices else max(1, cores // min(o.workers, len(jobs)))
+    threads = cpu_threads(o, len(jobs))
     waiting = list(jobs)
     running: dict[int, tuple[subprocess.Popen, Job, Any, float]] = {}
     failed: list[Job] = []
