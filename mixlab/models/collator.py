@@ -106,11 +106,16 @@ class VisionCollator:
         return "file:" + file_digest(image)
 
 
+def image_token_id(processor: Any) -> int:
+    """The id of the processor's image token (the LLaVA "<image>" where it names none)."""
+    return processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+
+
 def mask_preview(sample: Sample, processor: Any) -> list[tuple[str, bool]]:
     """(token text, trained?) for each token of the sample; a run of image tokens is shown as one "<image×N>"."""
     batch = VisionCollator(processor)([sample_to_row(sample)])
     tokenizer = processor.tokenizer
-    image_id = tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+    image_id = image_token_id(processor)
     out: list[tuple[str, bool]] = []
     run = 0
     for token_id, label in zip(batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), strict=True):

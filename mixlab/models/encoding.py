@@ -39,6 +39,7 @@ def _user_message(item: PromptItem) -> dict[str, Any]:
 
 
 def prompt_row(item: PromptItem, answer: str | None = None) -> dict[str, Any]:
+    """The item as a training row (`VisionCollator`'s input), with `answer` as the assistant's turn if given."""
     messages = [_user_message(item)]
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
@@ -50,6 +51,7 @@ class Unsupported(Exception):
 
 
 def image_token_of(processor: Any) -> tuple[str | None, int | None]:
+    """(the processor's image token, its id), or (None, None) for a processor that names no image token."""
     token = getattr(processor, "image_token", None)
     if not isinstance(token, str):
         return None, None

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mixlab.data import IMAGE_TOKEN, Sample, sample_to_row
-from mixlab.models.collator import IGNORE, VisionCollator
+from mixlab.models.collator import IGNORE, VisionCollator, image_token_id
 from mixlab.models.decoder import LastLayerOnly, decoder_layers
 from mixlab.models.encoding import Collate
 from mixlab.models.forward import Progress, agrees_with_reference, chunks, eval_mode, label_logprobs, to_device
@@ -153,6 +153,7 @@ def _distinct(samples: Sequence[Sample]) -> tuple[list[int], np.ndarray]:
 
 
 def _image_token_id(model: Any, processor: Any) -> int:
+    """The image token id as the model's config names it, else as the processor does."""
     for owner, attr in (
         (model.config, "image_token_id"),
         (model.config, "image_token_index"),
@@ -161,7 +162,7 @@ def _image_token_id(model: Any, processor: Any) -> int:
         value = getattr(owner, attr, None)
         if isinstance(value, int):
             return value
-    return processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+    return image_token_id(processor)
 
 
 def image_token_count(processor: Any, samples: Sequence[Sample]) -> int:
@@ -170,8 +171,7 @@ def image_token_count(processor: Any, samples: Sequence[Sample]) -> int:
     if first is None:
         return 0
     batch = VisionCollator(processor)([sample_to_row(first)])
-    image_id = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
-    return int((batch["input_ids"] == image_id).sum())
+    return int((batch["input_ids"] == image_token_id(processor)).sum())
 
 
 def length_order(processor: Any, samples: Sequence[Sample]) -> list[int]:
