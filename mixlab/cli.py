@@ -38,7 +38,7 @@ def run(recipe: Path, output_dir: Path | None, no_progress: bool, fresh: tuple[s
     from mixlab.pipeline import Run
     from mixlab.progress import quiet_libraries
     from mixlab.recipe import load_recipe
-    from mixlab.validation import run_dir_problem
+    from mixlab.run_folder import run_dir_problem
 
     if output_dir is not None and (problem := run_dir_problem(output_dir)):
         raise UserError(f"--output-dir {output_dir}: {problem}")

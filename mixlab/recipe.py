@@ -12,22 +12,18 @@ from typing import Any
 from mixlab.errors import UserError
 from mixlab.locate import key_lines, line_of
 from mixlab.registry import Registry, did_you_mean, get_registry
+from mixlab.section_references import cross_references, provided_sources
 from mixlab.sections import ArmSection, ModelSection, RunSection, Section
-from mixlab.textfiles import read_text
-from mixlab.validation import (
-    TOP_LEVEL,
-    Problem,
-    Validator,
+from mixlab.setting_checks import (
     check_benchmark_names,
     check_executor,
     check_model_path,
     check_output_dir,
     check_overrides,
     check_toy_worlds,
-    cross_references,
-    provided_sources,
-    unique_problems,
 )
+from mixlab.textfiles import read_text
+from mixlab.validation import TOP_LEVEL, Problem, Validator, unique_problems
 
 
 @dataclass

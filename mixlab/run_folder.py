@@ -1,5 +1,5 @@
-"""A finished run's folder, read back: the arms of its recipe copy and its report.json, with one clear message for
-each way the folder can be wrong."""
+"""A run's folder: whether a path can hold a run, and a finished one read back (the arms of its recipe copy, its
+report.json), with one clear message for each way the folder can be wrong."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mixlab.errors import UserError
-from mixlab.store import EVENTS_FILE
+from mixlab.store import EVENTS_FILE, folder_problem
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -111,3 +111,30 @@ def is_finished_report(path: Path) -> bool:
     if not isinstance(report, dict):
         return False
     return "error" not in report and all(s.get("status") != "failed" for s in report.get("stages", []))
+
+
+def run_dir_problem(target: Path) -> str | None:
+    """What keeps target from being a run directory (a file in its place or above it, no write permission, other
+    files in it), or None.
+
+    Relative paths are taken from the working directory. Also for `mixlab run --output-dir`.
+    """
+    target = target.expanduser()
+    target = target if target.is_absolute() else Path.cwd() / target
+    if problem := folder_problem(target, "the run directory", "choose another output directory"):
+        return problem
+    try:
+        visible = target.is_dir() and any(not p.name.startswith(".") for p in target.iterdir())
+    except OSError as exc:  # a folder that cannot be listed
+        return f"cannot use {target} ({exc.strerror or exc}): choose another output directory."
+    if visible and not is_run_dir(target):
+        return (
+            f"{target} holds other files and is not a mixlab run directory, so a run would mix its files with "
+            "them: choose a new or empty folder, or an earlier run's."
+        )
+    return None
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A folder a run has written to: its event log (the first thing a run writes), or a report beside stages."""
+    return (folder / EVENTS_FILE).is_file() or ((folder / "report.json").is_file() and (folder / "stages").is_dir())

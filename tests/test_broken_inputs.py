@@ -2042,7 +2042,7 @@ def test_store_names_a_run_directory_it_cannot_create(tmp_path, monkeypatch):
 def test_run_directory_rule_accepts_runs_and_hidden_files(world, fake_plugins, monkeypatch, capsys):
     """A folder with only hidden files, or one a run wrote (any of its files), is a run directory to (re)use; the
     recipe's own run directory is not checked when --output-dir sends the run elsewhere."""
-    from mixlab.validation import run_dir_problem
+    from mixlab.run_folder import run_dir_problem
 
     (world / "hidden").mkdir()
     (world / "hidden" / ".gitkeep").write_text("")

@@ -1,0 +1,140 @@
+"""Recipe settings checked against the world outside their own section: the run folder, toy-world folders shared
+by sections, the benchmark names the evaluators report, the executor, the model folder, trainer overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mixlab.components import reported_name
+from mixlab.registry import did_you_mean
+from mixlab.run_folder import run_dir_problem
+from mixlab.sections import RunSection, Section
+from mixlab.validation import Validator, validate_options
+
+
+def check_output_dir(v: Validator, run: RunSection) -> None:
+    """The run directory must be a folder that can be created and written (relative to the working directory)."""
+    key = ("run", "output_dir") if run.output_dir else ("run", "name")
+    target = Path(run.output_dir) if run.output_dir else Path("runs") / run.name
+    problem = run_dir_problem(target)
+    if problem:
+        v.add(key, problem.replace("another output directory", "another `output_dir`"))
+
+
+def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> None:
+    """Two sections that name one toy-world `dir` must ask for the same world: the second would regenerate it under
+    the samples the first already loaded (the image files keep their names whatever the world's seed)."""
+    from mixlab.toyworld.params import ToyWorldParams
+
+    first: dict[Path, tuple[tuple, ToyWorldParams]] = {}
+    for kind, table in sections.items():
+        for label, section in table.items():
+            for key, params in (((), section.options), (("toyworld",), getattr(section.options, "toyworld", None))):
+                if not isinstance(params, ToyWorldParams) or (folder := params.own_dir(section.base_dir)) is None:
+                    continue
+                world = params.model_dump(include={"seed", "n_train", "n_bench", "image_size"})
+                path = (kind, label, *key, "dir")
+                if folder not in first:
+                    first[folder] = (path, params)
+                elif first[folder][1].model_dump(include=set(world)) != world:
+                    other = ".".join(map(str, first[folder][0]))
+                    v.add(
+                        path,
+                        f"{params.dir} is also {other}, with other world parameters: a folder holds one toy world. "
+                        "Give the same seed, n_train, n_bench and image_size, or another dir.",
+                    )
+
+
+def reported_benchmarks(evaluators: dict[str, Section]) -> list[str] | None:
+    """The benchmark names evaluation will report, as it names them; None where some evaluator cannot tell without
+    running."""
+    names: list[str] = []
+    for label, section in evaluators.items():
+        found = section.build().benchmark_names()
+        if found is None:
+            return None
+        for bench in found:
+            names.append(reported_name(bench, label, names))
+    return names
+
+
+def check_benchmark_names(
+    v: Validator, run: RunSection, evaluators: dict[str, Section], selectors: dict[str, Section]
+) -> None:
+    """`weights`, `exclude` and Individual Select's `category_items` name benchmarks the evaluators report, where
+    every evaluator knows its benchmarks without running (else the first evaluation checks them)."""
+    judged: dict[str, dict[str, list[str]]] = {
+        label: items
+        for label, section in selectors.items()
+        if section.type == "individual_select" and (items := getattr(section.options, "category_items", None))
+    }
+    if not (run.weights or run.exclude or judged) or not evaluators:
+        return
+    names = reported_benchmarks(evaluators)
+    if names is None:
+        return
+    for label, entries in judged.items():
+        for category, items in entries.items():
+            for i, entry in enumerate(items):
+                bench = entry.partition("/")[0]
+                if bench not in names:
+                    v.add(
+                        ("selectors", label, "category_items", category, i),
+                        f"names benchmark {bench!r}, which the evaluators do not report.{did_you_mean(bench, names)} "
+                        f"They report: {', '.join(names)}.",
+                    )
+    if not (run.weights or run.exclude):
+        return
+    from mixlab.decisions import Decisions
+
+    for key, message in Decisions(run).name_problems(names):
+        v.add(("run", key) if key else ("run",), message)
+
+
+def check_executor(v: Validator, run: RunSection) -> None:
+    """type = "submitit": submitit is installed and takes the `parameters` (it refuses a misspelt or mistyped one only
+    when the first training is submitted)."""
+    import tempfile
+
+    o = run.executor
+    if o.type != "submitit":
+        return
+    try:
+        import submitit
+    except ImportError:
+        v.add(("run", "executor", "type"), 'type "submitit" needs submitit: pip install -e ".[cluster]".')
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            executor = submitit.AutoExecutor(folder=folder, cluster=o.cluster)
+            slurm = executor.cluster == "slurm"  # slurm_* parameters are refused by the other clusters
+            executor.update_parameters(**{k: x for k, x in o.parameters.items() if slurm or not k.startswith("slurm_")})
+        except (NameError, AssertionError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            v.add(("run", "executor", "parameters"), f"submitit refuses them: {first}. Fix or drop that parameter.")
+
+
+def check_model_path(v: Validator, value: str) -> None:
+    from mixlab.models.loading import model_dir_problem
+
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else v.base_dir / path
+    if problem := model_dir_problem(path):
+        v.add(
+            ("model", "path"),
+            f"{path} {problem}. Give a local llava-hf format checkpoint folder (relative to the recipe), or "
+            'use preset = "tiny".',
+        )
+
+
+def check_overrides(v: Validator, trainer: Section, path: tuple, overrides: dict[str, Any]) -> None:
+    if not overrides:
+        return
+    merged = {**trainer.options.model_dump(exclude_unset=True), **overrides}
+    options, problems = validate_options(path, trainer.cls.Options, merged, list(trainer.cls.Options.model_fields))
+    v.problems += problems
+    if options is not None:
+        v.check(
+            Section(trainer.label, trainer.type, trainer.cls, options, {}, merged, v.base_dir), path, set(overrides)
+        )
