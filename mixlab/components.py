@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,6 +25,20 @@ if TYPE_CHECKING:
     from mixlab.stats import Comparison
 
 KINDS = ("source", "scorer", "selector", "trainer", "evaluator", "merger")
+
+MAX_SEED = 2**32 - 1
+"""Seeds go to numpy, torch and Python's random: 0 ≤ seed ≤ 2**32 - 1 suits all three."""
+
+
+def seed_in_range(seed: int) -> int:
+    """The seed, or a ValueError (a located recipe problem) when numpy, torch or random would refuse it."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError("is out of range: use an integer from 0 to 2**32 - 1")
+    return seed
+
+
+Seed = Annotated[int, AfterValidator(seed_in_range)]
+"""An option that is a seed (the run's, a trainer's, a selector's, a toy world's)."""
 
 Metrics = dict[str, dict[str, float]]
 """Benchmark name → metric name → value. Each benchmark has a ``score`` on a 0-100 scale."""

@@ -11,9 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from mixlab.components import Component, Options
+from mixlab.components import MAX_SEED, Component, Options, Seed
 
-MAX_SEED = 2**32 - 1
 """Seeds go to numpy, torch and Python's random: 0 ≤ seed < 2**32 suits all three."""
 MAX_NAME = 100
 _DEVICE = re.compile(r"^(\d+|GPU-[0-9A-Za-z-]+|MIG-[0-9A-Za-z/-]+)$")
@@ -100,10 +99,8 @@ class RunSection(Options):
         description="Run name; the default output directory is runs/<name>: a plain folder name (no '/', not '..', "
         f"at most {MAX_NAME} characters)."
     )
-    seed: int = Field(
+    seed: Seed = Field(
         0,
-        ge=0,
-        le=MAX_SEED,
         description="Seed for every random choice (data order, init, sampling); the first "
         "training seed when `seeds` is not given.",
     )

@@ -245,8 +245,15 @@ RECIPE_CASES = [
     R("name-nul", 'name = "broken"', 'name = "a\\u0000b"', "name =", ["run.name", "control character", "remove it"]),
     R("name-spaces", 'name = "broken"', 'name = " x "', "name =", ["run.name", "leading or trailing spaces"]),
     # seeds
-    R("negative-seed", "seed = 0", "seed = -1", "seed =", ["run.seed", "greater than or equal to 0"]),
-    R("huge-seed", "seed = 0", "seed = 1099511627776", "seed =", ["run.seed", "less than or equal to 4294967295"]),
+    R("negative-seed", "seed = 0", "seed = -1", "seed =", ["run.seed", "out of range", "from 0 to 2**32 - 1"]),
+    R("huge-seed", "seed = 0", "seed = 1099511627776", "seed =", ["run.seed", "out of range", "(got 1099511627776)"]),
+    R(
+        "toy-seed-huge",
+        'type = "toyworld"',
+        'type = "toyworld"\nseed = 99999999999',
+        "seed = 99999999999",
+        ["sources.toy.seed", "out of range", "from 0 to 2**32 - 1"],
+    ),
     R("seeds-empty", "seed = 0", "seed = 0\nseeds = []", "seeds", ["run.seeds", "1 to 64"]),
     R("seeds-twice", "seed = 0", "seed = 0\nseeds = [1, 1]", "seeds", ["run.seeds", "seed 1 is listed twice"]),
     R("seeds-count", "seed = 0", "seed = 0\nseeds = 100", "seeds", ["run.seeds", "count from 1 to 64"]),
@@ -605,7 +612,7 @@ RECIPE_CASES = [
         'type = "toyworld"',
         'type = "toyworld"\nseed = -3',
         "seed = -3",
-        ["sources.toy.seed", "greater than or equal to 0"],
+        ["sources.toy.seed", "out of range", "(got -3)"],
     ),
     R(
         "on-error",

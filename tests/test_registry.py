@@ -72,6 +72,44 @@ def test_component_without_name_is_rejected():
         registry.make_registry((Nameless(),))
 
 
+def test_component_options_must_derive_from_the_strict_base():
+    from pydantic import BaseModel
+
+    class LooseOptions(BaseModel):
+        fraction: float = 0.5
+
+    class Loose:
+        @hookimpl
+        def register_mergers(self, register):
+            register(type("Loose", (), {"name": "loose", "Options": LooseOptions}))
+
+    with pytest.raises(UserError, match=r"merger 'loose' with `Options` = .*LooseOptions.*mixlab.components.Options"):
+        registry.make_registry((Loose(),))
+
+
+def test_every_builtin_options_model_is_strict():
+    """The built-ins follow the documented contract, nested option tables (the trainer's `lora`) included."""
+    from pydantic import BaseModel
+
+    from mixlab.components import Options
+
+    def models(cls: type[BaseModel]):
+        yield cls
+        for field in cls.model_fields.values():
+            for inner in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    yield from models(inner)
+
+    found = {
+        (kind, name, model): issubclass(model, Options)
+        for kind, entries in registry.get_registry().entries.items()
+        for name, entry in entries.items()
+        for model in models(entry.cls.Options)
+    }
+    assert any(model.__name__ == "LoraSettings" for _, _, model in found)
+    assert [key for key, strict in found.items() if not strict] == []
+
+
 def test_core_commands_import_no_torch():
     code = (
         "import sys; from mixlab.cli import cli, _add_plugin_commands; _add_plugin_commands();"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from mixlab.components import Options
+from mixlab.components import Options, Seed
 
 if TYPE_CHECKING:
     from mixlab.components import RunContext
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class ToyWorldParams(Options):
     """Which toy world: the same parameters give the same files (generated once, then reused)."""
 
-    seed: int = Field(0, ge=0, description="World seed (independent of the run's seed).")
+    seed: Seed = Field(0, description="World seed (independent of the run's seed).")
     n_train: int = Field(400, ge=10, description="Samples per training source.")
     n_bench: int = Field(60, ge=4, description="Questions per benchmark category.")
     image_size: int = Field(64, ge=32, le=1024, description="Image side in pixels.")

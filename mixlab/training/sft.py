@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
+from mixlab.components import Options, Seed
 from mixlab.data import Sample
 from mixlab.errors import UserError
 from mixlab.models.parts import LM, PROJECTOR, VISION, param_part
@@ -30,7 +31,7 @@ ONE_ROW: Final = 1 << 40
 """pack_length that puts a whole batch in one row."""
 
 
-class LoraSettings(BaseModel, extra="forbid", allow_inf_nan=False):
+class LoraSettings(Options):
     """LoRA on the language model's linear layers; the projector stays fully trained."""
 
     r: int = Field(128, ge=1, description="LoRA rank.")
@@ -42,7 +43,7 @@ class LoraSettings(BaseModel, extra="forbid", allow_inf_nan=False):
     )
 
 
-class SFTSettings(BaseModel, extra="forbid", allow_inf_nan=False):
+class SFTSettings(Options):
     """Settings of one SFT run."""
 
     epochs: float = Field(1.0, gt=0, description="Number of passes over the data (may be fractional).")
@@ -64,7 +65,7 @@ class SFTSettings(BaseModel, extra="forbid", allow_inf_nan=False):
     deepspeed: str | None = Field(None, description="Path of a DeepSpeed JSON config; None = no DeepSpeed.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     attn_implementation: Attention = Field("auto", description='"auto", "sdpa", "eager" or "flash_attention_2".')
-    seed: int = Field(0, description="Seed of initialisation (LoRA), shuffling and dropout.")
+    seed: Seed = Field(0, description="Seed of initialisation (LoRA), shuffling and dropout.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None = every 25% of training.")
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     packing: bool = Field(

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mixlab import hookimpl
-from mixlab.components import Options, RunContext, Selection, Selector
+from mixlab.components import Options, RunContext, Seed, Selection, Selector
 from mixlab.data import Sample
 from mixlab.errors import UserError
 from mixlab.hookspecs import Register
@@ -29,7 +29,7 @@ class CoincideOptions(Options):
         "(10,000 clusters for LLaVA-665K). Clipped to n.",
     )
     niter: int = Field(50, ge=1, description="Spherical k-means iterations (official: 50).")
-    seed: int = Field(1234, description="faiss k-means seed (official: 1234; not the run seed).")
+    seed: Seed = Field(1234, description="faiss k-means seed (official: 1234; not the run seed).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature of the cluster budgets (official: 0.1).")
     sigma: float = Field(1.0, gt=0, description="Gaussian kernel width for density and MMD (official: 1.0).")
     layout_blocks: int | None = Field(
@@ -101,12 +101,6 @@ class CoincideSelector(Selector):
             raise UserError(f"{where}: {e}") from e
         info["column"] = o.column
         return Selection(ids=[samples[i]["id"] for i in rows], info=info)
-
-    def check(self) -> list[tuple[tuple, str]]:
-        seed = self.options.seed
-        if seed is not None and not 0 <= seed < 2**32:
-            return [(("seed",), f"seed {seed} is out of range: use an integer from 0 to 2**32 - 1.")]
-        return []
 
 
 @hookimpl

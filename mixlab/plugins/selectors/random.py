@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mixlab import hookimpl
-from mixlab.components import Options, RunContext, Selection, Selector
+from mixlab.components import Options, RunContext, Seed, Selection, Selector
 from mixlab.data import Sample
 from mixlab.hookspecs import Register
 from mixlab.selection.budget import target_count
@@ -17,7 +17,7 @@ class RandomOptions(Options):
     fraction: float | None = Field(None, gt=0, le=1, description="Share of the pool to keep.")
     count: int | None = Field(None, ge=1, description="Number of samples to keep (instead of fraction).")
     per_source: bool = Field(False, description="Keep the same share of every source (stratified).")
-    seed: int | None = Field(None, description="Sampling seed (default: the run's seed).")
+    seed: Seed | None = Field(None, description="Sampling seed (default: the run's seed).")
 
     @model_validator(mode="after")
     def _one_budget(self) -> RandomOptions:
@@ -45,12 +45,6 @@ class RandomSelector(Selector):
         for rows in strata(samples, o.per_source):
             keep += rng.choice(rows, size=budget(len(rows), share, None), replace=False).tolist()
         return Selection(ids=[samples[i]["id"] for i in sorted(keep)], info={"kept": len(keep)})
-
-    def check(self) -> list[tuple[tuple, str]]:
-        seed = self.options.seed
-        if seed is not None and not 0 <= seed < 2**32:
-            return [(("seed",), f"seed {seed} is out of range: use an integer from 0 to 2**32 - 1.")]
-        return []
 
 
 @hookimpl

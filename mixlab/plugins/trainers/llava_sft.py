@@ -62,14 +62,12 @@ class LlavaSft(Trainer):
 
     def check(self) -> list[tuple[tuple, str]]:
         """The DeepSpeed config is a readable JSON file and DeepSpeed is installed; the vision cache folder can be
-        written; seed and sizes are within bounds."""
+        written; sizes are within bounds."""
         import importlib.util
         import json
 
         o = self.options
         problems: list[tuple[tuple, str]] = []
-        if not 0 <= o.seed < 2**32:
-            problems.append((("seed",), f"seed {o.seed} is out of range: use an integer from 0 to 2**32 - 1."))
         for key, top in (("batch_size", 4096), ("grad_accum", 4096), ("max_length", 1 << 20), ("epochs", 1000)):
             value = getattr(o, key)
             if value is not None and value > top:
