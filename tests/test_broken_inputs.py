@@ -1167,6 +1167,13 @@ RECIPE_CASES = [
         ["sources.toy.dir", "ok.png is a file, but it would be a parent of the toy world's folder"],
     ),
     R(
+        "toy-world-dir-not-a-world",
+        'type = "toyworld"',
+        'type = "toyworld"\ndir = "bench"',
+        "dir =",
+        ["sources.toy.dir", "bench is not empty and holds no toy world", "choose an empty or new folder"],
+    ),
+    R(
         "toy-source-twice",
         'sources = ["color_clean", "color_noisy", "shape_clean"]',
         'sources = ["color_clean", "color_noisy", "color_clean"]',

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from mixlab.errors import UserError
-from mixlab.toyworld import GENERATOR_VERSION, MC_SUFFIX, YES_NO_SUFFIX, generate
+from mixlab.toyworld import GENERATOR_VERSION, MC_SUFFIX, YES_NO_SUFFIX, generate, load_manifest
 from mixlab.toyworld import sources as sources_mod
 from mixlab.toyworld.sources import SOURCES, build_source
 from mixlab.toyworld.vocab import COLOR_NAMES, COUNTS, DIGITS, FOODS, LETTERS, POSITIONS, SHAPES
@@ -408,3 +408,17 @@ def test_refuses_to_replace_other_folders(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["notes.txt"]
     with pytest.raises(UserError):
         generate(tmp_path / "x", n_train=0)
+
+
+def test_a_world_beside_someone_elses_files_is_never_replaced(tmp_path: Path) -> None:
+    """Another world's parameters would replace the folder: refused while it holds files the world did not write;
+    the same parameters reuse it, files and all."""
+    folder = tmp_path / "w"
+    generate(folder, n_train=10, n_bench=4)
+    (folder / "notes.txt").write_text("mine")
+    assert generate(folder, n_train=10, n_bench=4)["seed"] == 0
+    with pytest.raises(UserError, match=r"other files too \(notes.txt\).*Move them out"):
+        generate(folder, seed=3, n_train=10, n_bench=4)
+    assert (folder / "notes.txt").read_text() == "mine" and load_manifest(folder)["seed"] == 0
+    (folder / "notes.txt").unlink()
+    assert generate(folder, seed=3, n_train=10, n_bench=4)["seed"] == 3

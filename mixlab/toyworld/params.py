@@ -38,11 +38,20 @@ class ToyWorldParams(Options):
         return ctx.run_dir / "toyworld" / f"s{self.seed}-t{self.n_train}-b{self.n_bench}-i{self.image_size}"
 
     def dir_problem(self, base_dir: Path) -> str | None:
-        """What keeps mixlab from writing the world to `dir` (a file in the way, no permission), or None."""
+        """What keeps mixlab from writing the world to `dir` (a file in the way, no permission, files that are not
+        a toy world's), or None."""
         from mixlab.store import folder_problem
+        from mixlab.toyworld.world import replace_problem, reusable
 
         own = self.own_dir(base_dir)
-        return folder_problem(own, "the toy world's folder") if own is not None else None
+        if own is None:
+            return None
+        if problem := folder_problem(own, "the toy world's folder"):
+            return problem
+        if reusable(own, self.seed, self.n_train, self.n_bench, self.image_size) is not None:
+            return None
+        problem = replace_problem(own)
+        return f"{problem}." if problem else None
 
     def ensure(self, ctx: RunContext, base_dir: Path) -> dict[str, Any]:
         """Generate (or reuse) the world; the manifest gets its folder under ``_dir``."""

@@ -14,6 +14,8 @@ from mixlab.toyworld.sources import SOURCES, build_source
 from mixlab.toyworld.writer import atomic_dir, write_json, write_lines, write_tsv
 
 GENERATOR_VERSION = "3"
+WORLD_ENTRIES = ("bench", "corpus.txt", "images", "manifest.json", "train")
+"""What a toy world writes at the top of its folder: anything else there is someone's, and is never replaced."""
 CATEGORIES = ("caption", "color", "shape", "count", "spatial", "ocr", "chart", "science", "text")
 
 
@@ -44,15 +46,8 @@ def load_manifest(out_dir: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def generate(out_dir: Path, seed: int = 0, n_train: int = 400, n_bench: int = 60, image_size: int = 64) -> dict:
-    """Write the toy world into out_dir and return its manifest; reuse it when already built with these parameters.
-
-    The world is built in a temp folder beside out_dir and renamed into place at the end. A folder that holds
-    something other than a toy world is never replaced.
-    """
-    _check(seed, n_train, n_bench, image_size)
-    out_dir = Path(out_dir)
-    params = {
+def _params(seed: int, n_train: int, n_bench: int, image_size: int) -> dict[str, Any]:
+    return {
         "generator_version": GENERATOR_VERSION,
         "generator_code": generator_code(),
         "seed": seed,
@@ -60,15 +55,49 @@ def generate(out_dir: Path, seed: int = 0, n_train: int = 400, n_bench: int = 60
         "n_bench": n_bench,
         "image_size": image_size,
     }
-    existing = load_manifest(out_dir)
-    if existing is not None and all(existing.get(k) == v for k, v in params.items()):
-        return existing
-    if out_dir.exists() and existing is None and any(out_dir.iterdir()):
-        raise UserError(
-            f"{out_dir} is not empty and holds no toy world (no manifest.json); "
-            "choose an empty or new folder for the toy world"
-        )
 
+
+def reusable(out_dir: Path, seed: int, n_train: int, n_bench: int, image_size: int) -> dict[str, Any] | None:
+    """The manifest of the world in out_dir when it was built with these parameters (and this generator), else
+    None."""
+    existing = load_manifest(out_dir)
+    params = _params(seed, n_train, n_bench, image_size)
+    return existing if existing is not None and all(existing.get(k) == v for k, v in params.items()) else None
+
+
+def replace_problem(out_dir: Path) -> str | None:
+    """Why a new toy world may not be written to out_dir (it holds files that are not a toy world's), or None."""
+    try:
+        names = sorted(p.name for p in Path(out_dir).iterdir()) if Path(out_dir).is_dir() else []
+    except OSError:
+        return None  # an unreadable folder: writing to it reports the error
+    if not names:
+        return None
+    if load_manifest(out_dir) is None:
+        return f"{out_dir} is not empty and holds no toy world (no manifest.json): choose an empty or new folder"
+    foreign = [name for name in names if name not in WORLD_ENTRIES]
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return (
+            f"{out_dir} holds a toy world of other parameters and other files too ({listed}): writing this world "
+            "there would delete them. Move them out, or choose another folder"
+        )
+    return None
+
+
+def generate(out_dir: Path, seed: int = 0, n_train: int = 400, n_bench: int = 60, image_size: int = 64) -> dict:
+    """Write the toy world into out_dir and return its manifest; reuse it when already built with these parameters.
+
+    The world is built in a temp folder beside out_dir and renamed into place at the end. A folder that holds
+    anything but a toy world is never replaced.
+    """
+    _check(seed, n_train, n_bench, image_size)
+    out_dir = Path(out_dir)
+    if (existing := reusable(out_dir, seed, n_train, n_bench, image_size)) is not None:
+        return existing
+    if problem := replace_problem(out_dir):
+        raise UserError(problem + ".")
+    params = _params(seed, n_train, n_bench, image_size)
     with atomic_dir(out_dir) as tmp:
         manifest = _build(tmp, params)
     return manifest
