@@ -242,3 +242,35 @@ def test_individual_select_tolerance_rule_on_own_items(fake_plugins, tmp_path):
     strict, loose = bad(tmp_path / "a", 5.0), bad(tmp_path / "b", 40.0)
     assert strict["delta"] > -5 and strict["own_items"]["delta"] < -5 and not strict["kept"]
     assert loose["own_items"]["delta"] > -40 and loose["kept"]
+
+
+def test_a_benchmark_with_no_items_on_a_part_is_one_clear_error():
+    """A one-item benchmark lands wholly on one side of the dev/test split: its score on the other would be NaN,
+    silently compared; it is an error unless [run] exclude leaves it out of the average."""
+    import numpy as np
+
+    from mixlab.components import Evaluation
+    from mixlab.decisions import Decisions
+    from mixlab.outcomes import ItemOutcomes
+    from mixlab.sections import RunSection
+
+    one = ItemOutcomes(
+        rule="mean", items=["0"], clusters=["0"], correct=np.array([True]), chance=np.array([0.5]), strata=[]
+    )
+    evaluation = Evaluation({"Tiny": {"score": 100.0}}, {"Tiny": one})
+    run = RunSection(name="x", select_on="dev")
+    assert len(Decisions(run).view(evaluation, "all").outcomes["Tiny"]) == 1
+    empty = [part for part in ("dev", "test") if _raises(lambda p=part: Decisions(run).view(evaluation, p))]
+    assert len(empty) == 1
+    with pytest.raises(UserError, match=r"'Tiny' has no items on the \w+ part.*exclude.*select_on"):
+        Decisions(run).view(evaluation, empty[0])
+    excluded = RunSection(name="x", select_on="dev", exclude=["Tiny"])
+    assert len(Decisions(excluded).view(evaluation, empty[0]).outcomes["Tiny"]) == 0
+
+
+def _raises(call) -> bool:
+    try:
+        call()
+    except UserError:
+        return True
+    return False
