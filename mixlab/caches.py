@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mixlab.data import Sample
+from mixlab.paths import expand_user
 
 
 def sample_key(sample: Sample) -> str:
@@ -34,7 +35,7 @@ def kept_digests_path() -> Path:
     """Where digests of large files are kept between processes: ``$MIXLAB_CACHE_DIR/digests.jsonl``, by default
     under ``$XDG_CACHE_HOME/mixlab`` (``~/.cache/mixlab``)."""
     folder = os.environ.get("MIXLAB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "mixlab"
-    return Path(folder).expanduser() / "digests.jsonl"
+    return expand_user(folder) / "digests.jsonl"
 
 
 def _file_identity(path: str, stat: os.stat_result) -> str:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from mixlab.paths import expand_user
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AbstractContextManager
@@ -77,7 +79,7 @@ class Component:
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the options, relative to the recipe's folder."""
-        path = Path(path).expanduser()
+        path = expand_user(path)
         return path if path.is_absolute() else (self.base_dir / path)
 
     def fingerprint(self) -> str:

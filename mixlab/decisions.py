@@ -56,9 +56,9 @@ class Decisions:
             if not len(kept) and bench not in self.exclude and self.weights.get(bench, 1.0) != 0:
                 raise UserError(
                     f"benchmark {bench!r} has no items on the {part} part: all {len(items)} of its items fall on the "
-                    f"other side of the dev/test split (select_on = \"dev\", dev_fraction = {self.dev_fraction}), so "
+                    f'other side of the dev/test split (select_on = "dev", dev_fraction = {self.dev_fraction}), so '
                     "its score there would be undefined. Give it more items, add it to [run] exclude, or drop "
-                    "select_on = \"dev\"."
+                    'select_on = "dev".'
                 )
             outcomes[bench] = kept
             metrics[bench] = {"score": float(headline(kept)), "items": float(len(kept))}

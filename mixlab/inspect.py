@@ -70,13 +70,13 @@ def inspect_target(target: Path, only: list[str], preview: int, image_root: Path
         raise UserError(f"{target} not found. Give a recipe (.toml) or a LLaVA JSON file.")
     if target.is_dir():
         raise UserError(f"{target} is a folder: give a recipe (.toml) or a LLaVA JSON (.json, .jsonl) file.")
-    if target.suffix not in (".toml", ".json", ".jsonl"):
+    if target.suffix.lower() not in (".toml", ".json", ".jsonl"):
         raise UserError(f"{target}: give a recipe (.toml) or a LLaVA JSON (.json, .jsonl) file, not {target.suffix!r}.")
     if image_root is not None and not image_root.is_dir():
         what = "is a file" if image_root.exists() else "does not exist"
         raise UserError(f"--image-root {image_root} {what}: give the folder the records' image paths start from.")
     processor, context, max_length = None, 0, None
-    if target.suffix == ".toml":
+    if target.suffix.lower() == ".toml":
         samples, processor, context, max_length = _recipe_samples(target, only)
     else:
         samples = _json_samples(target, image_root)

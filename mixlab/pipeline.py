@@ -19,6 +19,7 @@ from mixlab.engine.context import PipelineContext
 from mixlab.engine.keys import plugin_code
 from mixlab.engine.stages import Engine
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 from mixlab.progress import ProgressBoard
 from mixlab.recipe import Recipe
 from mixlab.results import AlignResult, ArmResult, Replicate, RunResult, SoupResult
@@ -313,7 +314,7 @@ def model_material(model: ModelSection, corpus_keys: list[str], seed: int, recip
     the run's seed, which its pretraining draws from."""
     material: dict[str, Any] = {"model": model.model_dump(exclude={"align"}), "corpus": sorted(corpus_keys)}
     if model.path is not None:
-        material["checkpoint"] = checkpoint_hash((recipe_dir / Path(model.path).expanduser()).resolve())
+        material["checkpoint"] = checkpoint_hash((recipe_dir / expand_user(model.path)).resolve())
     if model.preset == "tiny":
         from mixlab.models.templates import TINY_CHAT_TEMPLATE
 

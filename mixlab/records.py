@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from mixlab.data import IMAGE_TOKEN, Sample
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 from mixlab.textfiles import read_text
 
 OnError = Literal["raise", "skip"]
@@ -44,7 +45,7 @@ def image_path(image: str, image_root: Path) -> Path:
     """An image path of a record, resolved against the image root; BadRecord if a relative one leaves the root."""
     if "\0" in image:
         raise BadRecord("`image` holds a NUL character")
-    path = Path(image).expanduser()
+    path = expand_user(image)
     if path.is_absolute():
         return path
     root = Path(os.path.normpath(image_root.absolute()))
@@ -78,14 +79,24 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck, source
             raise BadRecord(f'turn {i} must be {{"from": "human"|"gpt", "value": "<text>"}}, got {turn!r:.80}')
     if not any(t["from"] == "gpt" for t in turns):
         raise BadRecord("no `gpt` turn: nothing to train on")
+    category = record.get("category")
+    if category is not None and not isinstance(category, str):
+        raise BadRecord(f'`category` must be a string (a name such as "color"), got {category!r:.60}')
     image = record.get("image")
-    has_token = any(IMAGE_TOKEN in t["value"] for t in turns)
+    tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
+    if any(IMAGE_TOKEN in t["value"] for t in turns if t["from"] == "gpt"):
+        raise BadRecord("a `gpt` turn mentions <image>: the image goes in a `human` turn (before the first question)")
+    if tokens > 1:
+        raise BadRecord(f"the text mentions <image> {tokens} times: a record has one image, mentioned once")
+    has_token = tokens == 1
     if image:
         if not isinstance(image, str):
             raise BadRecord("`image` must be a relative path string (one image per record)")
         path = image_path(image, image_root)
         check_image(path, how)
         if not has_token:  # the LLaVA convention: the image goes before the first question
+            if turns[0]["from"] != "human":
+                raise BadRecord("the record has an image but starts with a `gpt` turn: start with the question")
             turns = [{"from": turns[0]["from"], "value": f"{IMAGE_TOKEN}\n{turns[0]['value']}"}, *turns[1:]]
         image = str(path)
     elif has_token:
@@ -94,7 +105,7 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck, source
     return {
         "id": str(record.get("id", index)),
         "source": source,
-        "category": record.get("category"),
+        "category": category,
         "image": image,
         "conversations": [{"from": t["from"], "value": t["value"]} for t in turns],
         "noisy": noisy if isinstance(noisy, bool) else None,
@@ -174,7 +185,7 @@ def read_data_text(path: Path) -> str:
 def read_records(path: Path) -> list:
     """A JSON list or JSON lines, with a located message on a syntax error."""
     text = read_data_text(path)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
@@ -182,17 +193,23 @@ def read_records(path: Path) -> list:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{number}: invalid JSON ({e.msg}). Fix that line.") from None
+                except (ValueError, RecursionError) as e:  # a number of over 4,300 digits, deep nesting
+                    raise UserError(f"{path}:{number}: cannot read this JSON ({_why(e)}). Fix that line.") from None
         return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = " (one JSON object per line? then name the file .jsonl)" if e.msg == "Extra data" else ""
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}){hint}. Fix the file at that line.") from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to read. Check the file.") from None
+    except (ValueError, RecursionError) as e:  # a number of over 4,300 digits, deep nesting
+        raise UserError(f"{path}: cannot read this JSON ({_why(e)}). Check the file.") from None
     if not isinstance(data, list):
         raise UserError(
             f'{path}: expected a JSON list of LLaVA records ([{{"id": ..., "conversations": [...]}}, ...]), '
             f"got a JSON {type(data).__name__}. Put the records in one top-level list, [ ... ]."
         )
     return data
+
+
+def _why(error: Exception) -> str:
+    return "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]

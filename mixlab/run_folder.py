@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 from mixlab.store import EVENTS_FILE, folder_problem
 
 
@@ -119,7 +120,7 @@ def run_dir_problem(target: Path) -> str | None:
 
     Relative paths are taken from the working directory. Also for `mixlab run --output-dir`.
     """
-    target = target.expanduser()
+    target = expand_user(target)
     target = target if target.is_absolute() else Path.cwd() / target
     if problem := folder_problem(target, "the run directory", "choose another output directory"):
         return problem

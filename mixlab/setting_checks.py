@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.components import reported_name
+from mixlab.paths import expand_user
 from mixlab.registry import did_you_mean
 from mixlab.run_folder import run_dir_problem
 from mixlab.sections import RunSection, Section
@@ -118,7 +119,7 @@ def check_executor(v: Validator, run: RunSection) -> None:
 def check_model_path(v: Validator, value: str) -> None:
     from mixlab.models.loading import model_dir_problem
 
-    path = Path(value).expanduser()
+    path = expand_user(value)
     path = path if path.is_absolute() else v.base_dir / path
     if problem := model_dir_problem(path):
         v.add(

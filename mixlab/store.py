@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 
 if TYPE_CHECKING:
     from mixlab.data import Sample
@@ -67,7 +68,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def folder_problem(target: Path, role: str, instead: str = "choose another folder") -> str | None:
     """What keeps mixlab from creating and writing the folder target (`role` says what it is for): a file in its
     place or above it, no write permission in its nearest existing folder; or None. `instead` is what to do."""
-    target = target.expanduser()
+    target = expand_user(target)
     try:
         for folder in (target, *target.parents):
             if not folder.exists():

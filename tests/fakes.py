@@ -270,11 +270,19 @@ arms = ["full", "curated"]
 """
 
 
+def write_weights(path: Path, value: float = 0.0) -> None:
+    """A valid safetensors file of one tiny tensor (validation reads weights' headers); `value` changes its bytes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.array([value], dtype=np.float32)}, str(path))
+
+
 def write_recipe(folder: Path, text: str = RECIPE) -> Path:
     """A recipe plus the 'base' model folder it points at (a config and a weights file, neither ever loaded)."""
     (folder / "base").mkdir(parents=True, exist_ok=True)
     (folder / "base" / "config.json").write_text("{}")
-    (folder / "base" / "model.safetensors").write_bytes(b"")
+    write_weights(folder / "base" / "model.safetensors")
     path = folder / "recipe.toml"
     path.write_text(text)
     return path

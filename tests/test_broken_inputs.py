@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from mixlab.errors import UserError
+from tests import fakes
 from tests.test_commands import invoke
 
 HINT = re.compile(  # what to do: an instruction that starts a clause, not a word of the key or of what is wrong
@@ -121,7 +122,7 @@ def write_world(folder: Path, text: str = RECIPE) -> Path:
     """A recipe that validates, and the files it names: model folder, data, image, benchmark TSV."""
     (folder / "base").mkdir(parents=True, exist_ok=True)
     (folder / "base" / "config.json").write_text("{}")
-    (folder / "base" / "model.safetensors").write_bytes(b"")
+    fakes.write_weights(folder / "base" / "model.safetensors")
     (folder / "ok.png").write_bytes(png_bytes())
     (folder / "data.json").write_text(json.dumps([GOOD, TEXT]))
     (folder / "bench").mkdir(exist_ok=True)
@@ -259,6 +260,13 @@ RECIPE_CASES = [
     R("seeds-count", "seed = 0", "seed = 0\nseeds = 100", "seeds", ["run.seeds", "count from 1 to 64"]),
     R("seeds-huge", "seed = 0", "seed = 0\nseeds = [5000000000]", "seeds", ["run.seeds", "out of range"]),
     R("seeds-past-range", "seed = 0", "seed = 4294967295\nseeds = 3", "[run]", ["go past 2**32 - 1", "lower `seed`"]),
+    R(
+        "flash-attn-not-installed",
+        "batch_size = 8",
+        'batch_size = 8\nattn_implementation = "flash_attention_2"',
+        "attn_implementation",
+        ["trainer.attn_implementation", "flash-attn is not installed here", 'or use "auto"'],
+    ),
     R(
         "trainer-seed",
         "batch_size = 8",
@@ -1167,6 +1175,13 @@ RECIPE_CASES = [
         ["sources.toy.dir", "ok.png is a file, but it would be a parent of the toy world's folder"],
     ),
     R(
+        "path-of-unknown-user",
+        'path = "data.json"',
+        'path = "~no_such_user_here/data.json"',
+        'path = "~no_such_user_here',
+        ["sources.data.path", "~no_such_user_here/data.json does not exist"],
+    ),
+    R(
         "toy-world-dir-not-a-world",
         'type = "toyworld"',
         'type = "toyworld"\ndir = "bench"',
@@ -1187,6 +1202,16 @@ RECIPE_CASES = [
         'path = "noweights"',
         ["model.path", "noweights has no weights (*.safetensors or *.bin)"],
         setup=_file("noweights/config.json", "{}"),
+    ),
+    R(
+        "model-weights-corrupt",
+        'path = "base"',
+        'path = "badweights"',
+        'path = "badweights"',
+        ["model.path", "badweights has weights that cannot be read: model.safetensors", "header too small"],
+        setup=lambda root: [
+            _file(f"badweights/{n}", c)(root) for n, c in (("config.json", "{}"), ("model.safetensors", "junk"))
+        ],
     ),
     R(
         "model-config-not-json",
@@ -1633,6 +1658,44 @@ DATA_CASES = [
         "hf-no-messages",
         json.dumps({"text": "hi"}) + "\n",
         ["data.jsonl: no `messages` column (columns: text)", "give rows with `messages`"],
+        name="data.jsonl",
+        type="hf_dataset",
+    ),
+    D(
+        "image-in-a-gpt-turn",
+        [record(conversations=[{"from": "human", "value": "What?"}, {"from": "gpt", "value": "<image>\nred"}])],
+        ["data.json: record 0 (id 'a')", "a `gpt` turn mentions <image>", "goes in a `human` turn"],
+    ),
+    D(
+        "image-record-starts-with-gpt",
+        [record(conversations=[{"from": "gpt", "value": "red"}])],
+        ["data.json: record 0 (id 'a')", "starts with a `gpt` turn", "start with the question"],
+    ),
+    D(
+        "image-mentioned-twice",
+        [record(conversations=[{"from": "human", "value": "<image> <image> What?"}, {"from": "gpt", "value": "x"}])],
+        ["data.json: record 0 (id 'a')", "mentions <image> 2 times", "one image, mentioned once"],
+    ),
+    D(
+        "category-not-text",
+        [record(category=["color"])],
+        ["data.json: record 0 (id 'a')", "`category` must be a string", "['color']"],
+    ),
+    D(
+        "number-too-long",
+        '[{"id": ' + "1" * 5000 + "}]",
+        ["data.json: cannot read this JSON", "Exceeds the limit (4300 digits)", "Check the file"],
+    ),
+    D(
+        "jsonl-number-too-long",
+        '{"id": 1}\n{"id": ' + "1" * 5000 + "}\n",
+        ["data.JSONL:2: cannot read this JSON", "Exceeds the limit (4300 digits)", "Fix that line"],
+        name="data.JSONL",
+    ),
+    D(
+        "hf-first-row-not-object",
+        "5\n" + json.dumps(HF_ROW) + "\n",
+        ["data.jsonl: row 0 is not a JSON object", "give each row as an object with `messages`"],
         name="data.jsonl",
         type="hf_dataset",
     ),

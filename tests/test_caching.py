@@ -256,7 +256,7 @@ def test_benchmark_and_task_files_are_fingerprinted_by_content(tmp_path):
 def test_new_weights_at_the_model_path_train_again(fake_recipe):
     """[model] path is keyed by the checkpoint's content: new weights in the same folder rerun the trainings."""
     run(fake_recipe)
-    (fake_recipe.parent / "base" / "model.safetensors").write_bytes(b"other weights")
+    fakes.write_weights(fake_recipe.parent / "base" / "model.safetensors", 1.0)
     status = statuses(run(fake_recipe))
     assert status["model"] == status["train:full"] == status["eval:full"] == "done"
     assert status["source:good"] == "cached"

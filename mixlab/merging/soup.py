@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 
 INDEX_NAME = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -504,7 +505,7 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | 
     if out_dir.exists():
         raise UserError(f"merged-adapter output {out_dir} already exists; remove it or choose another folder")
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    base_path = Path(base or adapter_config.get("base_model_name_or_path") or "").expanduser()
+    base_path = expand_user(base or adapter_config.get("base_model_name_or_path") or "")
     if not (base_path / "config.json").is_file():
         raise UserError(
             f"LoRA adapter {adapter_dir}: its base model {str(base_path)!r} is not a local model folder. Download the"

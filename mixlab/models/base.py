@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 
 if TYPE_CHECKING:
     from mixlab.data import Sample
@@ -52,7 +53,7 @@ def prepare_base_model(
                 record(language_pretrain_accuracy=pretrain_language(net, processor, seed, language, done))
             net.save_pretrained(out)
         return out
-    path = Path(model.path or "").expanduser()
+    path = expand_user(model.path or "")
     if not path.is_absolute():
         path = base_dir / path
     if not (path / "config.json").is_file():

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mixlab.errors import UserError
+from mixlab.paths import expand_user
 
 
 def device_kind() -> Literal["cuda", "cpu"]:
@@ -52,6 +53,14 @@ def model_dir_problem(path: Path) -> str | None:
         return "has a config.json that is not a JSON object"
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         return "has no weights (*.safetensors or *.bin)"
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:  # the header only: cheap for any size, and no torch
+            with safe_open(str(weights), framework="numpy"):
+                pass
+        except Exception as exc:  # SafetensorError, OSError
+            return f"has weights that cannot be read: {weights.name} ({str(exc).splitlines()[0] if str(exc) else exc})"
     return None
 
 
@@ -68,9 +77,10 @@ def load_model(
     device: str | None = None,
 ) -> tuple[Any, Any]:
     """Load (model, processor) from a local HF dir: bf16 on CUDA, fp32 on CPU; eval mode unless `for_training`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
-    path = Path(path).expanduser()
+    path = expand_user(path)
     _check_model_dir(path)
     device = device or device_kind()
     dtype = model_dtype(device)
@@ -78,8 +88,9 @@ def load_model(
     try:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot load a vision-language model from {path}: {e}") from e
+    except (OSError, ValueError, KeyError, ImportError, SafetensorError) as e:  # ImportError: flash-attn missing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load a vision-language model from {path}: {first}") from e
     if not isinstance(processor, ProcessorMixin) or getattr(processor, "tokenizer", None) is None:
         raise UserError(
             f"{path} has no multimodal processor (processor_config.json + tokenizer); got {type(processor)}"

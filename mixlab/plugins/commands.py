@@ -50,7 +50,13 @@ def data() -> None:
 @data.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--source", "only", multiple=True, help="Only these sources (default: all).")
-@click.option("--preview", default=2, show_default=True, help="Samples per source shown with their label mask.")
+@click.option(
+    "--preview",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Samples per source shown with their label mask.",
+)
 @click.option("--image-root", type=click.Path(path_type=Path), help="Folder image paths are relative to (JSON files).")
 def inspect(target: Path, only: tuple[str, ...], preview: int, image_root: Path | None) -> None:
     """Counts and image checks of a recipe's sources or of a LLaVA JSON file; for a recipe also token lengths and a

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from mixlab.components import Options, Seed
+from mixlab.paths import expand_user
 
 if TYPE_CHECKING:
     from mixlab.components import RunContext
@@ -28,7 +29,7 @@ class ToyWorldParams(Options):
         """`dir` as a folder: relative to ``base_dir`` (the recipe's folder), like every path in a recipe."""
         if not self.dir:
             return None
-        path = Path(self.dir).expanduser()
+        path = expand_user(self.dir)
         return (path if path.is_absolute() else base_dir / path).resolve()
 
     def folder(self, ctx: RunContext, base_dir: Path) -> Path:

@@ -108,13 +108,21 @@ class VLMEvalKit(Evaluator):
             raise UserError(f"evaluator {self.label!r}: no VLMEvalKit checkout at {checkout} (no run.py). {INSTALL}.")
         return run_py
 
+    def interpreter(self) -> str:
+        """VLMEvalKit's python: a path (relative to the recipe), or a command found on PATH; mixlab's own by
+        default."""
+        python = self.options.python
+        if python is None:
+            return sys.executable
+        return str(self.resolve(python)) if "/" in python else python
+
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics:
         run_py = self.run_py()
         out = work_dir / "vlmevalkit"
         out.mkdir(parents=True, exist_ok=True)
         config = out / "config.json"
         write_config(config, Path(model_dir).resolve(), self.options)
-        command = [self.options.python or sys.executable, str(run_py), "--config", str(config)]
+        command = [self.interpreter(), str(run_py), "--config", str(config)]
         command += ["--work-dir", str(out), *self.options.args]
         log = out / "run.log"
         ctx.log(f"vlmevalkit: {' '.join(command)} (log: {log})")

@@ -50,11 +50,11 @@ def _load(path: Path, split: str) -> Any:
     """The rows: a datasets.Dataset (save_to_disk folder, parquet) or a list of dicts (JSON lines, JSON list)."""
     if not path.exists():
         raise UserError(f"dataset {path} not found. Check `path` in the recipe.")
-    if not path.is_dir() and path.suffix not in SUFFIXES:
+    if not path.is_dir() and path.suffix.lower() not in SUFFIXES:
         raise UserError(
             f"{path}: unsupported file type {path.suffix!r}; use a save_to_disk folder, .parquet or .jsonl."
         )
-    if path.suffix in (".jsonl", ".json") and not path.is_dir():
+    if path.suffix.lower() in (".jsonl", ".json") and not path.is_dir():
         return read_records(path)
     import datasets
 
@@ -133,7 +133,6 @@ class HfDataset(Source):
     def load(self, ctx: RunContext) -> list[Sample]:
         path = self.resolve(self.options.path)
         ds = _load(path, self.options.split)
-        columns = list(ds.column_names) if hasattr(ds, "column_names") else sorted({k for r in ds[:1000] for k in r})
         if len(ds) == 0:
             raise nothing_loaded(path, self.label, 0, [])
         if isinstance(ds, list):
@@ -143,6 +142,7 @@ class HfDataset(Source):
                     f"{path}: row {bad} is not a JSON object: give each row as an object with `messages` (and "
                     "`images`)."
                 )
+        columns = list(ds.column_names) if hasattr(ds, "column_names") else sorted({k for r in ds[:1000] for k in r})
         if "messages" not in columns:
             raise UserError(
                 f"{path}: no `messages` column (columns: {', '.join(columns) or 'none'}). "

@@ -20,7 +20,7 @@ class LlavaSft(Trainer):
     name = "llava_sft"
     Options = SFTSettings
     options: SFTSettings
-    path_options = frozenset({"deepspeed", "vision_cache_dir"})
+    path_options = frozenset({"deepspeed", "vision_cache_dir", "attn_implementation"})
 
     def settings(self, overrides: dict[str, Any] | None) -> SFTSettings:
         settings = self.with_options(overrides).options.model_copy()  # paths resolved below, on a copy
@@ -61,8 +61,8 @@ class LlavaSft(Trainer):
         return TrainResult(work_dir / "model", stats)
 
     def check(self) -> list[tuple[tuple, str]]:
-        """The DeepSpeed config is a readable JSON file and DeepSpeed is installed; the vision cache folder can be
-        written; sizes are within bounds."""
+        """The DeepSpeed config is a readable JSON file and DeepSpeed is installed; flash-attn is installed where it
+        is asked for by name; the vision cache folder can be written; sizes are within bounds."""
         import importlib.util
         import json
 
@@ -74,6 +74,14 @@ class LlavaSft(Trainer):
                 problems.append(((key,), f"{key} = {value} is larger than {top}: check the value."))
         if o.lora is not None and not o.lora.target_modules:
             problems.append((("lora", "target_modules"), "is empty: name the linear layers to adapt, or drop it."))
+        if o.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            problems.append(
+                (
+                    ("attn_implementation",),
+                    'is "flash_attention_2", but flash-attn is not installed here: pip install -e ".[gpu]" on a GPU '
+                    'machine, or use "auto" (flash-attn where installed, else sdpa).',
+                )
+            )
         if o.vision_cache_dir:
             from mixlab.store import folder_problem
 
