@@ -27,6 +27,12 @@ def provided_sources(v: Validator, sources: dict[str, Section]) -> dict[str, str
             v.broken["sources"].add(label)
             continue
         clashes: dict[str, list[str]] = {}  # the section that already provides them → the names
+        for name in [n for n in names if "/" in n][:1]:
+            v.add(
+                ("sources", label),
+                f"provides source {name!r}, a name with '/': samples are named source/id, so two sources could "
+                "name different samples alike. Rename the section without '/'.",
+            )
         for name in names:
             if name in provided:
                 clashes.setdefault(provided[name], []).append(name)

@@ -1182,6 +1182,14 @@ RECIPE_CASES = [
         ["sources.data.path", "~no_such_user_here/data.json does not exist"],
     ),
     R(
+        "source-name-with-slash",
+        "[sources.data]",
+        '[sources."data/x"]',
+        '[sources."data/x"]',
+        ["sources.data/x", "a name with '/'", "Rename the section"],
+        problems=None,
+    ),
+    R(
         "toy-world-dir-not-a-world",
         'type = "toyworld"',
         'type = "toyworld"\ndir = "bench"',
@@ -1827,6 +1835,20 @@ def test_max_length_beyond_the_context():
 
     with pytest.raises(UserError, match=r"max_length = 9000 is more than the model's context of 4096 tokens: set"):
         check_before_training([sample("s/1", 3)], FakeProcessor(), 9000, 4096)
+
+
+def test_max_length_that_would_cut_every_image_is_refused_before_training(tmp_path, monkeypatch):
+    """Truncation below an image's tokens crashed the collator at the first batch ("Mismatch in image token count")."""
+    import mixlab.models.sample_scores as sample_scores
+    from mixlab.training.sft import check_before_training
+
+    monkeypatch.setattr(sample_scores, "image_token_count", lambda processor, samples: 64)
+    (tmp_path / "i.png").write_bytes(png_bytes())
+    with_image = [sample("s/1", 3, str(tmp_path / "i.png"))]
+    with pytest.raises(UserError, match=r"max_length = 64 is not more than the 64 tokens each image takes.*drop it"):
+        check_before_training(with_image, FakeProcessor(), 64, 4096)
+    check_before_training(with_image, FakeProcessor(), 65, 4096)
+    check_before_training([sample("s/1", 3)], FakeProcessor(), 16, 4096)  # no image: nothing to cut
 
 
 def test_an_image_gone_since_loading_is_named_before_training(tmp_path):

@@ -257,29 +257,23 @@ def check_before_training(samples: list[Sample], processor: Any, max_length: int
                 'checking images?). Restore the file, or load the source with check_images = "open" and '
                 'on_error = "skip" to leave such records out.'
             )
+    image_tokens = _image_tokens(processor, samples)
     if max_length is not None:
         if context and max_length > context:
             raise UserError(
                 f"[trainer] max_length = {max_length} is more than the model's context of {context} tokens: set "
                 f"max_length to at most {context}."
             )
+        if image_tokens and max_length <= image_tokens:
+            raise UserError(
+                f"[trainer] max_length = {max_length} is not more than the {image_tokens} tokens each image takes, so "
+                "truncation would cut every image apart: set max_length above that plus the text, or drop it."
+            )
         return
     if not context:
         return
     texts = [sample_text(s) for s in samples]
     bound = [2 * len(t.encode()) + TURN_OVERHEAD * len(s["conversations"]) for s, t in zip(samples, texts, strict=True)]
-    image_tokens = 0
-    first = next((s for s in samples if s.get("image")), None)
-    if first is not None:
-        from mixlab.models.sample_scores import image_token_count
-
-        try:
-            image_tokens = image_token_count(processor, [first])
-        except Exception as exc:  # PIL raises many kinds for a file that is there but does not decode
-            raise UserError(
-                f"sample {first['id']!r}: image file {first['image']} is not a readable image ({type(exc).__name__}: "
-                f'{exc}). Load the source with check_images = "open" (the default) to find and skip such records.'
-            ) from None
     suspects = [i for i, b in enumerate(bound) if b + image_tokens > context]
     if not suspects:
         return
@@ -293,6 +287,22 @@ def check_before_training(samples: list[Sample], processor: Any, max_length: int
             f"tokens. Set max_length = {context} (or less) in [trainer] to truncate long samples, or drop them from "
             "the data (`mixlab data inspect RECIPE` shows the lengths)."
         )
+
+
+def _image_tokens(processor: Any, samples: list[Sample]) -> int:
+    """The tokens an image takes in the sequence (of the first sample with one; 0 if none has)."""
+    first = next((s for s in samples if s.get("image")), None)
+    if first is None:
+        return 0
+    from mixlab.models.sample_scores import image_token_count
+
+    try:
+        return image_token_count(processor, [first])
+    except Exception as exc:  # PIL raises many kinds for a file that is there but does not decode
+        raise UserError(
+            f"sample {first['id']!r}: image file {first['image']} is not a readable image ({type(exc).__name__}: "
+            f'{exc}). Load the source with check_images = "open" (the default) to find and skip such records.'
+        ) from None
 
 
 def make_trainer(
