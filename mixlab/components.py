@@ -59,7 +59,7 @@ class Component:
 
     kind: ClassVar[str]
     name: ClassVar[str]
-    Options: ClassVar[type[BaseModel]] = Options
+    Options: ClassVar[type[Options]] = Options
     uses_seed: ClassVar[bool] = False  # reads ``ctx.seed``: its stage key then covers the run's seed
     path_options: ClassVar[frozenset[str]] = frozenset()
     """Options that name files or folders of this machine: ``validate --no-path-checks`` leaves out the problems

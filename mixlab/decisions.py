@@ -8,7 +8,7 @@ benchmark without per-item outcomes cannot be split and is used whole (``Views.u
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from mixlab.components import Evaluation, Metrics
 from mixlab.errors import UserError
@@ -53,7 +53,9 @@ class Decisions:
                 metrics[bench] = values
                 continue
             kept = restrict(items, part, bench, self.dev_fraction)
-            if not len(kept) and bench not in self.exclude and self.weights.get(bench, 1.0) != 0:
+            if not len(kept):
+                if bench in self.exclude or self.weights.get(bench, 1.0) == 0:
+                    continue  # out of the average anyway: left out of this part, not scored NaN
                 raise UserError(
                     f"benchmark {bench!r} has no items on the {part} part: all {len(items)} of its items fall on the "
                     f'other side of the dev/test split (select_on = "dev", dev_fraction = {self.dev_fraction}), so '
@@ -147,12 +149,19 @@ class Decisions:
         return out
 
     def estimate(self, evaluations: list[Evaluation], seed: int = 0) -> Estimate:
-        return estimate(
-            self.entries(evaluations), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
-        )
+        entries = self.entries(evaluations)
+        return estimate(entries, n_draws=N_DRAWS, seed=seed, **self._averaging(entries))
 
     def compare(self, a: list[Evaluation], b: list[Evaluation], seed: int = 0) -> Comparison:
         """A − B over paired seeds (the same seeds, the same items)."""
-        return compare(
-            self.entries(a), self.entries(b), n_draws=N_DRAWS, seed=seed, weights=self.weights, exclude=self.exclude
-        )
+        entries = self.entries(a)
+        return compare(entries, self.entries(b), n_draws=N_DRAWS, seed=seed, **self._averaging(entries))
+
+    def _averaging(self, entries: list[dict[str, ItemOutcomes | float]]) -> dict[str, Any]:
+        """``weights`` and ``exclude`` for these entries: a benchmark that ``view`` left out of a part (empty there,
+        and out of the average anyway) is not named (``check_names`` has checked the names)."""
+        present = {bench for entry in entries for bench in entry}
+        return {
+            "weights": {b: w for b, w in self.weights.items() if b in present},
+            "exclude": tuple(b for b in self.exclude if b in present),
+        }

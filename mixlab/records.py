@@ -83,21 +83,23 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck, source
     if category is not None and not isinstance(category, str):
         raise BadRecord(f'`category` must be a string (a name such as "color"), got {category!r:.60}')
     image = record.get("image")
-    tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
-    if any(IMAGE_TOKEN in t["value"] for t in turns if t["from"] == "gpt"):
-        raise BadRecord("a `gpt` turn mentions <image>: the image goes in a `human` turn (before the first question)")
-    if tokens > 1:
-        raise BadRecord(f"the text mentions <image> {tokens} times: a record has one image, mentioned once")
-    has_token = tokens == 1
+    has_token = any(IMAGE_TOKEN in t["value"] for t in turns)
     if image:
         if not isinstance(image, str):
             raise BadRecord("`image` must be a relative path string (one image per record)")
+        if any(IMAGE_TOKEN in t["value"] for t in turns if t["from"] == "gpt"):
+            raise BadRecord("a `gpt` turn mentions <image>: the image goes in a `human` turn (before the question)")
         path = image_path(image, image_root)
         check_image(path, how)
         if not has_token:  # the LLaVA convention: the image goes before the first question
-            if turns[0]["from"] != "human":
-                raise BadRecord("the record has an image but starts with a `gpt` turn: start with the question")
-            turns = [{"from": turns[0]["from"], "value": f"{IMAGE_TOKEN}\n{turns[0]['value']}"}, *turns[1:]]
+            first = next((i for i, t in enumerate(turns) if t["from"] == "human"), None)
+            if first is None:
+                raise BadRecord("the record has an image but no `human` turn to show it in: add the question")
+            turns = [
+                *turns[:first],
+                {"from": "human", "value": f"{IMAGE_TOKEN}\n{turns[first]['value']}"},
+                *turns[first + 1 :],
+            ]
         image = str(path)
     elif has_token:
         raise BadRecord("text mentions <image> but the record has no `image`")

@@ -14,7 +14,7 @@ from typing import Any
 import pluggy
 
 from mixlab import __version__, hookspecs
-from mixlab.components import KINDS, Component, Options
+from mixlab.components import KINDS, Component
 from mixlab.errors import UserError
 
 DEFAULT_PLUGINS = (
@@ -79,13 +79,6 @@ class Registry:
             name = getattr(cls, "name", None)
             if not isinstance(name, str) or not name:
                 raise UserError(f"plugin package {package!r} registered {cls!r} as a {kind} without a `name`.")
-            options = getattr(cls, "Options", None)
-            if not (isinstance(options, type) and issubclass(options, Options)):
-                raise UserError(
-                    f"plugin package {package!r} registered {kind} {name!r} with `Options` = {options!r}, not a "
-                    "subclass of mixlab.components.Options: derive its options model from it (unknown keys and "
-                    "changed types are then recipe errors, located like any other)."
-                )
             if name in self.entries[kind]:
                 other = self.entries[kind][name].package
                 raise UserError(

@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from mixlab.components import MAX_SEED, Component, Options, Seed
 
-"""Seeds go to numpy, torch and Python's random: 0 ≤ seed < 2**32 suits all three."""
 MAX_NAME = 100
 _DEVICE = re.compile(r"^(\d+|GPU-[0-9A-Za-z-]+|MIG-[0-9A-Za-z/-]+)$")
 

@@ -14,6 +14,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from mixlab.components import Options
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
 from mixlab.sections import Section
@@ -247,6 +248,15 @@ class Validator:
             self.add((*path, "type"), f"no {kind} plugin named {type_name!r}.{hint}")
             return None
         cls = self.registry.get(kind, type_name)
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, Options)):
+            package = self.registry.entries[kind][type_name].package
+            self.add(
+                (*path, "type"),
+                f"{kind} {type_name!r} (plugin package {package!r}) has an options model that is not a subclass of "
+                "mixlab.components.Options, so its options cannot be checked as the others are: ask its authors to "
+                "derive it from mixlab.components.Options, or use another plugin.",
+            )
+            return None
         core_spec = CORE_KEYS[section]
         core: dict[str, Any] = {}
         rest: dict[str, Any] = {}

@@ -264,8 +264,25 @@ def test_a_benchmark_with_no_items_on_a_part_is_one_clear_error():
     assert len(empty) == 1
     with pytest.raises(UserError, match=r"'Tiny' has no items on the \w+ part.*exclude.*select_on"):
         Decisions(run).view(evaluation, empty[0])
-    excluded = RunSection(name="x", select_on="dev", exclude=["Tiny"])
-    assert len(Decisions(excluded).view(evaluation, empty[0]).outcomes["Tiny"]) == 0
+    big = ItemOutcomes(
+        rule="mean",
+        items=[str(i) for i in range(50)],
+        clusters=[str(i) for i in range(50)],
+        correct=np.arange(50) % 3 == 0,
+        chance=np.full(50, 0.5),
+        strata=[],
+    )
+    both = Evaluation({"Tiny": {"score": 100.0}, "Big": {"score": 34.0}}, {"Tiny": one, "Big": big})
+    for left_out in (
+        RunSection(name="x", select_on="dev", exclude=["Tiny"]),
+        RunSection(name="x", select_on="dev", weights={"Tiny": 0.0}),
+    ):
+        decisions = Decisions(left_out)
+        view = decisions.view(both, empty[0])
+        assert "Tiny" not in view.metrics and "Tiny" not in view.outcomes
+        assert np.isfinite(decisions.aggregate(view.metrics))
+        assert np.isfinite(decisions.estimate([view]).value)
+        assert np.isfinite(decisions.compare([view], [view]).delta)
 
 
 def _raises(call) -> bool:

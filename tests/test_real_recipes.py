@@ -90,6 +90,7 @@ def _localise(recipe: Path, root: Path, out: Path) -> Path:
         text = "\n".join(line for line in text.splitlines() if not line.startswith("deepspeed ="))
     text = text.replace('"deepspeed/', f'"{deepspeed}')
     text = text.replace("max_length = 2048", "max_length = 512")  # the stand-in LM's context (LLaVA-1.5's is 4096)
+    text = text.replace("layout_blocks = 5", "layout_blocks = 2")  # the stand-in reference's 2 layers, each embedded
     out.mkdir(parents=True, exist_ok=True)
     path = out / recipe.name
     path.write_text(text)

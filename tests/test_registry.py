@@ -72,8 +72,13 @@ def test_component_without_name_is_rejected():
         registry.make_registry((Nameless(),))
 
 
-def test_component_options_must_derive_from_the_strict_base():
+def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_recipe):
+    """A plugin whose Options is a plain pydantic model registers (other commands and recipes keep working), but a
+    section that uses it is refused, naming the plugin package: its options would not be checked strictly."""
     from pydantic import BaseModel
+
+    from mixlab.recipe import RecipeError, load_recipe
+    from tests import fakes
 
     class LooseOptions(BaseModel):
         fraction: float = 0.5
@@ -81,10 +86,18 @@ def test_component_options_must_derive_from_the_strict_base():
     class Loose:
         @hookimpl
         def register_mergers(self, register):
-            register(type("Loose", (), {"name": "loose", "Options": LooseOptions}))
+            register(type("LooseSoup", (fakes.FakeMerger,), {"name": "loose_soup", "Options": LooseOptions}))
 
-    with pytest.raises(UserError, match=r"merger 'loose' with `Options` = .*LooseOptions.*mixlab.components.Options"):
-        registry.make_registry((Loose(),))
+    plugin = Loose()
+    registry.register_plugin(plugin)
+    try:
+        assert "loose_soup" in registry.get_registry().entries["merger"]
+        load_recipe(fake_recipe)  # a recipe that does not use it
+        fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_soup"', 'type = "loose_soup"'))
+        with pytest.raises(RecipeError, match=r"soup.type: merger 'loose_soup' \(plugin package .*not a subclass"):
+            load_recipe(fake_recipe)
+    finally:
+        registry.unregister_plugin(plugin)
 
 
 def test_every_builtin_options_model_is_strict():

@@ -166,3 +166,17 @@ def test_toyworld_and_inspect_commands(tmp_path):
     assert "bad record" not in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if "color_noisy" in line and "data in" not in line)
     assert re.findall(r"\b\d+\b", row)[:4] == ["20", "20", "0", "12"]  # 60% of 20 are known noisy
+
+
+def test_an_image_goes_before_the_first_question_wherever_it_is(tmp_path):
+    """A record without <image> shows its image in its first human turn, even after an opening gpt turn; a record
+    with <image> keeps it where it is (twice in one turn is left to the collator, which keeps one)."""
+    from mixlab.records import to_sample
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "i.png")
+    turns = [{"from": "gpt", "value": "Hello."}, {"from": "human", "value": "What?"}, {"from": "gpt", "value": "red"}]
+    sample = to_sample({"id": "a", "image": "i.png", "conversations": turns}, 0, tmp_path, "open", "s")
+    assert [t["value"] for t in sample["conversations"]] == ["Hello.", "<image>\nWhat?", "red"]
+    twice = [{"from": "human", "value": "<image> <image> What?"}, {"from": "gpt", "value": "red"}]
+    sample = to_sample({"id": "b", "image": "i.png", "conversations": twice}, 1, tmp_path, "open", "s")
+    assert sample["conversations"][0]["value"] == "<image> <image> What?"

@@ -87,3 +87,21 @@ def test_runs_a_checkout_in_a_subprocess(tmp_path):
     assert metrics["vlmevalkit/MMBench_DEV_EN"]["score"] == 75.0
     with pytest.raises(UserError, match=r"(?s)exited with code 3; see .*run.log.*CUDA out of memory"):
         evaluator(tmp_path, datasets=["MME"], args=["--fail"]).evaluate(model, work, Ctx())
+
+
+def test_a_python_relative_to_the_recipe_runs_from_the_checkout(tmp_path):
+    """`python` with a folder is relative to the recipe, as check() finds it; it ran unresolved from the checkout."""
+    import os
+    import sys
+
+    (tmp_path / "VLMEvalKit").mkdir()
+    (tmp_path / "VLMEvalKit" / "run.py").write_text(FAKE_RUN)
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, tmp_path / "env" / "bin" / "python")
+    model, work = tmp_path / "model", tmp_path / "work"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    work.mkdir()
+    vlm = evaluator(tmp_path, datasets=["MMBench_DEV_EN"], python="env/bin/python")
+    assert vlm.check() == [] and vlm.interpreter() == str(tmp_path / "env" / "bin" / "python")
+    assert vlm.evaluate(model, work, Ctx())["vlmevalkit/MMBench_DEV_EN"]["score"] == 75.0

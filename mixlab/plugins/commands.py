@@ -15,7 +15,10 @@ from mixlab import hookimpl
 @click.option("--n-train", default=400, show_default=True, help="Samples per training source.")
 @click.option("--n-bench", default=60, show_default=True, help="Questions per benchmark category.")
 def toyworld(directory: Path, seed: int, n_train: int, n_bench: int) -> None:
-    """Write the toy world (LLaVA JSON sources + VLMEvalKit TSV benchmarks with known truth) to DIRECTORY."""
+    """Write the toy world (LLaVA JSON sources + VLMEvalKit TSV benchmarks with known truth) to DIRECTORY.
+
+    DIRECTORY is new or empty, or holds a toy world: the same parameters reuse it, others rewrite it, unless it also
+    holds files the world did not write (then nothing is touched)."""
     from mixlab.errors import UserError
     from mixlab.toyworld import generate
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mixlab.components import MAX_SEED
 from mixlab.errors import UserError
 from mixlab.store import tree_digest
 from mixlab.toyworld.benchmarks import BUILDERS
@@ -27,8 +28,8 @@ def generator_code() -> str:
 
 
 def _check(seed: int, n_train: int, n_bench: int, image_size: int) -> None:
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"toy world seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"toy world seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
     if n_train < 10:
         raise UserError(f"toy world n_train must be at least 10, got {n_train}")
     if n_bench < 4:
@@ -79,8 +80,8 @@ def replace_problem(out_dir: Path) -> str | None:
     if foreign:
         listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         return (
-            f"{out_dir} holds a toy world of other parameters and other files too ({listed}): writing this world "
-            "there would delete them. Move them out, or choose another folder"
+            f"{out_dir} holds a toy world of other parameters (or of an older mixlab) and other files too "
+            f"({listed}): writing this world there would delete them. Move them out, or choose another folder"
         )
     return None
 

@@ -74,7 +74,10 @@ class LlavaSft(Trainer):
                 problems.append(((key,), f"{key} = {value} is larger than {top}: check the value."))
         if o.lora is not None and not o.lora.target_modules:
             problems.append((("lora", "target_modules"), "is empty: name the linear layers to adapt, or drop it."))
-        if o.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        if o.attn_implementation == "flash_attention_2" and not any(
+            importlib.util.find_spec(name)
+            for name in ("flash_attn", "kernels")  # kernels: transformers' Hub build
+        ):
             problems.append(
                 (
                     ("attn_implementation",),
