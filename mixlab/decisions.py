@@ -99,9 +99,9 @@ class Decisions:
         """The weighted mean of the benchmarks' 0-100 ``score`` (``weights``, default 1; ``exclude`` left out)."""
         total = weight = 0.0
         for bench, values in metrics.items():
-            if "score" not in values or bench in self.exclude:
-                continue
             w = self.weights.get(bench, 1.0)
+            if "score" not in values or bench in self.exclude or w == 0:
+                continue
             total += w * values["score"]
             weight += w
         return total / weight if weight else 0.0

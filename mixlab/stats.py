@@ -493,10 +493,11 @@ def _analyse(
     w = _average_weights(names, weights, exclude)
     n = len(arms[0])
     parts = {b: _benchmark_part(arms, coefs, b, n_draws, seed) for b in names}
-    with_items = [(wb, parts[b]) for wb, b in zip(w, names, strict=True) if parts[b].seed_item_devs is not None]
+    used = [(wb, parts[b]) for wb, b in zip(w, names, strict=True) if wb > 0]  # excluded: not even as 0 × NaN
+    with_items = [(wb, p) for wb, p in used if p.seed_item_devs is not None]
     avg = _Part(
-        point=float(sum(wb * parts[b].point for wb, b in zip(w, names, strict=True))),
-        per_seed=sum(wb * parts[b].per_seed for wb, b in zip(w, names, strict=True)),
+        point=float(sum(wb * p.point for wb, p in used)),
+        per_seed=sum(wb * p.per_seed for wb, p in used),
         seed_item_devs=sum(wb * p.seed_item_devs for wb, p in with_items) if with_items else None,
     )
     t = np.random.default_rng([seed, 0]).standard_t(n - 1, size=n_draws) if n >= 2 else None
@@ -521,8 +522,8 @@ def estimate(
 
     def one(part: _Part, benchmarks: dict[str, Estimate]) -> Estimate:
         kind, draws = _combine(part, t)
-        if draws is None:
-            return Estimate(part.point, None, kind, None, len(part.per_seed), benchmarks)
+        if draws is None or not np.isfinite(draws).all():  # a NaN score: no interval rather than a NaN one
+            return Estimate(part.point, None, kind if draws is None else "none", None, len(part.per_seed), benchmarks)
         se = _spread(draws)
         return Estimate(part.point, _interval(draws, level), kind, se, len(part.per_seed), benchmarks)
 
@@ -565,7 +566,8 @@ def compare(
         item_se = None if part.item_dev is None else _spread(part.item_dev)
         floor = _shared_spread(part.seed_item_devs)
         noise = {"seed_sd": seed_sd, "item_se": item_se, "item_floor_se": floor}
-        if draws is None:
+        if draws is None or not np.isfinite(draws).all():  # a NaN score: no P(better) of 0 for it
+            kind = kind if draws is None else "none"
             return Comparison(part.point, None, None, kind, mcnemar_p, None, n, benchmarks, **noise)
         p_better = float(np.mean(draws > 0) + 0.5 * np.mean(draws == 0))
         se = _spread(draws)
@@ -576,7 +578,8 @@ def compare(
         oa, ob = a_per_seed[0][b], b_per_seed[0][b]
         mcnemar_p = None
         if n == 1 and isinstance(oa, ItemOutcomes) and isinstance(ob, ItemOutcomes) and oa.rule == "mean":
-            mcnemar_p = mcnemar(oa, ob)
+            if len(set(oa.clusters)) == len(oa.clusters):  # McNemar takes the items as independent: one per cluster
+                mcnemar_p = mcnemar(oa, ob)
         per_bench[b] = one(parts[b], mcnemar_p, {})
     return one(avg, None, per_bench)
 

@@ -57,7 +57,8 @@ def test_one_seed_keeps_the_old_stage_names_and_gives_item_intervals(fake_plugin
     assert "train:full" in {s["name"] for s in report["stages"]}
     assert report["arms"]["full"]["score_interval"] == "items"
     assert report["arms"]["curated"]["compare"]["interval"] == "items"
-    assert report["arms"]["curated"]["compare"]["benchmarks"]["noisybench"]["mcnemar_p"] < 0.05
+    # its items come in clusters of two, so no McNemar (which takes items as independent); per-item: test_stats
+    assert report["arms"]["curated"]["compare"]["benchmarks"]["noisybench"]["mcnemar_p"] is None
 
 
 ISEL = """\

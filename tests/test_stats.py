@@ -274,6 +274,29 @@ def test_mcnemar_hand_example_and_no_discordance():
     assert stats.mcnemar(oa, oa) == 1.0
 
 
+def test_mcnemar_only_where_each_item_is_its_own_cluster():
+    """McNemar takes the items as independent: with several items to a cluster it would overstate the evidence."""
+    a = [1] * 8 + [0] * 2 + [1] * 10 + [0] * 4
+    b = [0] * 8 + [1] * 2 + [1] * 10 + [0] * 4
+    oa = _table("mean", [(f"c{k // 4}", x) for k, x in enumerate(a)])  # four items per cluster
+    ob = _table("mean", [(f"c{k // 4}", x) for k, x in enumerate(b)])
+    assert stats.compare([{"m": oa}], [{"m": ob}], n_draws=200).benchmarks["m"].mcnemar_p is None
+
+
+def test_a_score_that_is_not_a_number_gets_no_interval_and_stays_out_of_an_average_that_leaves_it_out():
+    """A NaN score gave P(better) 0 (no draw above 0) and, even excluded or at weight 0, a NaN average (0 × NaN)."""
+    a = [{"x": math.nan, "y": 60.0}, {"x": math.nan, "y": 62.0}, {"x": math.nan, "y": 61.0}]
+    b = [{"x": 50.0, "y": 55.0}, {"x": 51.0, "y": 56.0}, {"x": 52.0, "y": 54.0}]
+    c = stats.compare(a, b, n_draws=400)
+    x = c.benchmarks["x"]
+    assert x.ci is None and x.p_better is None and x.se is None and x.interval == "none"
+    assert stats.estimate(a, n_draws=400).benchmarks["x"].ci is None
+    for left_out in ({"exclude": ["x"]}, {"weights": {"x": 0.0}}):
+        c = stats.compare(a, b, n_draws=400, **left_out)
+        assert c.delta == pytest.approx(6.0) and c.ci is not None and c.ci[0] > 0 and c.p_better > 0.9
+        assert math.isfinite(stats.estimate(a, n_draws=400, **left_out).value)
+
+
 def test_score_only_inputs():
     a = [{"x": 60.0, "y": 40.0}, {"x": 62.0, "y": 41.0}, {"x": 58.0, "y": 43.0}]
     b = [{"x": 55.0, "y": 40.0}, {"x": 57.0, "y": 40.0}, {"x": 56.0, "y": 42.0}]
