@@ -2312,6 +2312,12 @@ TSV_CASES = [
         ["bench/MME_x.tsv: MME: no rows to score (2 rows without an image skipped)", "add the images"],
     ),
     (
+        "image-refers-to-a-row-without-one",
+        "MME_x.tsv",
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\tYes", "1\t2\tBlue?\tNo", "2\t1\tGreen?\tNo"),
+        ["bench/MME_x.tsv:3: row index 1: image '2' refers to row index 2, which has no base64 image of its own"],
+    ),
+    (
         "circular-copies-only",
         "MMBench_x.tsv",
         _tsv(MCQ_HEADER, f"1000000\t{IMG}\tColour?\tred\tblue\tgreen\tA"),

@@ -89,7 +89,7 @@ def _check_rows(path: Path, header: list[str], rows: list[dict[str, Any]], lines
     multiple_choice = "A" in header and "B" in header
     yes_no = not multiple_choice and ("MME" in path.stem or "POPE" in path.stem)
     first: dict[int, int] = {}
-    indexes = {str(r["index"]) for r in rows}
+    images = {str(r["index"]): r.get("image", "") for r in rows}
     for row, line in zip(rows, lines, strict=True):
         where = f"{path}:{line}: row index {row['index']}"
         if row["index"] in first:
@@ -100,10 +100,18 @@ def _check_rows(path: Path, header: list[str], rows: list[dict[str, Any]], lines
         if is_missing(row["question"]) or not str(row["question"]).strip():
             raise UserError(f"{where}: no question. Fill in the question or remove the row.")
         image = row.get("image", "")
-        if not is_missing(image) and len(image) <= _MAX_REF_LEN and image not in indexes:
-            raise UserError(
-                f"{where}: image {image!r} is neither a base64 image nor the index of another row. Fix the image cell."
-            )
+        if not is_missing(image) and len(image) <= _MAX_REF_LEN:
+            if image not in images:
+                raise UserError(
+                    f"{where}: image {image!r} is neither a base64 image nor the index of another row. Fix the image "
+                    "cell."
+                )
+            target = images[image]
+            if is_missing(target) or len(target) <= _MAX_REF_LEN:
+                raise UserError(
+                    f"{where}: image {image!r} refers to row index {image}, which has no base64 image of its own (a "
+                    "reference must name the row that holds the image). Fix the image cell."
+                )
         if "answer" not in row:
             continue
         answer = str(row["answer"]).strip()
