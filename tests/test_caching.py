@@ -74,6 +74,27 @@ def test_editing_a_local_plugin_reruns_exactly_the_stages_that_use_it(local_plug
     assert second["train:curated"] == "cached"  # the selection came out the same, so its training is reused
 
 
+def test_a_plugin_packages_helper_module_is_part_of_its_code_identity(tmp_path, monkeypatch):
+    """Editing a helper module that a local plugin package imports changes the plugin's code identity (only the
+    class's own file counted before, so the stages kept results of the old helper)."""
+    package = tmp_path / "src" / "textlen_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "count.py").write_text("def words(text):\n    return len(text.split())\n")
+    (package / "plugin.py").write_text("from mixlab.components import Scorer\nfrom textlen_plugin import count\n\n\n"
+                                       "class Words(Scorer):\n    name = 'words'\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    words = importlib.import_module("textlen_plugin.plugin").Words
+    before = keys.plugin_code(words)
+    assert before.startswith("textlen_plugin.plugin@")
+    (package / "count.py").write_text("def words(text):\n    return -len(text.split())\n")
+    keys._plugin_code.cache_clear()
+    keys._package_digest.cache_clear()
+    assert keys.plugin_code(words) != before
+    for name in ("textlen_plugin", "textlen_plugin.count", "textlen_plugin.plugin"):
+        sys.modules.pop(name, None)
+
+
 def test_fresh_reruns_everything_or_a_stage_and_what_depends_on_it(fake_recipe):
     first = run(fake_recipe)
     everything = statuses(run(fake_recipe, fresh=("*",)))

@@ -50,8 +50,9 @@ def plugin_code(cls: type) -> str:
     """What identifies a plugin class's code in a stage key.
 
     ``name==version`` of the distribution it comes from when that is installed, versioned and not editable;
-    otherwise (a local module, an editable install) ``module@<hash of the module's source>``, so editing the plugin
-    reruns the stages that use it.
+    otherwise (a local module, an editable install) ``module@<hash of its source>``: every ``.py`` file of the
+    package it belongs to (a helper module the plugin imports counts), or the module's own file when it is not in a
+    package; so editing the plugin reruns the stages that use it.
     """
     # Through a plain `type`: mypy does not see type[SomeClass] as Hashable, which the cache requires (mypy#11470).
     return _plugin_code(cls)
@@ -63,12 +64,27 @@ def _plugin_code(cls: type) -> str:
     dist = _distribution(module.split(".")[0])
     if dist is not None and dist.version and not _editable(dist):
         return f"{dist.metadata['Name']}=={dist.version}"
+    top = sys.modules.get(module.split(".")[0])
     try:
-        source = Path(inspect.getsourcefile(sys.modules[module]) or "")
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        if top is not None and getattr(top, "__path__", None):  # a package: all of its code
+            digest = _package_digest(top.__name__)
+        else:
+            source = Path(inspect.getsourcefile(sys.modules[module]) or "")
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     except (KeyError, OSError, TypeError):
         digest = "unknown"
     return f"{module}@{digest}"
+
+
+@functools.cache
+def _package_digest(name: str) -> str:
+    """A hash of every ``.py`` file's path and bytes under a package's folders (``__pycache__`` left out)."""
+    digest = hashlib.sha256()
+    for root in sys.modules[name].__path__:
+        for path in sorted(Path(root).rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _distribution(top_level: str) -> metadata.Distribution | None:
