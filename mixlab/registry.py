@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -14,7 +16,7 @@ from typing import Any
 import pluggy
 
 from mixlab import __version__, hookspecs
-from mixlab.components import KINDS, Component
+from mixlab.components import KINDS, Component, Evaluator, Merger, Scorer, Selector, Source, Trainer
 from mixlab.errors import UserError
 
 DEFAULT_PLUGINS = (
@@ -37,6 +39,7 @@ DEFAULT_PLUGINS = (
 )
 
 HOOK_OF_KIND = {kind: f"register_{kind}s" for kind in KINDS}
+BASE_OF_KIND: dict[str, type[Component]] = {c.kind: c for c in (Source, Scorer, Selector, Trainer, Evaluator, Merger)}
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,25 @@ class Registry:
             self._origins.setdefault(str(module).split(".")[0], packages.get(name, (str(module), "")))
         for kind, hook_name in HOOK_OF_KIND.items():
             # through pluggy's hook caller: opt-in arguments, tryfirst/trylast and hook wrappers all apply
-            getattr(pm.hook, hook_name)(register=self._registrar(kind))
+            try:
+                getattr(pm.hook, hook_name)(register=self._registrar(kind))
+            except UserError:
+                raise
+            except Exception as exc:  # a third-party hook's bug: name its package, not a traceback
+                raise UserError(
+                    f"the {hook_name} hook of {self._raiser(exc)} raised {type(exc).__name__}: {exc}. Fix or "
+                    "uninstall that plugin, or leave it out with MIXLAB_LOAD_PLUGINS."
+                ) from exc
+
+    def _raiser(self, exc: Exception) -> str:
+        """The plugin package whose code raised exc: the innermost frame in a registered plugin's package."""
+        found = "a plugin"
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            module = str(frame.f_globals.get("__name__", ""))
+            top = module.split(".")[0]
+            if top in self._origins and (top != "mixlab" or module.startswith("mixlab.plugins.")):
+                found = f"plugin package {self._origins[top][0]!r}"
+        return found
 
     def _origin(self, cls: type) -> tuple[str, str]:
         """(distribution, version) a registered class comes from, found by its top-level package."""
@@ -74,16 +95,35 @@ class Registry:
         return cls.__module__, ""
 
     def _registrar(self, kind: str) -> Callable[[type], None]:
+        hook, base = HOOK_OF_KIND[kind], BASE_OF_KIND[kind]
+
         def register(cls: type) -> None:
-            package, version = self._origin(cls) if isinstance(cls, type) else (repr(cls), "")
+            if not isinstance(cls, type):
+                raise UserError(
+                    f"a {hook} hook passed {cls!r:.80} to register(), which is not a class: pass the component class "
+                    f"itself, register(My{base.__name__})."
+                )
+            package, version = self._origin(cls)
             name = getattr(cls, "name", None)
             if not isinstance(name, str) or not name:
                 raise UserError(f"plugin package {package!r} registered {cls!r} as a {kind} without a `name`.")
-            if name in self.entries[kind]:
-                other = self.entries[kind][name].package
+            if not issubclass(cls, base):
+                what = f"a {cls.kind}" if issubclass(cls, Component) and hasattr(cls, "kind") else "not one"
                 raise UserError(
-                    f"two plugins register a {kind} named {name!r}: {other!r} and {package!r}. "
-                    "Uninstall one, or limit plugins with MIXLAB_LOAD_PLUGINS."
+                    f"plugin package {package!r} registered {cls.__name__} ({what}) through {hook}, which takes "
+                    f"{kind}s: derive it from mixlab.components.{base.__name__}, or register it through its own hook."
+                )
+            if name in self.entries[kind]:
+                other = self.entries[kind][name]
+                if other.cls is cls:
+                    raise UserError(
+                        f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}, package {package!r}) is registered "
+                        "twice: register each class once, from one plugin."
+                    )
+                owners = f"{other.package!r} and {package!r}" if other.package != package else f"both {package!r}"
+                raise UserError(
+                    f"two plugins register a {kind} named {name!r}: {owners}. Rename one, uninstall one, or limit "
+                    "plugins with MIXLAB_LOAD_PLUGINS."
                 )
             self.entries[kind][name] = Entry(kind, name, cls, package, version)
 
@@ -126,11 +166,16 @@ def did_you_mean(word: str, choices: Any) -> str:
 
 
 def allowed_distributions() -> set[str] | None:
-    """Distribution names from MIXLAB_LOAD_PLUGINS (None: load all installed plugins)."""
+    """Distribution names from MIXLAB_LOAD_PLUGINS, normalised (None: load all installed plugins)."""
     value = os.environ.get("MIXLAB_LOAD_PLUGINS")
     if value is None:
         return None
-    return {name.strip() for name in value.split(",") if name.strip()}
+    return {canonical(name) for name in value.split(",") if name.strip()}
+
+
+def canonical(name: str) -> str:
+    """A distribution name as pip compares them: case and runs of '-', '_' and '.' do not matter."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
 def _load_entry_points(pm: pluggy.PluginManager, packages: dict[str, tuple[str, str]]) -> None:
@@ -138,7 +183,7 @@ def _load_entry_points(pm: pluggy.PluginManager, packages: dict[str, tuple[str, 
     for ep in metadata.entry_points(group="mixlab"):
         dist = ep.dist
         dist_name = dist.name if dist else ep.name
-        if allowed is not None and dist_name not in allowed:
+        if allowed is not None and canonical(dist_name) not in allowed:
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
@@ -147,7 +192,8 @@ def _load_entry_points(pm: pluggy.PluginManager, packages: dict[str, tuple[str, 
         except Exception as exc:  # a broken third-party package must not crash mixlab with a traceback
             raise UserError(
                 f"plugin package {dist_name!r} (entry point {ep.value!r}) failed to import: "
-                f"{type(exc).__name__}: {exc}. Fix or uninstall it, or run with MIXLAB_LOAD_PLUGINS='' to skip it."
+                f"{type(exc).__name__}: {exc}. Fix or uninstall it, or leave it out: MIXLAB_LOAD_PLUGINS lists the "
+                "packages to load (comma-separated; '' loads none)."
             ) from exc
         _register(pm, plugin, ep.name, f"plugin package {dist_name!r}")
         packages[ep.name] = (dist_name, dist.version if dist else "")
@@ -181,7 +227,14 @@ def make_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise UserError(f"plugin {exc.plugin!r} implements a hook mixlab does not define: {exc}") from exc
+        name = pm.get_name(exc.plugin)
+        package = packages.get(name, (name, ""))[0] if name else repr(exc.plugin)
+        hook = next(iter(re.findall(r"unknown hook '([^']+)'", str(exc))), "?")
+        known = [h for h in dir(hookspecs) if h.startswith("register_")]
+        raise UserError(
+            f"plugin {package!r} implements a hook mixlab does not define, {hook!r}.{did_you_mean(hook, known)} "
+            "Fix the hook's name (docs/plugins.md lists them)."
+        ) from None
     return Registry(pm, packages)
 
 

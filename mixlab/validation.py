@@ -186,7 +186,7 @@ def _strict_problems(
 def _type_hint(wanted: list[str]) -> str:
     """What to write instead, for the kinds of value a key takes."""
     if wanted == ["true or false"]:
-        return "write true or false without quotes (TOML booleans are lower case)."
+        return "write true or false (a TOML boolean: lower case, no quotes)."
     return "values keep their TOML type (write numbers without quotes, e.g. batch_size = 8)."
 
 
@@ -258,6 +258,15 @@ class Validator:
             )
             return None
         core_spec = CORE_KEYS[section]
+        if clash := sorted(set(cls.Options.model_fields) & set(core_spec)):
+            package = self.registry.entries[kind][type_name].package
+            self.add(
+                (*path, "type"),
+                f"{kind} {type_name!r} (plugin package {package!r}) has options named {clash}, which mixlab reads "
+                f"itself in a [{section}] section, so they would never reach the plugin: ask its authors to rename "
+                "them.",
+            )
+            return None
         core: dict[str, Any] = {}
         rest: dict[str, Any] = {}
         for key, item in value.items():

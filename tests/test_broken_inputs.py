@@ -326,7 +326,7 @@ RECIPE_CASES = [
         "learning_rate = 2e-5",
         'learning_rate = 2e-5\npacking = "yes"',
         "packing",
-        ["trainer.packing", "not the string 'yes'", "write true or false without quotes"],
+        ["trainer.packing", "not the string 'yes'", "write true or false (a TOML boolean: lower case, no quotes)"],
     ),
     R(
         "vision-cache-trained-tower",

@@ -9,6 +9,7 @@ import pytest
 
 from mixlab import hookimpl, registry
 from mixlab.errors import UserError
+from tests import fakes
 
 
 def test_builtins_register_through_hooks(monkeypatch):
@@ -36,8 +37,51 @@ def test_hook_register_scorers_and_duplicate_names(fake_plugins):
 
             register(FakeScorer)
 
-    with pytest.raises(UserError, match="two plugins register a scorer named 'fake_quality'"):
+    with pytest.raises(UserError, match=r"scorer 'fake_quality' \(tests.fakes.FakeScorer, .*\) is registered twice"):
         registry.make_registry((fake_plugins, Clash()))
+
+    class Other:
+        @hookimpl
+        def register_scorers(self, register):
+            register(type("Another", (fakes.FakeScorer,), {}))  # another class, the same name
+
+    with pytest.raises(UserError, match="two plugins register a scorer named 'fake_quality': both 'tests.fakes'"):
+        registry.make_registry((fake_plugins, Other()))
+
+
+def test_register_takes_a_class_of_its_hooks_kind():
+    """A non-class, or a scorer passed to register_selectors, was accepted and failed at run time (AttributeError:
+    no select), or named the value as its package."""
+
+    class NotAClass:
+        @hookimpl
+        def register_selectors(self, register):
+            register("not a class")
+
+    with pytest.raises(
+        UserError, match=r"a register_selectors hook passed 'not a class' to register\(\), which is not"
+    ):
+        registry.make_registry((NotAClass(),))
+
+    class WrongKind:
+        @hookimpl
+        def register_selectors(self, register):
+            register(type("Words", (fakes.FakeScorer,), {"name": "words"}))
+
+    with pytest.raises(UserError, match=r"registered Words \(a scorer\) through register_selectors.*Selector"):
+        registry.make_registry((WrongKind(),))
+
+
+def test_a_hook_that_raises_is_one_message_naming_its_plugin():
+    class Broken:
+        __name__ = "broken_plugin"
+
+        @hookimpl
+        def register_scorers(self, register):
+            raise KeyError("config")
+
+    with pytest.raises(UserError, match=r"register_scorers hook of plugin package 'tests.fakes' raised KeyError: 'co"):
+        registry.make_registry((fakes, Broken()))  # fakes: the tests package is a registered plugin's
 
 
 def test_unknown_hook_is_rejected():
@@ -46,7 +90,8 @@ def test_unknown_hook_is_rejected():
         def register_scorer(self, register):  # missing "s": matches no spec
             pass
 
-    with pytest.raises(UserError, match="implements a hook mixlab does not define"):
+    with pytest.raises(UserError, match=r"implements a hook mixlab does not define, 'register_scorer'. Did you mean "
+                       r"'register_scorers'"):  # fmt: skip
         registry.make_registry((Typo(),))
 
 
@@ -78,7 +123,6 @@ def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_
     from pydantic import BaseModel
 
     from mixlab.recipe import RecipeError, load_recipe
-    from tests import fakes
 
     class LooseOptions(BaseModel):
         fraction: float = 0.5
@@ -95,6 +139,30 @@ def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_
         load_recipe(fake_recipe)  # a recipe that does not use it
         fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_soup"', 'type = "loose_soup"'))
         with pytest.raises(RecipeError, match=r"soup.type: merger 'loose_soup' \(plugin package .*not a subclass"):
+            load_recipe(fake_recipe)
+    finally:
+        registry.unregister_plugin(plugin)
+
+
+def test_a_plugin_option_named_like_a_key_mixlab_reads_is_refused(fake_recipe):
+    """A scorer option called `sources` is read by mixlab itself (the pools to score): it never reached the plugin,
+    silently, while a test building the plugin directly did pass it."""
+    from mixlab.components import Options
+    from mixlab.recipe import RecipeError, load_recipe
+
+    class GreedyOptions(Options):
+        sources: list[str] = []
+
+    class Greedy:
+        @hookimpl
+        def register_scorers(self, register):
+            register(type("Greedy", (fakes.FakeScorer,), {"name": "greedy", "Options": GreedyOptions}))
+
+    plugin = Greedy()
+    registry.register_plugin(plugin)
+    try:
+        fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_quality"', 'type = "greedy"'))
+        with pytest.raises(RecipeError, match=r"scorer 'greedy' .* has options named \['sources'\], which mixlab"):
             load_recipe(fake_recipe)
     finally:
         registry.unregister_plugin(plugin)
@@ -138,7 +206,8 @@ def test_load_plugins_env_chooses_installed_packages(monkeypatch):
 
     installed = EntryPoint(name="fakes", value="tests.fakes", group="mixlab")  # no distribution: named "fakes"
     monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [installed] if group == "mixlab" else [])
-    for value, loaded in ((None, True), ("fakes", True), ("other, fakes", True), ("other", False), ("", False)):
+    cases = ((None, True), ("fakes", True), ("other, Fakes", True), ("other", False), ("", False))
+    for value, loaded in cases:  # names compare as pip compares them: "Fakes" is "fakes"
         if value is None:
             monkeypatch.delenv("MIXLAB_LOAD_PLUGINS", raising=False)
         else:
