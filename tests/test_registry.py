@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -117,6 +118,16 @@ def test_component_without_name_is_rejected():
         registry.make_registry((Nameless(),))
 
 
+@contextmanager
+def registered(plugin):
+    """The plugin in the process-wide registry for the block."""
+    registry.register_plugin(plugin)
+    try:
+        yield
+    finally:
+        registry.unregister_plugin(plugin)
+
+
 def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_recipe):
     """A plugin whose Options is a plain pydantic model registers (other commands and recipes keep working), but a
     section that uses it is refused, naming the plugin package: its options would not be checked strictly."""
@@ -132,16 +143,12 @@ def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_
         def register_mergers(self, register):
             register(type("LooseSoup", (fakes.FakeMerger,), {"name": "loose_soup", "Options": LooseOptions}))
 
-    plugin = Loose()
-    registry.register_plugin(plugin)
-    try:
+    with registered(Loose()):
         assert "loose_soup" in registry.get_registry().entries["merger"]
         load_recipe(fake_recipe)  # a recipe that does not use it
         fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_soup"', 'type = "loose_soup"'))
         with pytest.raises(RecipeError, match=r"soup.type: merger 'loose_soup' \(plugin package .*not a subclass"):
             load_recipe(fake_recipe)
-    finally:
-        registry.unregister_plugin(plugin)
 
 
 def test_a_plugin_option_named_like_a_key_mixlab_reads_is_refused(fake_recipe):
@@ -158,14 +165,10 @@ def test_a_plugin_option_named_like_a_key_mixlab_reads_is_refused(fake_recipe):
         def register_scorers(self, register):
             register(type("Greedy", (fakes.FakeScorer,), {"name": "greedy", "Options": GreedyOptions}))
 
-    plugin = Greedy()
-    registry.register_plugin(plugin)
-    try:
+    with registered(Greedy()):
         fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_quality"', 'type = "greedy"'))
         with pytest.raises(RecipeError, match=r"scorer 'greedy' .* has options named \['sources'\], which mixlab"):
             load_recipe(fake_recipe)
-    finally:
-        registry.unregister_plugin(plugin)
 
 
 def test_every_builtin_options_model_is_strict():
