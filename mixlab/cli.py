@@ -235,12 +235,23 @@ def env(as_json: bool) -> None:
     click.echo(f"{'gpus':>14} {', '.join(info['gpus']) or 'none'}")
     for e in info["plugins"]:
         click.echo(f"{e['kind']:>14} {e['name']} ({e['package']} {e['version']})")
+    if info["plugin_error"]:
+        click.echo(f"{'plugins':>14} not loaded: {info['plugin_error']}")
 
 
 def _add_plugin_commands() -> None:
+    """Every plugin's commands; where the plugins cannot load (a broken package), the built-in ones alone, so that
+    --help, --version, env and the built-in commands still work (a command that needs the plugins says why not)."""
     from mixlab.registry import get_registry
 
-    get_registry().pm.hook.register_commands(cli=cli)
+    try:
+        registry = get_registry()
+    except UserError:
+        from mixlab.plugins import commands
+
+        commands.register_commands(cli=cli)
+        return
+    registry.pm.hook.register_commands(cli=cli)
 
 
 def main() -> None:

@@ -266,3 +266,22 @@ def test_items_without_a_category_get_no_row():
 
     a, b = evaluation([True] * 6), evaluation([False] * 6)
     assert list(Decisions(RunSection(name="x")).compare_categories([a], [b])) == ["B/a"]
+
+
+def test_a_plugin_that_fails_to_import_leaves_help_version_env_and_the_builtin_commands(monkeypatch, capsys):
+    """Every command failed while an installed plugin package could not be imported, even --help and env (the
+    command for bug reports); now those and the built-in commands work, and what needs the plugins says why not."""
+    from importlib.metadata import EntryPoint
+
+    from mixlab import registry
+
+    broken = EntryPoint(name="broken", value="no_such_module_for_mixlab_tests", group="mixlab")
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [broken] if group == "mixlab" else [])
+    monkeypatch.setattr(registry, "_registry", None)
+    for args in (["--version"], ["--help"], ["toyworld", "--help"]):
+        code, text = invoke(monkeypatch, capsys, *args)
+        assert code == 0, (args, text)
+    code, text = invoke(monkeypatch, capsys, "env", "--json")
+    assert code == 0 and "failed to import" in json.loads(text)["plugin_error"]
+    code, text = invoke(monkeypatch, capsys, "plugins")
+    assert code == 2 and "plugin package 'broken'" in text and "failed to import" in text
