@@ -108,7 +108,7 @@ class Registry:
             if not isinstance(name, str) or not name:
                 raise UserError(f"plugin package {package!r} registered {cls!r} as a {kind} without a `name`.")
             if not issubclass(cls, base):
-                what = f"a {cls.kind}" if issubclass(cls, Component) and hasattr(cls, "kind") else "not one"
+                what = f"a {cls.kind}" if issubclass(cls, Component) and hasattr(cls, "kind") else "not a component"
                 raise UserError(
                     f"plugin package {package!r} registered {cls.__name__} ({what}) through {hook}, which takes "
                     f"{kind}s: derive it from mixlab.components.{base.__name__}, or register it through its own hook."

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.components import reported_name
+from mixlab.errors import first_line
 from mixlab.paths import expand_user
 from mixlab.registry import did_you_mean
 from mixlab.run_folder import run_dir_problem
@@ -112,7 +113,7 @@ def check_executor(v: Validator, run: RunSection) -> None:
             slurm = executor.cluster == "slurm"  # slurm_* parameters are refused by the other clusters
             executor.update_parameters(**{k: x for k, x in o.parameters.items() if slurm or not k.startswith("slurm_")})
         except (NameError, AssertionError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            first = first_line(exc).rstrip(".")
             v.add(("run", "executor", "parameters"), f"submitit refuses them: {first}. Fix or drop that parameter.")
 
 

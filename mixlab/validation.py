@@ -248,24 +248,10 @@ class Validator:
             self.add((*path, "type"), f"no {kind} plugin named {type_name!r}.{hint}")
             return None
         cls = self.registry.get(kind, type_name)
-        if not (isinstance(cls.Options, type) and issubclass(cls.Options, Options)):
-            package = self.registry.entries[kind][type_name].package
-            self.add(
-                (*path, "type"),
-                f"{kind} {type_name!r} (plugin package {package!r}) has an options model that is not a subclass of "
-                "mixlab.components.Options, so its options cannot be checked as the others are: ask its authors to "
-                "derive it from mixlab.components.Options, or use another plugin.",
-            )
-            return None
         core_spec = CORE_KEYS[section]
-        if clash := sorted(set(cls.Options.model_fields) & set(core_spec)):
+        if contract := _options_contract_problem(cls, section, core_spec):
             package = self.registry.entries[kind][type_name].package
-            self.add(
-                (*path, "type"),
-                f"{kind} {type_name!r} (plugin package {package!r}) has options named {clash}, which mixlab reads "
-                f"itself in a [{section}] section, so they would never reach the plugin: ask its authors to rename "
-                "them.",
-            )
+            self.add((*path, "type"), f"{kind} {type_name!r} (plugin package {package!r}) {contract}")
             return None
         core: dict[str, Any] = {}
         rest: dict[str, Any] = {}
@@ -357,6 +343,24 @@ class Validator:
             hint = did_you_mean(str(name), known) or f" The recipe has no [{kind}] sections: add [{kind}.{name}]."
             self.add(path, f"unknown {what} {name!r}.{hint}")
         return False
+
+
+def _options_contract_problem(cls: type, section: str, core_keys: dict[str, Any]) -> str | None:
+    """What keeps a plugin's options model from being checked like the built-ins' (a phrase after its name), or None:
+    it derives from mixlab.components.Options and leaves the keys mixlab reads in its section to mixlab."""
+    options = getattr(cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, Options)):
+        return (
+            "has an options model that is not a subclass of mixlab.components.Options, so its options cannot be "
+            "checked as the others are: ask its authors to derive it from mixlab.components.Options, or use another "
+            "plugin."
+        )
+    if clash := sorted(set(options.model_fields) & set(core_keys)):
+        return (
+            f"has options named {clash}, which mixlab reads itself in a [{section}] section, so they would never "
+            "reach the plugin: ask its authors to rename them."
+        )
+    return None
 
 
 def unique_problems(problems: list[Problem]) -> list[Problem]:

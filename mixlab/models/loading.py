@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from mixlab.errors import UserError
+from mixlab.errors import UserError, first_line
 from mixlab.paths import expand_user
 
 
@@ -60,7 +60,7 @@ def model_dir_problem(path: Path) -> str | None:
             with safe_open(str(weights), framework="numpy"):
                 pass
         except Exception as exc:  # SafetensorError, OSError
-            return f"has weights that cannot be read: {weights.name} ({str(exc).splitlines()[0] if str(exc) else exc})"
+            return f"has weights that cannot be read: {weights.name} ({first_line(exc)})"
     return None
 
 
@@ -89,8 +89,7 @@ def load_model(
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     except (OSError, ValueError, KeyError, ImportError, SafetensorError) as e:  # ImportError: flash-attn missing
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot load a vision-language model from {path}: {first}") from e
+        raise UserError(f"cannot load a vision-language model from {path}: {first_line(e)}") from e
     if not isinstance(processor, ProcessorMixin) or getattr(processor, "tokenizer", None) is None:
         raise UserError(
             f"{path} has no multimodal processor (processor_config.json + tokenizer); got {type(processor)}"
