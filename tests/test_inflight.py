@@ -85,3 +85,32 @@ def test_batches_at_once_by_device_and_request():
     assert batches_at_once(cpu) == min(2, torch.get_num_threads())
     assert batches_at_once(cpu, 3) == 3
     assert batches_at_once(gpu) == 1 and batches_at_once(gpu, 3) == 1
+
+
+def test_each_worker_sets_its_own_share_of_the_threads(monkeypatch):
+    """OpenMP keeps torch's thread count per thread, and a new thread starts at the machine's default: each worker
+    must set its share itself, not rely on the calling thread's setting."""
+    real, calls = torch.set_num_threads, []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append((threading.get_ident(), n)) or real(n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    ran_in = set()
+    list(in_flight(range(4), lambda j: j, lambda j: ran_in.add(threading.get_ident()), at_once=2))
+    by_workers = {(ident, n) for ident, n in calls if ident != threading.get_ident()}
+    assert ran_in and {ident for ident, _ in by_workers} >= ran_in
+    assert {n for _, n in by_workers} == {2}
+
+
+def test_the_next_batch_is_prepared_while_both_workers_run():
+    """With two batches running, a third is already prepared and a fourth being prepared: a worker that finishes
+    starts the next batch without waiting for its preparation."""
+    fourth_prepared = threading.Event()
+
+    def prepare(job: int) -> int:
+        if job == 3:
+            fourth_prepared.set()
+        return job
+
+    def run(job: int) -> bool:
+        return fourth_prepared.wait(timeout=5) if job == 0 else True
+
+    assert [ok for _, ok in in_flight(range(5), prepare, run, at_once=2)] == [True] * 5

@@ -4,7 +4,7 @@ work.
 `VisionCollator` runs the processor once per batch on every row: chat template, tokenizer, image processing and
 text expansion. `Collate` gets the same ids and labels from one batched `tokenizer.apply_chat_template` call with
 each image left as its placeholder token, expanded afterwards into the image's tokens (computed once per image
-size), and the pixel values from one processor call over the batch's images. It is checked against
+size), and the pixel values from the batch's images at once (`mixlab.models.pixels`). It is checked against
 `VisionCollator` on the first row of each kind (without / with an image) for each processor and template, and not
 used where it differs. Also here: `PromptItem`, a question for generation and option scoring, and its row.
 """
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mixlab.data import IMAGE_TOKEN
 from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, load_image
+from mixlab.models.pixels import image_inputs
 from mixlab.models.templates import training_template
 
 if TYPE_CHECKING:
@@ -115,14 +116,6 @@ class Images:
             out_labels += labels[last:t] + [IGNORE] * len(extra)
             last = t + 1
         return out_ids + ids[last:], out_labels + labels[last:]
-
-
-def image_inputs(processor: Any, pictures: Sequence[Sequence[Any]]) -> dict[str, Any]:
-    """The processor's image inputs (pixel values...) for a batch whose rows hold these images (lists, as
-    `VisionCollator` passes them: one per row, empty for a row without images); {} without any image."""
-    if not any(pictures):
-        return {}
-    return dict(processor(images=[list(row) for row in pictures], return_tensors="pt"))
 
 
 def _pictures(row: dict[str, Any]) -> list[Any]:

@@ -35,16 +35,26 @@ def batches_at_once(model: Any, requested: int | None = None) -> int:
 
 
 @contextmanager
-def _threads_shared_by(workers: int) -> Iterator[None]:
-    """torch's CPU threads split between `workers` batches running at once; restored afterwards."""
+def _threads_shared_by(workers: int) -> Iterator[int]:
+    """torch's CPU threads split between `workers` batches running at once (each one's share given); restored
+    afterwards."""
     import torch
 
     total = torch.get_num_threads()
-    torch.set_num_threads(max(1, total // workers))
+    share = max(1, total // workers)
+    torch.set_num_threads(share)
     try:
-        yield
+        yield share
     finally:
         torch.set_num_threads(total)
+
+
+def _use_threads(share: int) -> None:
+    """Run in each worker thread as it starts: OpenMP keeps the thread count per thread and a new thread starts at
+    the machine's default, whatever the calling thread set."""
+    import torch
+
+    torch.set_num_threads(share)
 
 
 def in_flight(
@@ -55,10 +65,10 @@ def in_flight(
     at_once: int,
 ) -> Iterator[tuple[Job, Result]]:
     """(job, compute(prepare(job))) for every job, in order. `prepare` runs in this thread (tokenizers and processors
-    are not safe to share between threads), `compute` in up to `at_once` worker threads at a time, so that the next
-    batch is prepared while the model runs; `compute` must be safe to call from several threads at once. An error in
-    either comes out here; when `prepare` fails, the computations already started finish and their results come out
-    first, so that a caller keeping each result loses none."""
+    are not safe to share between threads), `compute` in up to `at_once` worker threads at a time, with one more
+    batch prepared and waiting, so that a worker that finishes starts the next at once; `compute` must be safe to
+    call from several threads at once. An error in either comes out here; when `prepare` fails, the computations
+    already started finish and their results come out first, so that a caller keeping each result loses none."""
     if at_once <= 1:
         for job in jobs:
             yield job, compute(prepare(job))
@@ -70,7 +80,12 @@ def in_flight(
             done, future = pending.popleft()
             yield done, future.result()
 
-    with _threads_shared_by(at_once), ThreadPoolExecutor(at_once, thread_name_prefix="mixlab-batch") as pool:
+    with (
+        _threads_shared_by(at_once) as share,
+        ThreadPoolExecutor(
+            at_once, thread_name_prefix="mixlab-batch", initializer=_use_threads, initargs=(share,)
+        ) as pool,
+    ):
         for job in jobs:
             try:
                 prepared = prepare(job)
@@ -78,5 +93,5 @@ def in_flight(
                 yield from finished(0)
                 raise
             pending.append((job, pool.submit(compute, prepared)))
-            yield from finished(at_once)
+            yield from finished(at_once + 1)
         yield from finished(0)

@@ -30,7 +30,6 @@ from mixlab.models.encoding import (
     PromptItem,
     Unsupported,
     fast_encoding_ok,
-    image_inputs,
     image_token_of,
     images_of,
     pad,
@@ -48,6 +47,7 @@ from mixlab.models.forward import (
     summed_logprobs,
     to_device,
 )
+from mixlab.models.pixels import image_inputs
 from mixlab.models.templates import training_template
 
 
