@@ -41,9 +41,10 @@ def _recipe_samples(path: Path, only: list[str]) -> tuple[list[Sample], Any, int
 
 
 def _json_samples(path: Path, image_root: Path | None) -> list[Sample]:
-    from mixlab.records import collect, read_records
+    from mixlab.records import collect, read_records_with_lines
 
-    samples, skipped = collect(read_records(path), path, image_root or path.parent, "open", "skip", path.stem)
+    records, lines = read_records_with_lines(path)
+    samples, skipped = collect(records, path, image_root or path.parent, "open", "skip", path.stem, lines)
     for message in skipped[:10]:
         console.print(f"[red]bad record[/] {message}", highlight=False)
     if skipped:

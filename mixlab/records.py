@@ -115,25 +115,37 @@ def to_sample(record: Any, index: int, image_root: Path, how: ImageCheck, source
 
 
 def collect(
-    records: list[Any], file: Path, image_root: Path, how: ImageCheck, on_error: OnError, source: str
+    records: list[Any],
+    file: Path,
+    image_root: Path,
+    how: ImageCheck,
+    on_error: OnError,
+    source: str,
+    lines: list[int] | None = None,
 ) -> tuple[list[Sample], list[str]]:
-    """Convert every record; raise on the first bad one, or skip bad ones and return their messages.
+    """Convert every record; raise on the first bad one, or skip bad ones and return their messages (which name the
+    record's line where `lines` gives it: `read_records_with_lines`).
 
     A record whose id repeats an earlier one's is bad too (ids name samples in selections and reports).
     """
     samples, skipped = [], []
     first_of: dict[str, int] = {}
+
+    def record_at(index: int) -> str:
+        return f"record {index}" + (f" (line {lines[index]})" if lines else "")
+
     for index, record in enumerate(records):
         rid = record.get("id", "?") if isinstance(record, dict) else "?"
         try:
             sample = to_sample(record, index, image_root, how, source)
             if sample["id"] in first_of:
                 raise BadRecord(
-                    f"duplicate id {sample['id']!r} (record {first_of[sample['id']]} has it too): give every record "
-                    "its own id"
+                    f"duplicate id {sample['id']!r} ({record_at(first_of[sample['id']])} has it too): give every "
+                    "record its own id"
                 )
         except BadRecord as exc:
-            message = f"{file}: record {index} (id {rid!r}): {exc}"
+            where = f"{file}:{lines[index]}" if lines else str(file)
+            message = f"{where}: record {index} (id {rid!r}): {exc}"
             if on_error == "raise":
                 raise UserError(f'{message}. Fix the record, or set on_error = "skip" in [sources.{source}].') from None
             skipped.append(message)
@@ -186,9 +198,15 @@ def read_data_text(path: Path) -> str:
 
 def read_records(path: Path) -> list:
     """A JSON list or JSON lines, with a located message on a syntax error."""
+    return read_records_with_lines(path)[0]
+
+
+def read_records_with_lines(path: Path) -> tuple[list, list[int] | None]:
+    """`read_records`, and for JSON lines the line of each record (None for a JSON list), so that a message about a
+    record can name its line."""
     text = read_data_text(path)
     if path.suffix.lower() == ".jsonl":
-        records = []
+        records, lines = [], []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
@@ -197,7 +215,8 @@ def read_records(path: Path) -> list:
                     raise UserError(f"{path}:{number}: invalid JSON ({e.msg}). Fix that line.") from None
                 except (ValueError, RecursionError) as e:  # a number of over 4,300 digits, deep nesting
                     raise UserError(f"{path}:{number}: cannot read this JSON ({_why(e)}). Fix that line.") from None
-        return records
+                lines.append(number)
+        return records, lines
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -210,7 +229,7 @@ def read_records(path: Path) -> list:
             f'{path}: expected a JSON list of LLaVA records ([{{"id": ..., "conversations": [...]}}, ...]), '
             f"got a JSON {type(data).__name__}. Put the records in one top-level list, [ ... ]."
         )
-    return data
+    return data, None
 
 
 def _why(error: Exception) -> str:

@@ -1616,6 +1616,18 @@ DATA_CASES = [
         name="data.jsonl",
     ),
     D(
+        "jsonl-bad-record-line",
+        json.dumps(GOOD) + "\n\n" + json.dumps(record(id="b", conversations=[])) + "\n",
+        ["data.jsonl:3: record 1 (id 'b')", "`conversations` must be a non-empty list"],
+        name="data.jsonl",
+    ),
+    D(
+        "jsonl-duplicate-ids",
+        json.dumps(GOOD) + "\n\n" + json.dumps(TEXT) + "\n" + json.dumps(record(conversations=TURNS)) + "\n",
+        ["data.jsonl:4: record 2 (id 'a')", "duplicate id 'a' (record 0 (line 1) has it too)"],
+        name="data.jsonl",
+    ),
+    D(
         "duplicate-ids",
         [GOOD, TEXT, record(conversations=TURNS)],
         ["data.json: record 2 (id 'a')", "duplicate id 'a' (record 0 has it too)", "give every record its own id"],
@@ -1710,21 +1722,21 @@ DATA_CASES = [
     D(
         "hf-first-row-not-object",
         "5\n" + json.dumps(HF_ROW) + "\n",
-        ["data.jsonl: row 0 is not a JSON object", "give each row as an object with `messages`"],
+        ["data.jsonl:1: row 0 is not a JSON object", "give each row as an object with `messages`"],
         name="data.jsonl",
         type="hf_dataset",
     ),
     D(
         "hf-row-not-object",
         "[1, 2]\n",
-        ["data.jsonl: row 0 is not a JSON object", "give each row as an object with `messages`"],
+        ["data.jsonl:1: row 0 is not a JSON object", "give each row as an object with `messages`"],
         name="data.jsonl",
         type="hf_dataset",
     ),
     D(
         "hf-unknown-role",
         json.dumps({**HF_ROW, "messages": [{"role": "robot", "content": "x"}]}) + "\n",
-        ["data.jsonl: record 0", "unknown role 'robot'", "use user, assistant or system"],
+        ["data.jsonl:1: record 0", "unknown role 'robot'", "use user, assistant or system"],
         name="data.jsonl",
         type="hf_dataset",
     ),
@@ -1761,7 +1773,7 @@ DATA_CASES = [
     D(
         "hf-image-escapes",
         json.dumps({**HF_ROW, "images": ["../../x.png"]}) + "\n",
-        ["data.jsonl: record 0", "leaves the image root"],
+        ["data.jsonl:1: record 0", "leaves the image root"],
         name="data.jsonl",
         type="hf_dataset",
     ),

@@ -22,7 +22,7 @@ from mixlab.records import (
     image_path,
     nothing_loaded,
     path_problem,
-    read_records,
+    read_records_with_lines,
     root_problem,
 )
 
@@ -46,8 +46,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def _load(path: Path, split: str) -> Any:
-    """The rows: a datasets.Dataset (save_to_disk folder, parquet) or a list of dicts (JSON lines, JSON list)."""
+def _load(path: Path, split: str) -> tuple[Any, list[int] | None]:
+    """The rows: a datasets.Dataset (save_to_disk folder, parquet) or a list of dicts (JSON lines, JSON list); and
+    for JSON lines, the line of each row."""
     if not path.exists():
         raise UserError(f"dataset {path} not found. Check `path` in the recipe.")
     if not path.is_dir() and path.suffix.lower() not in SUFFIXES:
@@ -55,7 +56,7 @@ def _load(path: Path, split: str) -> Any:
             f"{path}: unsupported file type {path.suffix!r}; use a save_to_disk folder, .parquet or .jsonl."
         )
     if path.suffix.lower() in (".jsonl", ".json") and not path.is_dir():
-        return read_records(path)
+        return read_records_with_lines(path)
     import datasets
 
     try:
@@ -73,7 +74,7 @@ def _load(path: Path, split: str) -> Any:
         if split not in ds:
             raise UserError(f"dataset {path} has no split {split!r} (it has {', '.join(ds)}). Set `split`.")
         ds = ds[split]
-    return ds
+    return ds, None
 
 
 def _text(content: Any) -> tuple[str, int]:
@@ -132,15 +133,15 @@ class HfDataset(Source):
 
     def load(self, ctx: RunContext) -> list[Sample]:
         path = self.resolve(self.options.path)
-        ds = _load(path, self.options.split)
+        ds, lines = _load(path, self.options.split)
         if len(ds) == 0:
             raise nothing_loaded(path, self.label, 0, [])
         if isinstance(ds, list):
             bad = next((i for i, r in enumerate(ds) if not isinstance(r, dict)), None)
             if bad is not None:
+                at = f"{path}:{lines[bad]}" if lines else str(path)
                 raise UserError(
-                    f"{path}: row {bad} is not a JSON object: give each row as an object with `messages` (and "
-                    "`images`)."
+                    f"{at}: row {bad} is not a JSON object: give each row as an object with `messages` (and `images`)."
                 )
         columns = list(ds.column_names) if hasattr(ds, "column_names") else sorted({k for r in ds[:1000] for k in r})
         if "messages" not in columns:
@@ -154,6 +155,7 @@ class HfDataset(Source):
                 if hasattr(ds, "select")
                 else ds[: self.options.limit]
             )
+            lines = lines and lines[: self.options.limit]
         where = {"source": self.label, "fingerprint": self.fingerprint(), "split": self.options.split}
         image_dir = ctx.cache_dir("hf_images", where)  # row i's image is {i}.png: one folder per split
         root = self.resolve(self.options.image_root) if self.options.image_root else path.parent
@@ -170,7 +172,7 @@ class HfDataset(Source):
                 ) from None
             records.append(self._record(row, i, image_dir, root))
         samples, skipped = collect(
-            records, path, image_dir, self.options.check_images, self.options.on_error, self.label
+            records, path, image_dir, self.options.check_images, self.options.on_error, self.label, lines
         )
         if not samples:
             raise nothing_loaded(path, self.label, len(records), skipped)

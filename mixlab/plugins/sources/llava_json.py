@@ -11,7 +11,15 @@ from mixlab.components import Options, RunContext, Source
 from mixlab.data import Sample
 from mixlab.errors import UserError
 from mixlab.hookspecs import Register
-from mixlab.records import ImageCheck, OnError, collect, nothing_loaded, path_problem, read_records, root_problem
+from mixlab.records import (
+    ImageCheck,
+    OnError,
+    collect,
+    nothing_loaded,
+    path_problem,
+    read_records_with_lines,
+    root_problem,
+)
 
 
 class LlavaJsonOptions(Options):
@@ -54,13 +62,16 @@ class LlavaJson(Source):
 
     def load(self, ctx: RunContext) -> list[Sample]:
         path = self.resolve(self.options.path)
-        records = read_records(path)[: self.options.limit]
+        records, lines = read_records_with_lines(path)
+        records, lines = records[: self.options.limit], lines and lines[: self.options.limit]
         root = self.image_root()
         if any(isinstance(r, dict) and r.get("image") for r in records) and (
             found := root_problem(root, self.options.image_root is not None)
         ):
             raise UserError(f"[sources.{self.label}]: {found}.")
-        samples, skipped = collect(records, path, root, self.options.check_images, self.options.on_error, self.label)
+        samples, skipped = collect(
+            records, path, root, self.options.check_images, self.options.on_error, self.label, lines
+        )
         if not samples:
             raise nothing_loaded(path, self.label, len(records), skipped)
         if skipped:
