@@ -98,12 +98,14 @@ class FakeTrainer(Trainer):
     def train(self, samples, base_model, work_dir, ctx, overrides=None):
         sleep = float(os.environ.get("FAKE_TRAIN_SLEEP", "0")) or self.options.sleep
         (work_dir / "partial.txt").write_text("half-written")
+        started = time.time()
         with ctx.progress("fake training", len(samples)) as advance:
             for _ in samples:
                 time.sleep(sleep / max(1, len(samples)))
                 advance()
         model = work_dir / "model"
         model.mkdir(exist_ok=True)
+        (model / "trained.json").write_text(json.dumps({"start": started, "end": time.time()}))  # when it slept
         (model / "ids.json").write_text(json.dumps(sorted(s["id"] for s in samples)))
         (model / "seed.json").write_text(json.dumps(ctx.seed))
         (model / "base.txt").write_text(str(base_model))  # the model this training started from
