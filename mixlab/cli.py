@@ -103,12 +103,13 @@ def validate(recipe: Path, no_path_checks: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins(as_json: bool) -> None:
-    """List every registered component: kind, name, package and version."""
+    """List every registered component and plugin command: kind, name, package and version."""
     from mixlab.registry import get_registry
 
-    entries = get_registry().all()
+    registry = get_registry()
+    rows = [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in registry.all()]
+    rows += [{"kind": "command", "name": n, "package": p, "version": v} for n, p, v in registry.commands()]
     if as_json:
-        rows = [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in entries]
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
@@ -118,8 +119,8 @@ def plugins(as_json: bool) -> None:
     table = Table(title="mixlab plugins")
     for col in ("kind", "name", "package", "version"):
         table.add_column(col)
-    for e in entries:
-        table.add_row(e.kind, e.name, e.package, e.version)
+    for row in rows:
+        table.add_row(*(row[col] for col in ("kind", "name", "package", "version")))
     console.file = sys.stdout
     console.print(table)
 

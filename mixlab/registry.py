@@ -142,6 +142,22 @@ class Registry:
     def all(self) -> list[Entry]:
         return [e for kind in KINDS for e in sorted(self.entries[kind].values(), key=lambda e: e.name)]
 
+    def commands(self) -> list[tuple[str, str, str]]:
+        """(command name, distribution, version) of each command a plugin adds through `register_commands`, found by
+        calling each implementation on an empty command group."""
+        import click
+
+        found = []
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            group = click.Group()
+            impl.function(**{name: group for name in impl.argnames})
+            module = getattr(impl.plugin, "__name__", None) or type(impl.plugin).__module__
+            package, version = self._origins.get(str(module).split(".")[0], (str(module), ""))
+            found += [(name, package, version) for name in sorted(group.commands)]
+        return sorted(found)
+
 
 def did_you_mean(word: str, choices: Any) -> str:
     """' Did you mean 'x'?' for the closest choices, or a list of what exists.

@@ -114,6 +114,14 @@ def test_env_reports_versions_and_plugins(monkeypatch, capsys):
     assert {"kind": "trainer", "name": "llava_sft"} in [{k: p[k] for k in ("kind", "name")} for p in info["plugins"]]
 
 
+def test_plugins_lists_components_and_plugin_commands(monkeypatch, capsys):
+    code, text = invoke(monkeypatch, capsys, "plugins", "--json")
+    rows = {(r["kind"], r["name"]): r["package"] for r in json.loads(text)}
+    assert code == 0 and rows[("trainer", "llava_sft")] == "mixlab"
+    assert rows[("command", "toyworld")] == rows[("command", "data")] == "mixlab"  # the built-in plugin's commands
+    assert ("command", "run") not in rows  # mixlab's own commands are not a plugin's
+
+
 @pytest.mark.parametrize("command", ["export", "report", "init", "env", "compare"])
 def test_new_commands_are_in_help(monkeypatch, capsys, command):
     code, text = invoke(monkeypatch, capsys, "--help")

@@ -107,6 +107,7 @@ def test_listed_by_plugins_command(installed):
     rows = {(r["kind"], r["name"]): r for r in json.loads(proc.stdout)}
     assert rows[("scorer", "answer_length")]["package"] == "mixlab-shortest"
     assert rows[("selector", "shortest")]["version"] == "0.1.0"
+    assert rows[("command", "shortest-hello")]["package"] == "mixlab-shortest"
     hello = subprocess.run(
         [sys.executable, "-m", "mixlab.cli", "shortest-hello"], env=installed, capture_output=True, text=True
     )
