@@ -54,6 +54,31 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def loose_option_tables(options: type[BaseModel]) -> list[str]:
+    """The fields (dotted paths) of an options model whose values are pydantic models not derived from `Options`,
+    at any depth and inside lists, dicts and optionals (each model looked into once, at its first field): a misspelt
+    key in such a table would be dropped silently."""
+    found: list[str] = []
+    seen: set[type] = set()
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in getattr(annotation, "__args__", ()) for m in models_in(arg)]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            for inner in models_in(info.annotation):
+                if not issubclass(inner, Options):
+                    found.append(prefix + name)
+                if inner not in seen:
+                    walk(inner, f"{prefix}{name}.")
+
+    walk(options, "")
+    return found
+
+
 class Component:
     """Common base: a registered name, an options model, and the section label it was built from."""
 

@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from mixlab.components import Options
+from mixlab.components import Options, loose_option_tables
 from mixlab.errors import UserError
 from mixlab.registry import Registry, did_you_mean
 from mixlab.sections import Section
@@ -354,6 +354,12 @@ def _options_contract_problem(cls: type, section: str, core_keys: dict[str, Any]
             "has an options model that is not a subclass of mixlab.components.Options, so its options cannot be "
             "checked as the others are: ask its authors to derive it from mixlab.components.Options, or use another "
             "plugin."
+        )
+    if loose := loose_option_tables(options):
+        return (
+            f"has an option table, `{loose[0]}`, whose model is not a subclass of mixlab.components.Options, so a "
+            "misspelt key inside it would be dropped silently: ask its authors to derive that model from "
+            "mixlab.components.Options, or use another plugin."
         )
     if clash := sorted(set(options.model_fields) & set(core_keys)):
         return (

@@ -173,25 +173,60 @@ def test_a_plugin_option_named_like_a_key_mixlab_reads_is_refused(fake_recipe):
 
 def test_every_builtin_options_model_is_strict():
     """The built-ins follow the documented contract, nested option tables (the trainer's `lora`) included."""
+    from mixlab.components import Options, loose_option_tables
+
+    entries = [entry for entries in registry.get_registry().entries.values() for entry in entries.values()]
+    assert "lora" in registry.get_registry().entries["trainer"]["llava_sft"].cls.Options.model_fields
+    assert [(e.name, issubclass(e.cls.Options, Options), loose_option_tables(e.cls.Options)) for e in entries] == [
+        (e.name, True, []) for e in entries
+    ]
+
+
+def test_loose_option_tables_are_found_at_any_depth():
+    from pydantic import BaseModel
+
+    from mixlab.components import Options, loose_option_tables
+
+    class Plain(BaseModel):
+        rate: float = 0.1
+
+    class Strict(Options):
+        inner: Plain | None = None
+        fine: int = 1
+
+    class Top(Options):
+        plain: Plain = Plain()
+        many: list[Plain] = []
+        named: dict[str, Strict] = {}
+        strict: Strict = Strict()
+        again: Top | None = None  # a model that refers to itself is walked once
+
+    assert loose_option_tables(Top) == ["plain", "many", "named.inner"]  # each model walked once (Strict: at `named`)
+    assert loose_option_tables(Strict) == ["inner"]
+
+
+def test_a_section_of_a_component_with_a_loose_nested_table_is_one_recipe_problem(fake_recipe):
+    """A plain pydantic model inside a plugin's options ignores unknown keys: a typo there would be dropped."""
     from pydantic import BaseModel
 
     from mixlab.components import Options
+    from mixlab.recipe import RecipeError, load_recipe
 
-    def models(cls: type[BaseModel]):
-        yield cls
-        for field in cls.model_fields.values():
-            for inner in (field.annotation, *getattr(field.annotation, "__args__", ())):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    yield from models(inner)
+    class Schedule(BaseModel):
+        warmup: int = 0
 
-    found = {
-        (kind, name, model): issubclass(model, Options)
-        for kind, entries in registry.get_registry().entries.items()
-        for name, entry in entries.items()
-        for model in models(entry.cls.Options)
-    }
-    assert any(model.__name__ == "LoraSettings" for _, _, model in found)
-    assert [key for key, strict in found.items() if not strict] == []
+    class NestedOptions(Options):
+        schedule: Schedule = Schedule()
+
+    class Nested:
+        @hookimpl
+        def register_mergers(self, register):
+            register(type("NestedSoup", (fakes.FakeMerger,), {"name": "nested_soup", "Options": NestedOptions}))
+
+    with registered(Nested()):
+        fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_soup"', 'type = "nested_soup"'))
+        with pytest.raises(RecipeError, match=r"merger 'nested_soup' .* has an option table, `schedule`, whose model"):
+            load_recipe(fake_recipe)
 
 
 def test_core_commands_import_no_torch():
