@@ -106,9 +106,7 @@ def plugins(as_json: bool) -> None:
     """List every registered component and plugin command: kind, name, package and version."""
     from mixlab.registry import get_registry
 
-    registry = get_registry()
-    rows = [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in registry.all()]
-    rows += [{"kind": "command", "name": n, "package": p, "version": v} for n, p, v in registry.commands()]
+    rows = get_registry().listing()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

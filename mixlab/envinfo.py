@@ -31,20 +31,20 @@ def gpus() -> list[str]:
 
 
 def environment() -> dict[str, Any]:
-    """Versions, GPUs and registered plugins; ``plugin_error``: why the plugins could not load (a broken package),
-    else None."""
+    """Versions, GPUs and registered plugins (components and commands); ``plugin_error``: why the plugins could not
+    load (a broken package), else None."""
     from mixlab.errors import UserError
     from mixlab.registry import get_registry
 
     try:
-        entries, plugin_error = get_registry().all(), None
+        plugins, plugin_error = get_registry().listing(), None
     except UserError as exc:
-        entries, plugin_error = [], str(exc)
+        plugins, plugin_error = [], str(exc)
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {p: version(p) for p in PACKAGES},
         "gpus": gpus(),
-        "plugins": [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in entries],
+        "plugins": plugins,
         "plugin_error": plugin_error,
     }

@@ -142,6 +142,11 @@ class Registry:
     def all(self) -> list[Entry]:
         return [e for kind in KINDS for e in sorted(self.entries[kind].values(), key=lambda e: e.name)]
 
+    def listing(self) -> list[dict[str, str]]:
+        """Every component and plugin command as {kind, name, package, version} (`mixlab plugins`, `mixlab env`)."""
+        rows = [{"kind": e.kind, "name": e.name, "package": e.package, "version": e.version} for e in self.all()]
+        return rows + [{"kind": "command", "name": n, "package": p, "version": v} for n, p, v in self.commands()]
+
     def commands(self) -> list[tuple[str, str, str]]:
         """(command name, distribution, version) of each command a plugin adds through `register_commands`, found by
         calling each implementation on an empty command group."""
