@@ -2341,7 +2341,30 @@ TSV_CASES = [
         _tsv(MME_HEADER, f"0\t{IMG}\tNA\tYes"),
         ["bench/MME_x.tsv:2: row index 0: no question"],
     ),
+    (
+        "image-cut-short",  # its header reads: found by decoding, since the file does not end as a PNG ends
+        "MME_x.tsv",
+        _tsv(MME_HEADER, f"0\t{IMG}\tRed?\tYes", f"1\t{base64.b64encode(truncated_png()).decode()}\tBlue?\tNo"),
+        ["bench/MME_x.tsv: row index 1: the base64 image cannot be decoded", "truncated", "fix the image cell"],
+    ),
 ]
+
+
+def test_only_images_without_their_end_are_decoded_in_full(monkeypatch):
+    """A complete PNG or JPEG (trailing bytes after a JPEG's end marker included) is checked by its header and its
+    end; a JPEG cut short is decoded, and fails."""
+    from mixlab.evaluation.tsv import check_image
+
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 64), 80).convert("RGB").save(jpeg, format="JPEG")
+    complete = [png_bytes(), jpeg.getvalue(), jpeg.getvalue() + b"\x00\x00\n"]
+    with monkeypatch.context() as m:
+        m.setattr(Image.Image, "load", lambda self: pytest.fail("decoded a complete image"))
+        for data in complete:
+            check_image(base64.b64encode(data).decode(), 0)
+    check_image(base64.b64encode(jpeg.getvalue() + b"trailing data some writers add").decode(), 0)  # decodes: fine
+    with pytest.raises(UserError, match=r"row index 3: the base64 image cannot be decoded \(image file is truncated"):
+        check_image(base64.b64encode(jpeg.getvalue()[:-300]).decode(), 3)
 
 
 @pytest.mark.parametrize(("name", "content", "expect"), [c[1:] for c in TSV_CASES], ids=[c[0] for c in TSV_CASES])

@@ -167,6 +167,26 @@ def open_image(b64: str, index: int | str | None = None) -> Image.Image:
         return Image.open(io.BytesIO(base64.b64decode(b64, validate=False)))
 
 
+_PNG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_JPEG, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def check_image(b64: str, index: int | str | None = None) -> None:
+    """A UserError naming the row if its base64 image cannot be read: its header always, and its pixels unless the
+    file visibly ends where it should (a PNG with its IEND chunk, a JPEG with its end marker). A cell cut short is
+    found before any training, and only images without that end are decoded in full."""
+    with _reading_image(index):
+        data = base64.b64decode(b64, validate=False)
+        with Image.open(io.BytesIO(data)) as image:
+            ends = (
+                data.endswith(_PNG_END)
+                if data.startswith(_PNG)
+                else data.startswith(_JPEG) and data.rstrip(b"\x00\r\n ").endswith(_JPEG_END)
+            )
+            if not ends:
+                image.load()
+
+
 @contextmanager
 def _reading_image(index: int | str | None) -> Iterator[None]:
     """What goes wrong reading a row's base64 image, as a UserError naming the row."""

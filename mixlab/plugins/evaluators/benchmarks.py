@@ -241,10 +241,10 @@ class Benchmarks(Evaluator):
 
 
 def tsv_problem(path: Path) -> str | None:
-    """What keeps a benchmark TSV from being scored (every row scoring needs, each image's header), or None: checked
-    before any training."""
+    """What keeps a benchmark TSV from being scored (every row scoring needs, each image readable to its end), or
+    None: checked before any training."""
     from mixlab.evaluation.rules import check_rateable
-    from mixlab.evaluation.tsv import detect_kind, lacks_image, load_tsv, open_image
+    from mixlab.evaluation.tsv import check_image, detect_kind, lacks_image, load_tsv
 
     try:
         rows = load_tsv(path)
@@ -255,7 +255,7 @@ def tsv_problem(path: Path) -> str | None:
         opened: set[str] = set()  # rows that name another row's image share its string
         for r in rows:
             if not lacks_image(r) and r.get("image") and r["image"] not in opened:
-                open_image(r["image"], r["index"]).close()
+                check_image(r["image"], r["index"])
                 opened.add(r["image"])
     except UserError as e:
         message = str(e)
