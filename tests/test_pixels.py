@@ -66,5 +66,12 @@ def test_the_processors_settings_are_followed(processor, setting):
     assert not torch.equal(expected, reference(processor, pictures))
 
 
+def test_arrays_go_through_the_processor(processor, monkeypatch):
+    side = processor.image_processor.crop_size["height"]
+    pictures = [[np.asarray(noise((side, side), 9))]]
+    monkeypatch.setattr(pixels, "_rescaled_and_normalised", lambda *a: pytest.fail("fast path on an array"))
+    assert torch.equal(image_inputs(processor, pictures)["pixel_values"], reference(processor, pictures))
+
+
 def test_no_images_no_inputs(processor):
     assert image_inputs(processor, [[], []]) == {}

@@ -24,11 +24,13 @@ _VERDICTS: weakref.WeakKeyDictionary[Any, dict[Kind, bool]] = weakref.WeakKeyDic
 def image_inputs(processor: Any, pictures: Sequence[Sequence[Any]]) -> dict[str, Any]:
     """The processor's image inputs (pixel values...) for a batch whose rows hold these images (lists, as
     `VisionCollator` passes them: one per row, empty for a row without images); {} without any image."""
+    from PIL import Image
+
     flat = [image for row in pictures for image in row]
     if not flat:
         return {}
-    kinds = {(image.size, image.mode) for image in flat}
-    if len(kinds) == 1 and _fast_path_matches(processor, kinds.pop(), flat[0]):
+    kinds = {(image.size, image.mode) if isinstance(image, Image.Image) else None for image in flat}
+    if len(kinds) == 1 and (kind := kinds.pop()) is not None and _fast_path_matches(processor, kind, flat[0]):
         return {"pixel_values": _rescaled_and_normalised(processor.image_processor, flat)}
     return dict(processor(images=[list(row) for row in pictures], return_tensors="pt"))
 
@@ -63,9 +65,10 @@ def _rescaled_and_normalised(image_processor: Any, images: Sequence[Any]) -> Any
     pixels = np.stack([np.asarray(image) for image in images])
     if pixels.dtype != np.uint8 or pixels.ndim != 4:
         raise ValueError(f"expected 8-bit images with channels, got {pixels.dtype} of shape {pixels.shape[1:]}")
-    values = pixels.astype(np.float32)
     if image_processor.do_rescale:
         values = (pixels.astype(np.float64) * image_processor.rescale_factor).astype(np.float32)
+    else:
+        values = pixels.astype(np.float32)
     if image_processor.do_normalize:
         mean = np.asarray(image_processor.image_mean, dtype=np.float32)
         std = np.asarray(image_processor.image_std, dtype=np.float32)
