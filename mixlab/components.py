@@ -221,6 +221,12 @@ class Evaluator(Component):
         the names in ``[run] weights`` and ``exclude``); None when they are not."""
         return None
 
+    def item_categories(self) -> dict[str, set[str]] | None:
+        """Each benchmark's item categories (what a ``"BENCH/CATEGORY"`` entry of Individual Select's
+        ``category_items`` can name), where known without running (``validate`` then checks those entries); None when
+        they are not."""
+        return None
+
     def evaluate(self, model_dir: Path, work_dir: Path, ctx: RunContext) -> Metrics | Evaluation:
         raise NotImplementedError
 

@@ -48,24 +48,29 @@ def check_toy_worlds(v: Validator, sections: dict[str, dict[str, Section]]) -> N
                     )
 
 
-def reported_benchmarks(evaluators: dict[str, Section]) -> list[str] | None:
-    """The benchmark names evaluation will report, as it names them; None where some evaluator cannot tell without
-    running."""
-    names: list[str] = []
+def reported_benchmarks(
+    evaluators: dict[str, Section], with_categories: bool = False
+) -> dict[str, set[str] | None] | None:
+    """The benchmarks evaluation will report, as it names them, each with its item categories where asked for and
+    known without running (else None); None where some evaluator cannot tell its benchmarks without running."""
+    found: dict[str, set[str] | None] = {}
     for label, section in evaluators.items():
-        found = section.build().benchmark_names()
-        if found is None:
+        evaluator = section.build()
+        names = evaluator.benchmark_names()
+        if names is None:
             return None
-        for bench in found:
-            names.append(reported_name(bench, label, names))
-    return names
+        categories = evaluator.item_categories() if with_categories else None
+        for bench in names:
+            found[reported_name(bench, label, found)] = categories.get(bench) if categories is not None else None
+    return found
 
 
 def check_benchmark_names(
     v: Validator, run: RunSection, evaluators: dict[str, Section], selectors: dict[str, Section]
 ) -> None:
-    """`weights`, `exclude` and Individual Select's `category_items` name benchmarks the evaluators report, where
-    every evaluator knows its benchmarks without running (else the first evaluation checks them)."""
+    """`weights`, `exclude` and Individual Select's `category_items` name benchmarks the evaluators report, and
+    `category_items` categories their items have, where every evaluator knows its benchmarks without running (else
+    the first evaluation checks them)."""
     judged: dict[str, dict[str, list[str]]] = {
         label: items
         for label, section in selectors.items()
@@ -73,25 +78,42 @@ def check_benchmark_names(
     }
     if not (run.weights or run.exclude or judged) or not evaluators:
         return
-    names = reported_benchmarks(evaluators)
-    if names is None:
+    by_category = any("/" in entry for items in judged.values() for entries in items.values() for entry in entries)
+    reported = reported_benchmarks(evaluators, with_categories=by_category)
+    if reported is None:
         return
+    names = list(reported)
     for label, entries in judged.items():
         for category, items in entries.items():
             for i, entry in enumerate(items):
-                bench = entry.partition("/")[0]
+                bench, _, item_category = entry.partition("/")
+                path = ("selectors", label, "category_items", category, i)
                 if bench not in names:
                     v.add(
-                        ("selectors", label, "category_items", category, i),
+                        path,
                         f"names benchmark {bench!r}, which the evaluators do not report.{did_you_mean(bench, names)} "
                         f"They report: {', '.join(names)}.",
                     )
+                elif item_category and (known := reported[bench]) is not None and item_category not in known:
+                    v.add(path, _unknown_category(bench, item_category, known))
     if not (run.weights or run.exclude):
         return
     from mixlab.decisions import Decisions
 
     for key, message in Decisions(run).name_problems(names):
         v.add(("run", key) if key else ("run",), message)
+
+
+def _unknown_category(bench: str, category: str, known: set[str]) -> str:
+    if not known:
+        return (
+            f"names category {category!r} of {bench}, whose items name no category (its TSV has no `category` "
+            f'column): name "{bench}" whole.'
+        )
+    return (
+        f"names category {category!r} of {bench}, which has no items of that category.{did_you_mean(category, known)} "
+        f"Its categories: {', '.join(sorted(known))}."
+    )
 
 
 def check_executor(v: Validator, run: RunSection) -> None:

@@ -821,13 +821,42 @@ RECIPE_CASES = [
     R(
         "isel-category-items-unknown-benchmark",
         'baseline = ["color_clean"]',
-        'baseline = ["color_clean"]\ncategory_items = { color = ["MME_x/color", "MMEx"] }',
+        'baseline = ["color_clean"]\ncategory_items = { color = ["MME_x", "MMEx"] }',
         "category_items",
         [
             "selectors.isel.category_items.color.1",
             "names benchmark 'MMEx', which the evaluators do not report",
             "Did you mean 'MME_x'",
             "They report: MME_x",
+        ],
+    ),
+    R(
+        "isel-category-items-unknown-category",  # found before the baseline trains, not after
+        'baseline = ["color_clean"]',
+        'baseline = ["color_clean"]\ncategory_items = { color = ["MME_x/colr"] }',
+        "category_items",
+        [
+            "selectors.isel.category_items.color.0",
+            "names category 'colr' of MME_x, which has no items of that category",
+            "Did you mean 'color'",
+            "Its categories: color, count",
+        ],
+        setup=lambda root: (root / "bench" / "MME_x.tsv").write_text(
+            mme_tsv()
+            .replace("\tanswer\n", "\tanswer\tcategory\n")
+            .replace("\tYes\n", "\tYes\tcolor\n")
+            .replace("\tNo\n", "\tNo\tcount\n")
+        ),
+    ),
+    R(
+        "isel-category-items-no-category-column",
+        'baseline = ["color_clean"]',
+        'baseline = ["color_clean"]\ncategory_items = { color = ["MME_x/color"] }',
+        "category_items",
+        [
+            "selectors.isel.category_items.color.0",
+            "names category 'color' of MME_x, whose items name no category (its TSV has no `category` column)",
+            'name "MME_x" whole',
         ],
     ),
     R(

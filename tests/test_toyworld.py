@@ -255,6 +255,17 @@ def test_the_benchmarks_evaluator_knows_the_toy_benchmark_names(world: tuple[Pat
     assert sorted(world[1]["benchmarks"]) == sorted(TOY_BENCHMARKS)
 
 
+@pytest.mark.parametrize("which", ["world", "small"])
+def test_the_toy_benchmarks_item_categories_are_known_before_they_exist(which, request) -> None:
+    """`validate` checks Individual Select's `category_items` against these, before the world is written."""
+    from mixlab.evaluation.tsv import tsv_categories
+    from mixlab.toyworld.benchmarks import CATEGORIES
+
+    root, m = request.getfixturevalue(which)
+    written = {name: tsv_categories(root / b["tsv"]) for name, b in m["benchmarks"].items()}
+    assert written == CATEGORIES
+
+
 def test_mmbench_circular_copies(world: tuple[Path, dict]) -> None:
     root, m = world
     rows = read_tsv(root / "bench" / "MMBench_toy.tsv")

@@ -73,6 +73,23 @@ def load_tsv(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def tsv_categories(path: Path) -> set[str] | None:
+    """The names a TSV's items can be selected by: each `category` value, and for a comma-separated value (POPE's
+    rows name several) each part too; empty without a `category` column, None for a file that cannot be read (its
+    validation says why). Reads that one column only."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t")
+            header = next(reader, None) or []
+            if "category" not in header:
+                return set()
+            at = header.index("category")
+            values = {cells[at].strip() for cells in reader if len(cells) > at}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return {name for value in values for name in (value, *(part.strip() for part in value.split(","))) if name}
+
+
 def _first_bad_byte(raw: bytes) -> int:
     try:
         raw.decode("utf-8")

@@ -168,10 +168,22 @@ def _science_kind(want_fact: bool) -> Maker:
     return make
 
 
+SCIENCEQA_CATEGORIES: dict[str, tuple[Maker, str]] = {
+    "fact_recall": (_science_kind(True), "science"),
+    "visual_property": (_science_kind(False), "science"),
+}
+
+
 def scienceqa(seed: int, n_bench: int, size: int) -> Benchmark:
     """Two to four options with the context in "hint"; unused option columns are empty."""
-    plan = {"fact_recall": (_science_kind(True), "science"), "visual_property": (_science_kind(False), "science")}
-    return _single_pass("ScienceQA_toy", "scienceqa", SCIENCEQA_COLUMNS, plan, n_bench, seed, size)
+    return _single_pass("ScienceQA_toy", "scienceqa", SCIENCEQA_COLUMNS, SCIENCEQA_CATEGORIES, n_bench, seed, size)
 
 
 BUILDERS: tuple[Callable[[int, int, int], Benchmark], ...] = (mme, mmbench, seed_bench, scienceqa)
+CATEGORIES: dict[str, set[str]] = {
+    "MME_toy": set(MME_SUBTASKS),
+    "MMBench_toy": set(MMBENCH_CATEGORIES),
+    "SEED_toy": set(SEED_CATEGORIES),
+    "ScienceQA_toy": set(SCIENCEQA_CATEGORIES),
+}
+"""Each toy benchmark's item categories, as its builder writes them."""
