@@ -73,7 +73,7 @@ class Benchmarks(Evaluator):
     def benchmark_names(self) -> list[str] | None:
         """File stems of the TSVs `paths` matches and the toy world's benchmarks, as `only` keeps them; None while a
         pattern matches nothing (validate reports that)."""
-        found = self._benchmarks(lambda path: set(), lambda name: set())
+        found = _by_benchmark(self, lambda path: set(), lambda name: set())
         return None if found is None else list(found)
 
     def item_categories(self) -> dict[str, set[str]] | None:
@@ -81,28 +81,7 @@ class Benchmarks(Evaluator):
         builders write them; None while a pattern matches nothing or a TSV cannot be read (validate reports both)."""
         from mixlab.evaluation.tsv import tsv_categories
 
-        return self._benchmarks(tsv_categories, _toy_categories)
-
-    def _benchmarks(
-        self, of_tsv: Callable[[Path], set[str] | None], of_toy: Callable[[str], set[str]]
-    ) -> dict[str, set[str]] | None:
-        """Benchmark name → of_tsv(its TSV) for the files `paths` matches (the first file of a stem), and → of_toy(its
-        name) for the toy world's benchmarks, as `only` keeps them; None where a pattern matches nothing or `of_tsv`
-        gives None."""
-        found: dict[str, set[str]] = {}
-        for pattern in self.options.paths:
-            matched = [Path(p) for p in glob.glob(str(self.resolve(pattern)))]
-            if not matched:
-                return None
-            for path in matched:
-                if path.stem not in found:
-                    if (value := of_tsv(path)) is None:
-                        return None
-                    found[path.stem] = value
-        if self.options.toyworld is not None:
-            found |= {name: of_toy(name) for name in TOY_BENCHMARKS}
-        only = self.options.only
-        return {name: value for name, value in found.items() if only is None or name in only}
+        return _by_benchmark(self, tsv_categories, _toy_categories)
 
     def tsv_files(self, ctx: RunContext) -> list[Path]:
         files: list[Path] = []
@@ -283,6 +262,28 @@ def tsv_problem(path: Path) -> str | None:
         message = str(e)
         return message if str(path) in message else f"{path}: {message}"
     return None
+
+
+def _by_benchmark(
+    evaluator: Benchmarks, of_tsv: Callable[[Path], set[str] | None], of_toy: Callable[[str], set[str]]
+) -> dict[str, set[str]] | None:
+    """Benchmark name → of_tsv(its TSV) for the files `paths` matches (the first file of a stem), and → of_toy(its
+    name) for the toy world's benchmarks, as `only` keeps them; None where a pattern matches nothing or `of_tsv` gives
+    None."""
+    found: dict[str, set[str]] = {}
+    for pattern in evaluator.options.paths:
+        matched = [Path(p) for p in glob.glob(str(evaluator.resolve(pattern)))]
+        if not matched:
+            return None
+        for path in matched:
+            if path.stem not in found:
+                if (value := of_tsv(path)) is None:
+                    return None
+                found[path.stem] = value
+    if evaluator.options.toyworld is not None:
+        found |= {name: of_toy(name) for name in TOY_BENCHMARKS}
+    only = evaluator.options.only
+    return {name: value for name, value in found.items() if only is None or name in only}
 
 
 def _toy_categories(name: str) -> set[str]:
