@@ -128,6 +128,14 @@ def registered(plugin):
         registry.unregister_plugin(plugin)
 
 
+def registered_component(hook: str, base: type, name: str, options: type):
+    """A plugin whose `hook` registers a subclass of `base` named `name` with `options` as its Options model, in the
+    process-wide registry for the block."""
+    component = type(f"{name.title()}Component", (base,), {"name": name, "Options": options})
+    plugin = type("OnePlugin", (), {hook: hookimpl(lambda self, register: register(component))})()
+    return registered(plugin)
+
+
 def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_recipe):
     """A plugin whose Options is a plain pydantic model registers (other commands and recipes keep working), but a
     section that uses it is refused, naming the plugin package: its options would not be checked strictly."""
@@ -138,12 +146,7 @@ def test_a_section_of_a_component_with_loose_options_is_one_recipe_problem(fake_
     class LooseOptions(BaseModel):
         fraction: float = 0.5
 
-    class Loose:
-        @hookimpl
-        def register_mergers(self, register):
-            register(type("LooseSoup", (fakes.FakeMerger,), {"name": "loose_soup", "Options": LooseOptions}))
-
-    with registered(Loose()):
+    with registered_component("register_mergers", fakes.FakeMerger, "loose_soup", LooseOptions):
         assert "loose_soup" in registry.get_registry().entries["merger"]
         load_recipe(fake_recipe)  # a recipe that does not use it
         fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_soup"', 'type = "loose_soup"'))
@@ -160,12 +163,7 @@ def test_a_plugin_option_named_like_a_key_mixlab_reads_is_refused(fake_recipe):
     class GreedyOptions(Options):
         sources: list[str] = []
 
-    class Greedy:
-        @hookimpl
-        def register_scorers(self, register):
-            register(type("Greedy", (fakes.FakeScorer,), {"name": "greedy", "Options": GreedyOptions}))
-
-    with registered(Greedy()):
+    with registered_component("register_scorers", fakes.FakeScorer, "greedy", GreedyOptions):
         fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_quality"', 'type = "greedy"'))
         with pytest.raises(RecipeError, match=r"scorer 'greedy' .* has options named \['sources'\], which mixlab"):
             load_recipe(fake_recipe)
@@ -218,12 +216,7 @@ def test_a_section_of_a_component_with_a_loose_nested_table_is_one_recipe_proble
     class NestedOptions(Options):
         schedule: Schedule = Schedule()
 
-    class Nested:
-        @hookimpl
-        def register_mergers(self, register):
-            register(type("NestedSoup", (fakes.FakeMerger,), {"name": "nested_soup", "Options": NestedOptions}))
-
-    with registered(Nested()):
+    with registered_component("register_mergers", fakes.FakeMerger, "nested_soup", NestedOptions):
         fake_recipe.write_text(fake_recipe.read_text().replace('type = "fake_soup"', 'type = "nested_soup"'))
         with pytest.raises(RecipeError, match=r"merger 'nested_soup' .* has an option table, `schedule`, whose model"):
             load_recipe(fake_recipe)
