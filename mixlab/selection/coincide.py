@@ -28,8 +28,9 @@ from mixlab.selection.budget import target_count
 SAMPLES_PER_CLUSTER = 66
 """LLaVA-665K with 10,000 clusters in the official run: about 66 samples per cluster (docs/coincide.md)."""
 
-BLOCK_BYTES = 128 * 2**20
-"""Largest kernel block held at once; bigger clusters are handled row block by row block (exact, just slower)."""
+BLOCK_BYTES = 512 * 2**20
+"""Largest kernel block held at once (a cluster of up to 8,192 rows whole; building one takes twice this); bigger
+clusters are handled row block by row block, their MMD picks one kernel row at a time (exact, just slower)."""
 
 CACHE_BYTES = 512 * 2**20
 """Kernel matrices kept from the density pass for the MMD pass, in total."""
@@ -187,9 +188,16 @@ def gaussian_kernel(
         sq = squared_norms(x)
     if rows is None:
         rows = slice(None)
-    d2 = sq[rows][:, None] + sq[None, :] - 2.0 * (x[rows] @ x.T)
+    # (‖a‖² + ‖b‖²) − 2·a·b, clipped at 0, then exp(−d² / 2σ²): step by step in place, two blocks' memory at most
+    d2 = sq[rows][:, None] + sq[None, :]
+    inner = x[rows] @ x.T
+    inner *= 2.0
+    d2 -= inner
+    del inner
     np.maximum(d2, 0.0, out=d2)
-    return np.exp(-d2 / (2.0 * sigma**2))
+    np.negative(d2, out=d2)
+    d2 /= 2.0 * sigma**2
+    return np.exp(d2, out=d2)
 
 
 def squared_norms(x: np.ndarray) -> np.ndarray:
