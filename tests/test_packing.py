@@ -207,3 +207,36 @@ def test_attention_for_packing():
         _packed_attention(model("flash_attention_2"), 512)
     with pytest.raises(UserError, match="flex_attention"):
         _packed_attention(model("flex_attention"), None)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"packing": True}, {"image_keys": True}, {"max_length": 40}, {"max_length": 400, "packing": True}],
+    ids=["padded", "packed", "image-keys", "truncated", "long-enough"],
+)
+def test_training_collator_gives_the_vision_collators_batches(setup, options, monkeypatch):
+    """The trainer's collator encodes with `Collate` and gives TRL's collator's tensors, packing and truncation
+    included; TRL's collator runs only for a batch that max_length cuts."""
+    from mixlab.models.encoding import TrainingCollator
+    from mixlab.models.loading import load_model
+
+    base, samples = setup
+    _, processor = load_model(base)
+    rows = [sample_to_row(s) for s in samples]
+    reference, fast = VisionCollator(processor, **options), TrainingCollator(processor, **options)
+    expected = [dict(reference(rows[i : i + 8])) for i in range(0, len(rows), 8)]
+    encoded_by_trl = []
+    original = VisionCollator.encode
+
+    def counted(self, rows):
+        encoded_by_trl.append(self)
+        return original(self, rows)
+
+    monkeypatch.setattr(VisionCollator, "encode", counted)
+    got = [dict(fast(rows[i : i + 8])) for i in range(0, len(rows), 8)]
+    for want, have in zip(expected, got, strict=True):
+        assert set(want) == set(have)
+        for key, value in want.items():
+            assert value == have[key] if isinstance(value, list) else torch.equal(value, have[key]), key
+    assert fast.tokens_seen == reference.tokens_seen > 0
+    assert (fast in encoded_by_trl) == ("max_length" in options and options["max_length"] < 100)

@@ -70,6 +70,7 @@ class VisionCollator:
         self.inner = DataCollatorForVisionLanguageModeling(
             processor=processor, max_length=max_length, assistant_only_loss=True, chat_template=self.chat_template
         )
+        self.max_length = max_length
         self.packing = packing
         self.pack_length = pack_length
         self.image_keys = image_keys
@@ -79,11 +80,7 @@ class VisionCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         sources = [[im for im in (row.get("images") or []) if im is not None] for row in rows]
-        examples = [
-            {"messages": clean_messages(row["messages"]), "images": [load_image(im) for im in images]}
-            for row, images in zip(rows, sources, strict=True)
-        ]
-        batch = self.inner(examples)
+        batch = self.encode(rows)
         self.tokens_seen += int(batch["attention_mask"].sum())
         if self.image_keys and "pixel_values" in batch:
             batch["image_keys"] = [self._image_key(im) for images in sources for im in images]
@@ -93,6 +90,17 @@ class VisionCollator:
             pad = self.processor.tokenizer.pad_token_id
             batch, self.last_spans = pack_batch(dict(batch), [len(images) for images in sources], pad, self.pack_length)
         return batch
+
+    def encode(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The rows as right-padded ids, attention mask, assistant-only labels and image inputs (TRL's collator)."""
+        examples = [
+            {
+                "messages": clean_messages(row["messages"]),
+                "images": [load_image(im) for im in (row.get("images") or []) if im is not None],
+            }
+            for row in rows
+        ]
+        return self.inner(examples)
 
     def _image_key(self, image: Any) -> str:
         """A content hash of an image: of the file's bytes (remembered by path, size and mtime), or of the pixels."""

@@ -6,7 +6,8 @@ text expansion. `Collate` gets the same ids and labels from one batched `tokeniz
 each image left as its placeholder token, expanded afterwards into the image's tokens (computed once per image
 size), and the pixel values from the batch's images at once (`mixlab.models.pixels`). It is checked against
 `VisionCollator` on the first row of each kind (without / with an image) for each processor and template, and not
-used where it differs. Also here: `PromptItem`, a question for generation and option scoring, and its row.
+used where it differs. `TrainingCollator`: `VisionCollator` for training (token count, image keys, packing) encoding
+with `Collate`. Also here: `PromptItem`, a question for generation and option scoring, and its row.
 """
 
 from __future__ import annotations
@@ -198,9 +199,9 @@ class Collate:
     """Rows to model inputs: `_collate` where it matches `VisionCollator` for the row kinds of a batch, else the
     collator itself."""
 
-    def __init__(self, processor: Any) -> None:
+    def __init__(self, processor: Any, template: str | None = None) -> None:
         self.processor = processor
-        self.template = training_template(processor)
+        self.template = template or training_template(processor)
         self.images = images_of(processor)
         self.reference = VisionCollator(processor, chat_template=self.template)
 
@@ -212,3 +213,19 @@ class Collate:
             except Unsupported:
                 pass
         return dict(self.reference(rows))
+
+
+class TrainingCollator(VisionCollator):
+    """`VisionCollator` (token count, image keys, packing) that encodes its rows with `Collate`: the same tensors,
+    without the processor's per-batch work. A batch with a row longer than `max_length` is encoded by TRL's collator,
+    which truncates it."""
+
+    def __init__(self, processor: Any, **options: Any) -> None:
+        super().__init__(processor, **options)
+        self.fast = Collate(processor, self.chat_template)
+
+    def encode(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.fast(rows)
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            return super().encode(rows)
+        return batch

@@ -75,11 +75,12 @@ def pretrain_language(
     answer token the most likely one) per category (20% of the pool)."""
     import torch
 
-    from mixlab.models.collator import IGNORE, VisionCollator
+    from mixlab.models.collator import IGNORE
+    from mixlab.models.encoding import Collate
 
     torch.manual_seed(seed)
     samples = reading_questions(seed, settings.pool, model.config.vision_config.image_size)
-    collator = VisionCollator(processor)
+    collator = Collate(processor)
     order = np.random.default_rng(seed).permutation(len(samples))
     n_val = len(samples) // 5
     val, train = order[:n_val], order[n_val:]

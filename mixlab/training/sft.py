@@ -317,7 +317,7 @@ def make_trainer(
         raise UserError("no samples to train on: the selection is empty")
     from trl import SFTConfig
 
-    from mixlab.models.collator import VisionCollator
+    from mixlab.models.encoding import TrainingCollator
     from mixlab.models.loading import device_kind, load_model
     from mixlab.models.templates import training_template
 
@@ -374,7 +374,7 @@ def make_trainer(
         disable_tqdm=progress is not None,
     )
     cache = _install_vision_cache(model, processor, settings) if settings.vision_cache else None
-    collator = VisionCollator(
+    collator = TrainingCollator(
         processor,
         max_length=settings.max_length,
         packing=settings.packing,
