@@ -194,6 +194,28 @@ def test_collate_equals_vision_collator(setup, tmp_path):
     assert encoding._VERDICTS[processor]  # checked once per row kind, then remembered
 
 
+def test_collate_falls_back_where_its_encoding_fails(setup, tmp_path, monkeypatch):
+    """A processor that the fast encoding cannot drive (any error in it) gets the collator's own batches."""
+    import torch
+    from transformers import AutoProcessor
+
+    from mixlab.data import sample_to_row
+    from mixlab.models.collator import VisionCollator
+
+    *_, model_dir = setup
+    processor = AutoProcessor.from_pretrained(model_dir)
+    rows = [sample_to_row(s) for s in _samples(tmp_path)][:3]
+
+    def unlike_llava(*args, **kwargs):
+        raise TypeError("this processor's tokenizer takes other arguments")
+
+    monkeypatch.setattr(encoding, "tokenize_chats", unlike_llava)
+    fast = encoding.Collate(processor)(rows)
+    reference = dict(VisionCollator(processor)(rows))
+    assert all(torch.equal(torch.as_tensor(fast[k]), torch.as_tensor(v)) for k, v in reference.items())
+    assert set(encoding._VERDICTS[processor].values()) == {False}
+
+
 def test_scorers_duplicates_and_progress(setup, tmp_path):
     from mixlab.models.sample_scores import answer_nll, pooled_activations
 

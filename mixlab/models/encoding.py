@@ -158,7 +158,7 @@ def _matches_reference(processor: Any, template: str, row: dict[str, Any]) -> bo
 
     try:
         fast = _collate(processor, template, Images(processor), [row])
-    except Unsupported:
+    except Exception:  # noqa: BLE001 - a processor this encoding cannot drive (any error): the collator's own way
         return False
     reference = dict(VisionCollator(processor, chat_template=template)([row]))
     return set(fast) == set(reference) and all(
