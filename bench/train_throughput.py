@@ -9,6 +9,8 @@ assistant-only masks. Ratios, each against its named baseline in the same proces
 - ``padded / TRL``: `train_llava` without packing, the same baseline.
 - ``cache / no cache``: frozen tower, packing on: ``vision_cache`` with a feature folder that an earlier run filled
   (the next arm or seed of a run) against the same training without the cache. The run that filled it is printed too.
+- ``clock / every 25%``: the packed run (checkpoints by the clock: none in a run this short) against the same run
+  writing a checkpoint every quarter of its steps (``save_steps``; the default before checkpoints went by the clock).
 
 Tokens/s counts every collated non-padding token (image tokens included) over the Trainer's `train_runtime`; the
 bench checks that every run counts the same tokens. ``identical``: the summed loss of each sample in a packed batch
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import statistics
@@ -133,6 +136,11 @@ def run_mixlab(samples: list[Sample], base: Path, out: Path, args: argparse.Name
         "cpu": clock.seconds,
         **result,
     }
+
+
+def quarter_of(args: argparse.Namespace) -> int:
+    """Steps in a quarter of the training (at least 1): the checkpoint interval of the "every 25%" run."""
+    return max(1, math.ceil(args.samples * args.epochs / args.batch_size) // 4)
 
 
 def run_trl(samples: list[Sample], base: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -266,6 +274,9 @@ def main() -> None:
             "trl": lambda out: run_trl(samples, base, out, args),
             "packed": lambda out: run_mixlab(samples, base, out, args, packing=True, **trained_lr),
             "padded": lambda out: run_mixlab(samples, base, out, args, **trained_lr),
+            "quarter": lambda out: run_mixlab(
+                samples, base, out, args, packing=True, save_steps=quarter_of(args), **trained_lr
+            ),
         }
         cache_dir = work / "vision-features"
         if not args.no_cache_runs:
@@ -298,7 +309,11 @@ def main() -> None:
         print(f"tokens per run: {tokens} ({'the same' if same_tokens else 'DIFFERENT'})")
         for name, value in tps.items():
             print(f"{name:6s}: {value:9.0f} tokens/s, {cps[name]:9.0f} tokens/CPU-s (medians of {args.repeats})")
-        pairs = {"packed / TRL default": ("packed", "trl"), "padded / TRL default": ("padded", "trl")}
+        pairs = {
+            "packed / TRL default": ("packed", "trl"),
+            "padded / TRL default": ("padded", "trl"),
+            "clock / every 25%": ("packed", "quarter"),
+        }
         if not args.no_cache_runs:
             pairs["cache / no cache (frozen tower, packed)"] = ("cached", "frozen")
         ratios = {label: tps[a] / tps[b] for label, (a, b) in pairs.items()}
@@ -319,6 +334,7 @@ def main() -> None:
             "identical": identical,
             "cpu_ratio": round(cpu_ratios["packed / TRL default"], 3),
             "padded_ratio": round(ratios["padded / TRL default"], 3),
+            "checkpoint_ratio": round(ratios["clock / every 25%"], 3),
             "cache_ratio": round(ratios[cache_label], 3) if cache_label in ratios else None,
             "cache_cpu_ratio": round(cpu_ratios[cache_label], 3) if cache_label in ratios else None,
             "packed_losses_max_diff": max_diff,

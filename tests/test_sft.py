@@ -112,6 +112,66 @@ def test_resume_after_crash(data, tmp_path):
     assert max(float((resumed[k] - straight[k]).abs().max()) for k in straight) < 1e-5
 
 
+def _saves(trainer) -> list[int]:
+    """The steps at which `trainer` writes checkpoints, as it trains."""
+    from transformers import TrainerCallback
+
+    steps: list[int] = []
+
+    class Saves(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    trainer.add_callback(Saves())
+    return steps
+
+
+def test_checkpoints_by_the_clock(data, tmp_path):
+    """Without save_steps a training shorter than save_minutes writes no checkpoint; once the time has passed a
+    checkpoint is written at each step end but the last (the model is saved right after); a crash resumes from it."""
+    base, train, _ = data
+    trainer, _, _ = make_trainer(train[:64], base, tmp_path / "short", SFTSettings(epochs=2, batch_size=16))
+    saves = _saves(trainer)
+    trainer.train()
+    assert saves == []
+
+    every_step = SFTSettings(epochs=2, batch_size=16, save_minutes=1e-9)
+    trainer, _, _ = make_trainer(train[:64], base, tmp_path / "clock", every_step)
+    saves = _saves(trainer)
+    trainer.train()
+    assert saves == list(range(1, 8))  # 8 steps, none at the last
+
+    def crash(step: int, total: int) -> None:
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_llava(train[:64], base, tmp_path / "run", every_step, progress=crash)
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-3").is_dir()
+    assert train_llava(train[:64], base, tmp_path / "run", every_step)["resumed_from"].endswith("checkpoint-3")
+
+
+def _share_flags(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from mixlab.training.checkpoints import _same_everywhere
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        Path(out, str(rank)).write_text(str(_same_everywhere(rank == 0, torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_checkpoint_at_the_same_step(tmp_path):
+    """The clock's verdict is the first process's in every process (a sharded save is collective)."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_share_flags, args=(2, init, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["True", "True"]
+
+
 def test_param_groups_have_part_lrs(data, tmp_path):
     base, train, _ = data
     settings = SFTSettings(learning_rate=1e-3, projector_lr=3e-4, batch_size=16)

@@ -66,7 +66,15 @@ class SFTSettings(Options):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     attn_implementation: Attention = Field("auto", description='"auto", "sdpa", "eager" or "flash_attention_2".')
     seed: Seed = Field(0, description="Seed of initialisation (LoRA), shuffling and dropout.")
-    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None = every 25% of training.")
+    save_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps; None = by the clock (save_minutes)."
+    )
+    save_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="Without save_steps: a checkpoint (for crash-resume) once this many minutes have passed since the "
+        "start or the last one; a shorter training writes none.",
+    )
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     packing: bool = Field(
         False,
@@ -320,6 +328,7 @@ def make_trainer(
     from mixlab.models.encoding import TrainingCollator
     from mixlab.models.loading import device_kind, load_model
     from mixlab.models.templates import training_template
+    from mixlab.training.checkpoints import checkpoint_timer
 
     deepspeed = _setup_deepspeed(settings.deepspeed) if settings.deepspeed else None
     on_cuda = device_kind() == "cuda"
@@ -364,8 +373,8 @@ def make_trainer(
         deepspeed=deepspeed,
         report_to="none",
         logging_steps=settings.logging_steps,
-        save_strategy="steps",
-        save_steps=settings.save_steps if settings.save_steps is not None else 0.25,  # < 1: ratio of total steps
+        save_strategy="steps" if settings.save_steps is not None else "no",  # "no": checkpoint_timer decides
+        save_steps=settings.save_steps or 500,
         save_total_limit=1,
         seed=settings.seed,
         dataloader_num_workers=0,
@@ -388,7 +397,10 @@ def make_trainer(
         train_dataset=build_dataset(samples),
         processing_class=processor,
         peft_config=_lora_config(settings.lora, train_vision) if settings.lora else None,
-        callbacks=[_progress_callback(progress)] if progress else None,
+        callbacks=[
+            *([_progress_callback(progress)] if progress else []),
+            *([checkpoint_timer(settings.save_minutes)] if settings.save_steps is None else []),
+        ],
     )
     if progress is not None:  # mixlab draws its own progress bar; keep the Trainer's loss dicts out of the terminal
         from transformers import PrinterCallback
