@@ -1139,6 +1139,20 @@ RECIPE_CASES = [
         ["trainer.vision_cache_dir", "ok.png is a file, but it would be a parent of the vision cache folder"],
     ),
     R(
+        "save-minutes-zero",
+        "learning_rate = 2e-5",
+        "learning_rate = 2e-5\nsave_minutes = 0",
+        "save_minutes = 0",
+        ["trainer.save_minutes", "greater than 0"],
+    ),
+    R(
+        "save-minutes-as-text",
+        "learning_rate = 2e-5",
+        'learning_rate = 2e-5\nsave_minutes = "half an hour"',
+        "save_minutes",
+        ["trainer.save_minutes", "valid number"],
+    ),
+    R(
         "pack-length-without-packing",
         "learning_rate = 2e-5",
         "learning_rate = 2e-5\npack_length = 512",

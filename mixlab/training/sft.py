@@ -373,8 +373,12 @@ def make_trainer(
         deepspeed=deepspeed,
         report_to="none",
         logging_steps=settings.logging_steps,
-        save_strategy="steps" if settings.save_steps is not None else "no",  # "no": checkpoint_timer decides
-        save_steps=settings.save_steps or 500,
+        # by the clock (checkpoint_timer, below) unless save_steps is given
+        **(
+            {"save_strategy": "steps", "save_steps": settings.save_steps}
+            if settings.save_steps
+            else {"save_strategy": "no"}
+        ),
         save_total_limit=1,
         seed=settings.seed,
         dataloader_num_workers=0,
