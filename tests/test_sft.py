@@ -87,17 +87,19 @@ def test_short_sft_learns_colours(data, tmp_path):
     ]
 
 
+def _crash_at_step_4(step: int, total: int) -> None:
+    """A progress callback that stops the training as a crash would, after step 4."""
+    if step == 4:
+        raise KeyboardInterrupt("simulated crash")
+
+
 def test_resume_after_crash(data, tmp_path):
     """A run killed after a checkpoint resumes from it and ends with the weights of an uninterrupted run."""
     base, train, _ = data
     settings = SFTSettings(epochs=2, learning_rate=1e-3, batch_size=16, save_steps=3, logging_steps=2)
 
-    def crash(step: int, total: int) -> None:
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-
     with pytest.raises(KeyboardInterrupt):
-        train_llava(train[:64], base, tmp_path / "run", settings, progress=crash)
+        train_llava(train[:64], base, tmp_path / "run", settings, progress=_crash_at_step_4)
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-3").is_dir()
     assert not (tmp_path / "run" / "model").exists()
 
@@ -141,12 +143,8 @@ def test_checkpoints_by_the_clock(data, tmp_path):
     trainer.train()
     assert saves == list(range(1, 8))  # 8 steps, none at the last
 
-    def crash(step: int, total: int) -> None:
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-
     with pytest.raises(KeyboardInterrupt):
-        train_llava(train[:64], base, tmp_path / "run", every_step, progress=crash)
+        train_llava(train[:64], base, tmp_path / "run", every_step, progress=_crash_at_step_4)
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-3").is_dir()
     assert train_llava(train[:64], base, tmp_path / "run", every_step)["resumed_from"].endswith("checkpoint-3")
 
