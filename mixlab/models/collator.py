@@ -33,6 +33,16 @@ def load_image(image: Any) -> Any:
         ) from None
 
 
+def row_images(row: dict[str, Any]) -> list[Any]:
+    """A row's images as it gives them (paths or PIL images), missing ones (None) left out."""
+    return [im for im in (row.get("images") or []) if im is not None]
+
+
+def row_pictures(row: dict[str, Any]) -> list[Any]:
+    """A row's images opened (`load_image`)."""
+    return [load_image(im) for im in row_images(row)]
+
+
 def clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop the None keys that Arrow adds to typed content parts (an image part comes back with text=None)."""
     out = []
@@ -79,7 +89,7 @@ class VisionCollator:
         self.tokens_seen = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        sources = [[im for im in (row.get("images") or []) if im is not None] for row in rows]
+        sources = [row_images(row) for row in rows]
         batch = self.encode(rows)
         self.tokens_seen += int(batch["attention_mask"].sum())
         if self.image_keys and "pixel_values" in batch:
@@ -93,14 +103,7 @@ class VisionCollator:
 
     def encode(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The rows as right-padded ids, attention mask, assistant-only labels and image inputs (TRL's collator)."""
-        examples = [
-            {
-                "messages": clean_messages(row["messages"]),
-                "images": [load_image(im) for im in (row.get("images") or []) if im is not None],
-            }
-            for row in rows
-        ]
-        return self.inner(examples)
+        return self.inner([{"messages": clean_messages(row["messages"]), "images": row_pictures(row)} for row in rows])
 
     def _image_key(self, image: Any) -> str:
         """A content hash of an image: of the file's bytes (remembered by path, size and mtime), or of the pixels."""

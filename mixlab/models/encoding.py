@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mixlab.data import IMAGE_TOKEN
-from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, load_image
+from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, row_pictures
 from mixlab.models.pixels import image_inputs
 from mixlab.models.templates import training_template
 
@@ -119,10 +119,6 @@ class Images:
         return out_ids + ids[last:], out_labels + labels[last:]
 
 
-def _pictures(row: dict[str, Any]) -> list[Any]:
-    return [load_image(im) for im in (row.get("images") or []) if im is not None]
-
-
 def pad(rows: Sequence[Sequence[int]], value: int, *, left: bool) -> tuple[Any, Any]:
     """(ids, mask) of id lists padded with `value` to the longest, on the left or on the right."""
     import torch
@@ -144,7 +140,7 @@ def pad_id(processor: Any) -> int:
 
 def _collate(processor: Any, template: str, images: Images, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What `VisionCollator(processor)(rows)` returns (right padding, labels -100 where untrained)."""
-    pictures = [_pictures(row) for row in rows]
+    pictures = [row_pictures(row) for row in rows]
     chats = tokenize_chats(processor, template, [clean_messages(row["messages"]) for row in rows])
     encoded = [images.expand(processor, ids, labels, pics) for (ids, labels), pics in zip(chats, pictures, strict=True)]
     ids, mask = pad([e[0] for e in encoded], pad_id(processor), left=False)
@@ -158,7 +154,7 @@ def _matches_reference(processor: Any, template: str, row: dict[str, Any]) -> bo
 
     try:
         fast = _collate(processor, template, Images(processor), [row])
-    except Exception:  # noqa: BLE001 - a processor this encoding cannot drive (any error): the collator's own way
+    except Exception:  # a processor this encoding cannot drive (any error): the collator's own way
         return False
     reference = dict(VisionCollator(processor, chat_template=template)([row]))
     return set(fast) == set(reference) and all(
