@@ -216,6 +216,24 @@ def test_collate_falls_back_where_its_encoding_fails(setup, tmp_path, monkeypatc
     assert set(encoding._VERDICTS[processor].values()) == {False}
 
 
+def test_collate_checks_a_row_by_the_images_it_has(setup, tmp_path):
+    """A row whose image entry is missing (None) is a text-only row: it is checked as one, and the check of rows with
+    an image is still made on a row that has one."""
+    from transformers import AutoProcessor
+
+    from mixlab.data import sample_to_row
+
+    *_, model_dir = setup
+    processor = AutoProcessor.from_pretrained(model_dir)
+    rows = [sample_to_row(s) for s in _samples(tmp_path)]
+    with_image = next(row for row in rows if row["images"])
+    missing = {**next(row for row in rows if not row["images"]), "images": [None]}
+    encoding.Collate(processor)([missing])
+    assert [count for _, count in encoding._VERDICTS[processor]] == [0]
+    encoding.Collate(processor)([with_image])
+    assert sorted(count for _, count in encoding._VERDICTS[processor]) == [0, 1]
+
+
 def test_scorers_duplicates_and_progress(setup, tmp_path):
     from mixlab.models.sample_scores import answer_nll, pooled_activations
 

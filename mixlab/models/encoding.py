@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mixlab.data import IMAGE_TOKEN
-from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, row_pictures
+from mixlab.models.collator import IGNORE, VisionCollator, clean_messages, row_images, row_pictures
 from mixlab.models.pixels import image_inputs
 from mixlab.models.templates import training_template
 
@@ -167,7 +167,7 @@ _VERDICTS: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], bool]] = weakref
 
 def fast_encoding_ok(processor: Any, template: str, row: dict[str, Any]) -> bool:
     """`_matches_reference`, remembered per processor, template and number of images in the row."""
-    key = (template, len(row.get("images") or []))
+    key = (template, len(row_images(row)))
     try:
         known = _VERDICTS.setdefault(processor, {})
     except TypeError:  # a processor that cannot be weakly referenced: checked on every call
@@ -202,7 +202,7 @@ class Collate:
         self.reference = VisionCollator(processor, chat_template=self.template)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        kinds = {len(row.get("images") or []): row for row in rows}
+        kinds = {len(row_images(row)): row for row in rows}
         if all(fast_encoding_ok(self.processor, self.template, row) for row in kinds.values()):
             try:
                 return _collate(self.processor, self.template, self.images, rows)
