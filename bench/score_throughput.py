@@ -12,9 +12,10 @@ where an answer token is predicted, and two batches at once, so it can come unde
 |Δ nll| < 1e-4, max |Δ embedding| < 1e-5). Each method runs `--repeats` times in rotation and its fastest wall and
 CPU times are reported (CPU time is steadier on a shared machine; the JSON ratios are CPU-time ones, except
 `ratio_wall` and `ratio_wall_rounds`, the perplexity scorer against the naive loop round by round, each pair timed
-within seconds of each other). The last line is one JSON object.
+within seconds of each other). The last line is one JSON object. By default: 512 samples, the scorers' default
+batch size, torch's default threads (every core); the recorded full-size figure:
 
-    python bench/score_throughput.py --samples 512 --batch-size 16
+    python bench/score_throughput.py --samples 2048 --repeats 3
 """
 
 from __future__ import annotations
@@ -168,15 +169,19 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the scorers' own default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of all methods; the fastest is reported")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest timings)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, every core)")
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    from mixlab.models.scorer import ModelScorerOptions
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.batch_size = args.batch_size or ModelScorerOptions().batch_size
 
     from mixlab.data import sample_to_row
     from mixlab.models.collator import VisionCollator
@@ -302,7 +307,7 @@ def main() -> None:
             "max_embedding_diff": diff_act,
             "samples": n,
             "batch_size": args.batch_size,
-            "threads": args.threads,
+            "threads": torch.get_num_threads(),
         }
     print(json.dumps(line))
     if not identical:

@@ -17,7 +17,9 @@ class ModelScorerOptions(Options):
         None,
         description="Reference checkpoint: a local HF model dir, relative to the recipe. Default: the base model.",
     )
-    batch_size: int = Field(16, ge=1, description="Samples per forward pass (neighbours in length order).")
+    batch_size: int = Field(
+        64, ge=1, description="Samples per forward pass (neighbours in length order); the scores do not depend on it."
+    )
     batches_at_once: int | None = Field(
         None,
         ge=1,
