@@ -52,8 +52,17 @@ class FakeSource(Source):
         ]
 
 
+def _run_out_of_memory_if_asked(stage: str) -> None:
+    """Raise torch's out-of-memory error where FAKE_OUT_OF_MEMORY names this kind of stage."""
+    if os.environ.get("FAKE_OUT_OF_MEMORY") == stage:
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
 class FakeScorerOptions(Options):
     model: str | None = None
+    batch_size: int = 8  # unused: named in the out-of-memory advice
 
 
 class FakeScorer(Scorer):
@@ -64,6 +73,8 @@ class FakeScorer(Scorer):
 
     def score(self, samples, ctx):
         import numpy as np
+
+        _run_out_of_memory_if_asked("score")
 
         columns = {"badness": np.array([1.0 if s["noisy"] else 0.0 for s in samples])}
         if self.options.model:
@@ -96,6 +107,7 @@ class FakeTrainer(Trainer):
     Options = FakeTrainerOptions
 
     def train(self, samples, base_model, work_dir, ctx, overrides=None):
+        _run_out_of_memory_if_asked("train")
         sleep = float(os.environ.get("FAKE_TRAIN_SLEEP", "0")) or self.options.sleep
         (work_dir / "partial.txt").write_text("half-written")
         started = time.time()

@@ -2460,3 +2460,46 @@ def test_a_failed_run_keeps_the_earlier_finished_report(world, fake_plugins, mon
 def test_fresh_pattern_naming_no_stage_kind(world, monkeypatch, capsys):
     code, text = invoke(monkeypatch, capsys, "run", str(world / "recipe.toml"), "--fresh", "scor:ppl")
     assert_clear(code, text, ["--fresh scor:ppl", "no stage is named like that", "Did you mean 'score'"])
+
+
+@pytest.mark.parametrize(
+    "stage, expect",
+    [
+        (
+            "score",
+            [
+                "scorer 'quality' ran out of memory",
+                "CUDA out of memory",
+                "lower batch_size in [scorers.quality] (now 8)",
+            ],
+        ),
+        ("train", ["the trainer (fake_trainer) ran out of memory", "CUDA out of memory", "more memory"]),
+    ],
+)
+def test_running_out_of_memory_says_what_to_lower(stage, expect, fake_recipe, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_OUT_OF_MEMORY", stage)
+    code, out = invoke(monkeypatch, capsys, "run", "--no-progress", str(fake_recipe))
+    assert_clear(code, out, [*expect, "then rerun"])
+    monkeypatch.delenv("FAKE_OUT_OF_MEMORY")
+    code, out = invoke(monkeypatch, capsys, "run", "--no-progress", str(fake_recipe))
+    assert code == 0, out  # nothing left behind that a rerun trips on
+
+
+def test_the_training_advice_on_memory_names_the_options_llava_sft_has():
+    from mixlab.engine.bodies import train_body
+    from mixlab.registry import get_registry
+    from mixlab.testing import build
+
+    trainer = build(get_registry().get("trainer", "llava_sft"), batch_size=16)
+
+    def out_of_memory(*args):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer.train = out_of_memory
+    with pytest.raises(UserError) as caught:
+        train_body(trainer, [], Path("base"), Path("stage"), None, {"batch_size": 32})
+    message = str(caught.value)
+    for piece in ("batch_size (now 32", "grad_accum", "gradient_checkpointing = true", "then rerun"):
+        assert piece in message, message
