@@ -1,4 +1,5 @@
-"""The one exception type that the command line turns into a clear message and exit code 2."""
+"""The one exception type that the command line turns into a clear message and exit code 2, and the turning of an
+out-of-memory error into one."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
