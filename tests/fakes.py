@@ -137,6 +137,7 @@ class FakeEvaluator(Evaluator):
         return files_fingerprint([self.resolve(self.options.bonus_file)]) if self.options.bonus_file else ""
 
     def evaluate(self, model_dir, work_dir, ctx):
+        _run_out_of_memory_if_asked("eval")
         ids = json.loads((Path(model_dir) / "ids.json").read_text())
         good = 100 * sum(1 for i in ids if "bad" not in i.split("/")[0]) / max(1, len(ids))
         if self.options.bonus_file:

@@ -2474,6 +2474,7 @@ def test_fresh_pattern_naming_no_stage_kind(world, monkeypatch, capsys):
             ],
         ),
         ("train", ["the trainer (fake_trainer) ran out of memory", "CUDA out of memory", "more memory"]),
+        ("eval", ["evaluator 'bench' ran out of memory", "more memory", "its options in [evaluators.bench]"]),
     ],
 )
 def test_running_out_of_memory_says_what_to_lower(stage, expect, fake_recipe, monkeypatch, capsys):
